@@ -1,0 +1,39 @@
+"""Shared defaults of every tljax experiment; each configs/*.py imports this and changes fields."""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.name = 'base'
+  # Model: 'small_cnn' (32x32x1), 'efficientnet_b0', 'efficientnet_b2' (RGB).
+  c.model = 'small_cnn'
+  c.image_size = 32
+  c.channels = 1
+  # Pretraining: 'source' (train on source_dataset, cached), 'imagenet' (Keras weights,
+  # EfficientNet only), 'none' (random init).
+  c.pretrained = 'source'
+  c.source_dataset = 'cifar100'
+  c.source_classes = ()  # labels kept (remapped to 0..k-1 in this order); () = all
+  c.target_dataset = 'cifar10'
+  c.target_classes = ()
+  c.data_dir = ''  # TFDS data directory ('' = TFDS's default), or an image-folder root
+  c.cache_dir = 'artifacts/cache'  # pretrained models and converted weights
+  c.pretrain_epochs = 10
+  c.pretrain_learning_rate = 1e-3
+  c.new_head = 'auto'  # re-init the classifier: 'auto' (class count differs), 'always', 'never'
+  # Freeze cases: each the number of trainable layers in Keras order. counting 'model': the last
+  # N layers of the whole model; 'base': the head plus the last N layers of the base.
+  c.cases = (1, 4, 9, 11, 17, 23)
+  c.case_counting = 'model'
+  c.epochs = 10
+  c.steps_per_epoch = 0  # 0 = whole epochs; else at most this many steps per epoch
+  c.batch_size = 64
+  c.eval_batch_size = 256
+  c.learning_rate = 1e-3  # Adam (Keras defaults otherwise)
+  c.seed = 0
+  c.e_mac_j = 3.2e-12  # J per multiply-accumulate (45 nm, the thesis's 3.2 pJ)
+  c.log_every_steps = 20
+  c.progress = True  # a tqdm bar per case
+  c.dry_run = False  # one step per case on mock data with random weights
+  return c

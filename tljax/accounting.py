@@ -1,0 +1,107 @@
+"""Accounting: XLA's compiled FLOPs and memory, an analytic per-layer MAC count, energy."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Energy of one multiply-accumulate, 45 nm CMOS (the thesis's 3.2 pJ: int32 mult 3.1 + add 0.1,
+# Horowitz ISSCC 2014). Energy = FLOPs / 2 x E_mac; memory traffic is not counted.
+DEFAULT_E_MAC_J = 3.2e-12
+
+
+def xla_costs(compiled):
+  """FLOPs, bytes accessed and memory of a compiled computation (whole batch, one call)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # very old jax returned a one-element list
+    cost = cost[0]
+  out = {
+      'flops': float(cost.get('flops', 0.0)),
+      'transcendentals': float(cost.get('transcendentals', 0.0)),
+      'bytes_accessed': float(cost.get('bytes accessed', 0.0)),
+  }
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    out.update(
+        temp_bytes=int(mem.temp_size_in_bytes),
+        argument_bytes=int(mem.argument_size_in_bytes),
+        output_bytes=int(mem.output_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes),
+    )
+    # Peak live memory of the step: outputs that reuse donated argument buffers counted once.
+    out['memory_bytes'] = (out['temp_bytes'] + out['argument_bytes'] + out['output_bytes']
+                           - out['alias_bytes'])
+  return out
+
+
+def _module_macs(module, in_shape, out_shape):
+  """Multiply-accumulates of one call of a Conv/Dense-like module, per example."""
+  if hasattr(module, 'analytic_macs'):
+    return int(module.analytic_macs(in_shape, out_shape))
+  if isinstance(module, nn.Conv):
+    k = math.prod(module.kernel_size)
+    cin = in_shape[-1] // (module.feature_group_count or 1)
+    return int(math.prod(out_shape[1:-1]) * k * cin * out_shape[-1])
+  if isinstance(module, nn.Dense):
+    return int(math.prod(out_shape[1:-1]) * in_shape[-1] * out_shape[-1])
+  return 0
+
+
+def layer_macs(model, variables, input_shape):
+  """Forward MACs per example of every Keras layer of `model`, in Keras order.
+
+  Counts the textbook multiply-accumulates of convolutions (dense, grouped and
+  depthwise; SE blocks are 1x1 convolutions) and dense layers: output positions
+  x kernel taps x input channels per group x output channels, SAME padding taps
+  included. Normalisation, activations, pooling and elementwise ops count 0.
+  Returns [{'name', 'kind', 'macs'}].
+  """
+  macs = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    mod = context.module
+    if context.method_name == '__call__' and mod.scope is not None and len(mod.scope.path) == 1:
+      name = mod.scope.path[0]
+      macs[name] = macs.get(name, 0) + _module_macs(mod, args[0].shape, out.shape)
+    return out
+
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  return [dict(name=l.name, kind=l.kind, macs=macs.get(l.name, 0)) for l in model.keras_layers()]
+
+
+def analytic_train_macs(per_layer, trainable_names):
+  """MACs per example of one training step, from the per-layer forward count.
+
+  forward: every layer (frozen ones too: the input must reach the trainable ones);
+  weight_grad: the trainable layers' weight gradients (= their forward MACs);
+  input_grad: the input gradients of every layer above the lowest trainable one
+    (the backward pass must reach that layer, not go below it).
+  """
+  trainable = set(trainable_names)
+  idx = [i for i, l in enumerate(per_layer) if l['name'] in trainable]
+  lowest = min(idx) if idx else len(per_layer)
+  forward = sum(l['macs'] for l in per_layer)
+  weight_grad = sum(l['macs'] for l in per_layer if l['name'] in trainable)
+  input_grad = sum(l['macs'] for i, l in enumerate(per_layer) if i > lowest)
+  return dict(forward=forward, weight_grad=weight_grad, input_grad=input_grad,
+              total=forward + weight_grad + input_grad,
+              trainable_forward=weight_grad)
+
+
+def energy_j(flops, e_mac_j=DEFAULT_E_MAC_J):
+  """The thesis's formula: energy = FLOPs / 2 x E_mac (one MAC = 2 FLOPs)."""
+  return float(flops) / 2.0 * e_mac_j
+
+
+def param_counts(variables, labels):
+  """(trainable params, total variables): total counts batch statistics too, as Keras does."""
+  total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables))
+  trainable = sum(int(np.prod(p.shape)) for p, l in zip(jax.tree.leaves(variables['params']),
+                                                        jax.tree.leaves(labels))
+                  if l == 'trainable')
+  return trainable, total

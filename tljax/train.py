@@ -1,0 +1,395 @@
+"""The experiment: pretrain (cached), fine-tune once per freeze case, account, report."""
+
+import functools
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import time
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from tljax import accounting
+from tljax import checks
+from tljax import data
+from tljax import freezing
+from tljax import models
+from tljax import report
+from tljax.steps import TrainState, eval_step, train_step
+
+# Fields that change neither pretraining nor any number in the summary.
+PRETRAIN_FIELDS = ('model', 'image_size', 'channels', 'source_dataset', 'source_classes',
+                   'pretrain_epochs', 'pretrain_learning_rate', 'batch_size', 'seed',
+                   'steps_per_epoch')
+
+
+def _environment():
+  dev = jax.devices()[0]
+  return {
+      'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
+      'orbax_checkpoint': getattr(ocp, '__version__', 'unknown'),
+      'numpy': np.__version__, 'python': platform.python_version(),
+      'backend': jax.default_backend(), 'device': str(dev.device_kind),
+      'device_count': jax.device_count(), 'platform': platform.platform(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  }
+
+
+def _prep_fn(config, dataset_name):
+  return functools.partial(data.preprocess, image_size=config.image_size,
+                           channels=config.channels, fit=data.fit_of(dataset_name),
+                           pixel_scale=models.pixel_scale(config.model))
+
+
+def _model(config, num_classes, frozen=frozenset()):
+  return models.create(config.model, num_classes=num_classes, frozen=frozenset(frozen))
+
+
+def _input_spec(config, batch):
+  return jax.ShapeDtypeStruct((batch, config.image_size, config.image_size, config.channels),
+                              jnp.float32)
+
+
+def _init_variables(model, config, rng):
+  x = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, x)
+  return flax.core.unfreeze(variables)
+
+
+def _compile_steps(model, tx, trainable, state, config, eval_batch):
+  """Jits and compiles the train and eval steps once; returns the compiled callables and costs."""
+  t0 = time.perf_counter()
+  train_jit = jax.jit(functools.partial(train_step, model=model, tx=tx, trainable=trainable),
+                      donate_argnums=0)
+  train_c = train_jit.lower(state, _input_spec(config, config.batch_size),
+                            jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)).compile()
+  eval_jit = jax.jit(functools.partial(eval_step, model=model))
+  eval_c = eval_jit.lower(state.params, state.batch_stats, _input_spec(config, eval_batch),
+                          jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
+                          jax.ShapeDtypeStruct((eval_batch,), jnp.float32)).compile()
+  return train_c, eval_c, time.perf_counter() - t0
+
+
+def _evaluate(eval_c, state, arrays, config, prep):
+  sums = None
+  for images, labels, mask in data.prefetch(
+      data.eval_batches(arrays, _eval_batch(config, arrays), prep=prep)):
+    out = eval_c(state.params, state.batch_stats, images, labels, mask)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  return float(sums['correct'] / sums['count']), float(sums['loss'] / sums['count'])
+
+
+def _eval_batch(config, arrays):
+  return min(config.eval_batch_size, len(arrays))
+
+
+def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case):
+  """Runs the compiled step over `epochs` epochs; returns (state, steps, wall_s, diverged_at)."""
+  steps_per_epoch = len(arrays) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
+                     f'{len(arrays)} training examples of {arrays.name!r}.')
+  if config.steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+  total = epochs * steps_per_epoch
+  bar = tqdm.tqdm(total=total, desc=desc, unit='step', disable=not config.progress,
+                  dynamic_ncols=True)
+  pending, steps, diverged_at = [], 0, None
+  t0 = time.perf_counter()
+  t_log, steps_log = t0, 0
+  for epoch in range(epochs):
+    batches = data.train_batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
+                                 prep=prep)
+    for i, (images, labels) in enumerate(data.prefetch(batches)):
+      if i >= steps_per_epoch:
+        break
+      state, m = train_c(state, images, labels)
+      pending.append(m)
+      steps += 1
+      if steps % config.log_every_steps == 0 or steps == total:
+        vals = jax.device_get(pending)
+        pending = []
+        loss = float(np.mean([v['loss'] for v in vals]))
+        acc = float(np.mean([v['accuracy'] for v in vals]))
+        now = time.perf_counter()
+        rate = (steps - steps_log) * config.batch_size / max(now - t_log, 1e-9)
+        t_log, steps_log = now, steps
+        metrics.write(case=case, step=steps, epoch=epoch, train_loss=loss, train_accuracy=acc,
+                      examples_per_s=rate)
+        bar.set_postfix(loss=f'{loss:.4f}', ex_per_s=f'{rate:.0f}')
+        bad = [j for j, v in enumerate(vals) if not np.isfinite(v['loss'])]
+        if bad:
+          diverged_at = steps - len(vals) + bad[0] + 1
+          logging.warning('%s: loss is not finite at step %d; stopping this case.', desc,
+                          diverged_at)
+          bar.close()
+          return state, steps, time.perf_counter() - t0, diverged_at
+      bar.update(1)
+  jax.block_until_ready(state)
+  bar.close()
+  return state, steps, time.perf_counter() - t0, diverged_at
+
+
+def _new_state(variables, tx, seed):
+  # Own copies: the train step donates its state, and `variables` (pretrained weights) are
+  # shared by every case.
+  variables = jax.tree.map(lambda x: jnp.array(x, copy=True), variables)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    rng=jax.random.fold_in(jax.random.key(seed), 1))
+
+
+def _pretrain_key(config):
+  fields = {f: config[f] for f in PRETRAIN_FIELDS}
+  blob = json.dumps(fields, sort_keys=True, default=list)
+  return f'{config.model}_{config.source_dataset}_' + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _pretrain(config, metrics):
+  """Source pretraining with every layer trainable, cached as an orbax checkpoint."""
+  src = data.load(config.source_dataset, 'train', classes=tuple(config.source_classes),
+                  data_dir=config.data_dir or None)
+  src_test = data.load(config.source_dataset, 'test', classes=tuple(config.source_classes),
+                       data_dir=config.data_dir or None)
+  path = os.path.abspath(os.path.join(config.cache_dir, 'pretrained', _pretrain_key(config)))
+  model = _model(config, src.num_classes)
+  rng = jax.random.key(config.seed)
+  variables = _init_variables(model, config, rng)
+  ckptr = ocp.StandardCheckpointer()
+  info_path = os.path.join(path, 'pretrain.json')
+  if os.path.exists(info_path):
+    logging.info('Reusing the pretrained model in %s', path)
+    restored = ckptr.restore(os.path.join(path, 'variables'), variables)
+    with open(info_path) as f:
+      info = json.load(f)
+    info['cached'] = True
+    return restored, info
+  labels = jax.tree.map(lambda _: freezing.TRAINABLE, variables['params'])
+  tx = freezing.make_optimizer(optax.adam(config.pretrain_learning_rate), labels)
+  state = _new_state(variables, tx, config.seed)
+  trainable = jax.tree.map(lambda _: True, variables['params'])
+  train_c, eval_c, compile_s = _compile_steps(model, tx, trainable, state, config,
+                                              _eval_batch(config, src_test))
+  prep = _prep_fn(config, config.source_dataset)
+  state, steps, wall, diverged = _fit(state, train_c, src, config, prep=prep,
+                                      epochs=config.pretrain_epochs, desc='pretrain',
+                                      metrics=metrics, case='pretrain')
+  if diverged:
+    raise FloatingPointError(f'Pretraining on {config.source_dataset!r} diverged at step '
+                             f'{diverged}; lower config.pretrain_learning_rate.')
+  acc, loss = _evaluate(eval_c, state, src_test, config, prep)
+  info = dict(dataset=config.source_dataset, classes=list(config.source_classes),
+              num_classes=src.num_classes, train_examples=len(src), test_examples=len(src_test),
+              epochs=config.pretrain_epochs, steps=steps, wall_s=wall, compile_s=compile_s,
+              test_accuracy=acc, test_loss=loss, path=path, cached=False)
+  logging.info('Pretrained on %s: test accuracy %.4f, loss %.4f', config.source_dataset, acc,
+               loss)
+  tmp = path + f'.tmp{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  ckptr.save(os.path.join(tmp, 'variables'),
+             {'params': state.params, 'batch_stats': state.batch_stats})
+  ckptr.wait_until_finished()
+  report.write_json(os.path.join(tmp, 'pretrain.json'), info)
+  shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  os.replace(tmp, path)
+  return {'params': state.params, 'batch_stats': state.batch_stats}, info
+
+
+def _pretrained_variables(config, metrics, num_target_classes):
+  """(variables or None, info): the weights every case starts from."""
+  if config.dry_run or config.pretrained == 'none':
+    return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
+  if config.pretrained == 'imagenet':
+    from tljax import weights  # pylint: disable=g-import-not-at-top
+    variables = weights.imagenet_variables(config.model, config.cache_dir)
+    return variables, {'source': 'imagenet', 'model': config.model}
+  variables, info = _pretrain(config, metrics)
+  del num_target_classes
+  return variables, info
+
+
+def _merge(fresh, pretrained, layers, new_head_layers):
+  """Fresh variables overwritten by pretrained ones, strictly: every base layer must come from
+  `pretrained` with the same shapes; layers in `new_head_layers` keep their fresh init."""
+  out = {}
+  base = {l.name for l in layers if l.base}
+  for col, tree in fresh.items():
+    out[col] = {}
+    src = pretrained.get(col, {})
+    for name, sub in tree.items():
+      if name in new_head_layers:
+        out[col][name] = sub
+        continue
+      if name not in src:
+        if name in base:
+          raise ValueError(f'Pretrained weights lack {col}/{name}.')
+        out[col][name] = sub
+        continue
+      fs = jax.tree.map(jnp.shape, sub)
+      ps = jax.tree.map(jnp.shape, src[name])
+      if fs != ps:
+        raise ValueError(f'Pretrained {col}/{name} has shapes {ps}, the model needs {fs}.')
+      out[col][name] = src[name]
+    extra = set(src) - set(tree)
+    if extra:
+      raise ValueError(f'Pretrained weights have layers the model lacks: {sorted(extra)}.')
+  return out
+
+
+def _head_to_reinit(config, layers, pretrained, fresh):
+  """Layers to re-initialise for the target task: the classifier when `new_head` says so."""
+  classifier = [l.name for l in layers if l.kind == 'Dense'][-1:]
+  if pretrained is None:
+    return set()
+  src = pretrained['params']
+  if config.new_head == 'always':
+    return set(classifier) | {l.name for l in layers if not l.base and l.name not in src}
+  differs = {n for n in classifier if n in src and
+             jax.tree.map(jnp.shape, src[n]) != jax.tree.map(jnp.shape, fresh['params'][n])}
+  if differs and config.new_head == 'never':
+    raise ValueError(f"config.new_head='never' but the classifier {sorted(differs)} changes "
+                     'shape for the target classes.')
+  return differs
+
+
+def _run_case(config, n, pretrained, target, target_test, metrics, num_classes):
+  layers = _model(config, num_classes).keras_layers()
+  trainable_names = freezing.case_layers(layers, n, config.case_counting)
+  frozen = {l.name for l in layers} - set(trainable_names)
+  model = _model(config, num_classes, frozen)
+  rng = jax.random.key(config.seed)
+  fresh = _init_variables(model, config, jax.random.fold_in(rng, 2))
+  reinit = _head_to_reinit(config, layers, pretrained, fresh)
+  variables = fresh if pretrained is None else _merge(fresh, pretrained, layers, reinit)
+  labels = freezing.label_tree(variables['params'], freezing.case_rules(trainable_names))
+  logging.info('Case %d: trains %d layers: %s', n, len(trainable_names),
+               ', '.join(trainable_names))
+  tx = freezing.make_optimizer(optax.adam(config.learning_rate), labels)
+  state = _new_state(variables, tx, config.seed)
+  trainable = jax.tree.map(lambda l: l == freezing.TRAINABLE, labels)
+  eval_batch = _eval_batch(config, target_test)
+  train_c, eval_c, compile_s = _compile_steps(model, tx, trainable, state, config, eval_batch)
+  train_cost = accounting.xla_costs(train_c)
+  eval_cost = accounting.xla_costs(eval_c)
+  per_layer = accounting.layer_macs(model, variables, (config.image_size, config.image_size,
+                                                       config.channels))
+  analytic = accounting.analytic_train_macs(per_layer, trainable_names)
+  prep = _prep_fn(config, config.target_dataset)
+  state, steps, wall, diverged_at = _fit(
+      state, train_c, target, config, prep=prep, epochs=config.epochs, desc=f'case {n}',
+      metrics=metrics, case=n)
+  if diverged_at is None:
+    acc, loss = _evaluate(eval_c, state, target_test, config, prep)
+    status = 'ok'
+  else:
+    acc = loss = None
+    status = 'diverged'
+  kinds = {l.name: l.kind for l in layers}
+  trainable_params, total_params = accounting.param_counts(variables, labels)
+  flops_step = train_cost['flops']
+  flops_ex = flops_step / config.batch_size
+  analytic_train = 2 * analytic['total']
+  record = dict(
+      case=n, status=status, diverged_at_step=diverged_at,
+      trainable_layers=len(trainable_names),
+      trainable_layer_names=list(trainable_names),
+      first_trainable_layer=trainable_names[0], last_trainable_layer=trainable_names[-1],
+      trainable_conv_layers=sum(kinds[t] == 'Conv2D' for t in trainable_names),
+      trainable_depthwise_layers=sum(kinds[t] == 'DepthwiseConv2D' for t in trainable_names),
+      reinitialised_layers=sorted(reinit),
+      trainable_params=trainable_params, total_params=total_params,
+      test_accuracy=acc, test_loss=loss, test_examples=len(target_test),
+      steps=steps, batch_size=config.batch_size,
+      train_flops_per_step=flops_step, train_flops_per_example=flops_ex,
+      forward_flops_per_example=eval_cost['flops'] / eval_batch,
+      analytic_train_flops_per_example=analytic_train,
+      analytic_forward_flops_per_example=2 * analytic['forward'],
+      analytic_macs_per_example=analytic,
+      xla_to_analytic_train_flops=flops_ex / analytic_train if analytic_train else None,
+      energy_per_example_j=accounting.energy_j(flops_ex, config.e_mac_j),
+      energy_per_step_j=accounting.energy_j(flops_step, config.e_mac_j),
+      energy_total_j=accounting.energy_j(flops_step, config.e_mac_j) * steps,
+      thesis_energy_per_example_j=analytic['trainable_forward'] * config.e_mac_j,
+      train_memory_bytes=train_cost.get('memory_bytes'),
+      train_memory=train_cost, eval_cost=eval_cost,
+      compile_s=compile_s, wall_s=wall,
+      examples_per_s=steps * config.batch_size / wall if wall > 0 else None,
+  )
+  logging.info('Case %d: accuracy %s, train %.4g FLOPs/example, %.4g J/example, memory %s B',
+               n, acc, flops_ex, record['energy_per_example_j'], record['train_memory_bytes'])
+  return record
+
+
+def _dry_run_config(config):
+  """One step per case on mock data with random weights; accounting unchanged."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.epochs = 1
+    c.steps_per_epoch = 1
+    c.batch_size = min(c.batch_size, data.MOCK_EXAMPLES)
+    c.eval_batch_size = min(c.eval_batch_size, data.MOCK_EXAMPLES)
+  return c
+
+
+def _load_target(config, split):
+  return data.load(config.target_dataset, split, classes=tuple(config.target_classes),
+                   data_dir=config.data_dir or None, mock=config.dry_run)
+
+
+def train_and_evaluate(config, workdir):
+  """Runs the whole experiment of `config`, writing its outputs into `workdir`.
+
+  Returns the summary dict (also written to workdir/summary.json).
+  """
+  checks.validate(config)
+  run_config = _dry_run_config(config) if config.dry_run else config
+  os.makedirs(workdir, exist_ok=True)
+  report.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  target = _load_target(run_config, 'train')
+  target_test = _load_target(run_config, 'test')
+  num_classes = target.num_classes
+  layers = _model(run_config, num_classes).keras_layers()
+  for n in run_config.cases:  # every case is checked before hours are spent on the first
+    freezing.case_layers(layers, n, run_config.case_counting)
+  metrics = report.MetricsWriter(os.path.join(workdir, 'metrics.jsonl'))
+  try:
+    t0 = time.perf_counter()
+    pretrained, pretrain_info = _pretrained_variables(run_config, metrics, num_classes)
+    cases = []
+    summary = dict(
+        name=config.name, dry_run=bool(config.dry_run), model=config.model,
+        source_dataset=config.source_dataset if config.pretrained == 'source' else None,
+        target_dataset=config.target_dataset, num_classes=num_classes,
+        train_examples=len(target), test_examples=len(target_test),
+        pretraining=pretrain_info, e_mac_j=config.e_mac_j,
+        config=config.to_dict(), environment=_environment(), cases=cases)
+    for n in run_config.cases:
+      cases.append(_run_case(run_config, n, pretrained, target, target_test, metrics,
+                             num_classes))
+      summary['wall_s'] = time.perf_counter() - t0
+      _write_outputs(workdir, summary)
+  finally:
+    metrics.close()
+  return summary
+
+
+def _write_outputs(workdir, summary):
+  report.write_json(os.path.join(workdir, 'summary.json'), summary)
+  report.write_csv(os.path.join(workdir, 'results.csv'), summary['cases'])
+  title = (f"{summary['name']}: {summary['model']} "
+           + (f"{summary['source_dataset']} -> " if summary['source_dataset'] else '')
+           + f"{summary['target_dataset']}" + (' (dry run)' if summary['dry_run'] else ''))
+  report.write_figure(os.path.join(workdir, 'figure.png'), summary['cases'], title)
