@@ -66,11 +66,3 @@ from tljax.models.efficientnet import EfficientNet  # pylint: disable=g-import-n
 
 register('efficientnet_b0', functools.partial(EfficientNet, variant='b0'), (224, 224, 3))
 register('efficientnet_b2', functools.partial(EfficientNet, variant='b2'), (224, 224, 3))
-
-# Input pixel range each model expects; data arrives in [0, 1] and the trainer multiplies by this.
-PIXEL_SCALE = {'small_cnn': 1.0, 'efficientnet_b0': 255.0, 'efficientnet_b2': 255.0}
-
-
-def pixel_scale(name: str) -> float:
-  _entry(name)  # unknown names raise
-  return PIXEL_SCALE.get(name, 1.0)
