@@ -1,5 +1,6 @@
 """The experiment: pretrain (cached), fine-tune once per freeze case, account, report."""
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -8,6 +9,7 @@ import os
 import platform
 import shutil
 import time
+from typing import Any
 
 from absl import logging
 import flax
@@ -65,7 +67,7 @@ def _init_variables(model, config, rng):
   return flax.core.unfreeze(variables)
 
 
-def _compile_steps(model, tx, trainable, state, config, eval_batch):
+def compile_steps(model, tx, trainable, state, config, eval_batch):
   """Jits and compiles the train and eval steps once; returns the compiled callables and costs."""
   t0 = time.perf_counter()
   train_jit = jax.jit(functools.partial(train_step, model=model, tx=tx, trainable=trainable),
@@ -179,7 +181,7 @@ def _pretrain(config, metrics):
   tx = freezing.make_optimizer(optax.adam(config.pretrain_learning_rate), labels)
   state = _new_state(variables, tx, config.seed)
   trainable = jax.tree.map(lambda _: True, variables['params'])
-  train_c, eval_c, compile_s = _compile_steps(model, tx, trainable, state, config,
+  train_c, eval_c, compile_s = compile_steps(model, tx, trainable, state, config,
                                               _eval_batch(config, src_test))
   prep = _prep_fn(config, config.source_dataset)
   state, steps, wall, diverged = _fit(state, train_c, src, config, prep=prep,
@@ -265,13 +267,28 @@ def _head_to_reinit(config, layers, pretrained, fresh):
   return differs
 
 
-def _run_case(config, n, pretrained, target, target_test, metrics, num_classes):
+@dataclasses.dataclass
+class Case:
+  """Everything one freeze case trains with."""
+  n: int
+  model: Any
+  layers: tuple
+  trainable_names: tuple
+  variables: dict
+  labels: Any
+  trainable: Any  # static tree of bools over params
+  tx: Any
+  state: TrainState
+  reinit: set
+
+
+def make_case(config, n, num_classes, pretrained=None):
+  """The model, variables, freeze labels, optimiser and initial state of case `n`."""
   layers = _model(config, num_classes).keras_layers()
   trainable_names = freezing.case_layers(layers, n, config.case_counting)
   frozen = {l.name for l in layers} - set(trainable_names)
   model = _model(config, num_classes, frozen)
-  rng = jax.random.key(config.seed)
-  fresh = _init_variables(model, config, jax.random.fold_in(rng, 2))
+  fresh = _init_variables(model, config, jax.random.fold_in(jax.random.key(config.seed), 2))
   reinit = _head_to_reinit(config, layers, pretrained, fresh)
   variables = fresh if pretrained is None else _merge(fresh, pretrained, layers, reinit)
   labels = freezing.label_tree(variables['params'], freezing.case_rules(trainable_names))
@@ -280,13 +297,23 @@ def _run_case(config, n, pretrained, target, target_test, metrics, num_classes):
   tx = freezing.make_optimizer(optax.adam(config.learning_rate), labels)
   state = _new_state(variables, tx, config.seed)
   trainable = jax.tree.map(lambda l: l == freezing.TRAINABLE, labels)
+  return Case(n, model, layers, trainable_names, variables, labels, trainable, tx, state,
+              reinit)
+
+
+def _run_case(config, n, pretrained, target, target_test, metrics, num_classes):
+  case = make_case(config, n, num_classes, pretrained)
+  model, layers, trainable_names = case.model, case.layers, case.trainable_names
+  variables, labels, reinit = case.variables, case.labels, case.reinit
   eval_batch = _eval_batch(config, target_test)
-  train_c, eval_c, compile_s = _compile_steps(model, tx, trainable, state, config, eval_batch)
+  train_c, eval_c, compile_s = compile_steps(model, case.tx, case.trainable, case.state, config,
+                                              eval_batch)
   train_cost = accounting.xla_costs(train_c)
   eval_cost = accounting.xla_costs(eval_c)
   per_layer = accounting.layer_macs(model, variables, (config.image_size, config.image_size,
                                                        config.channels))
   analytic = accounting.analytic_train_macs(per_layer, trainable_names)
+  state = case.state
   prep = _prep_fn(config, config.target_dataset)
   state, steps, wall, diverged_at = _fit(
       state, train_c, target, config, prep=prep, epochs=config.epochs, desc=f'case {n}',

@@ -1,0 +1,87 @@
+"""FLOP, energy and memory accounting against formulas and XLA's compiled count."""
+
+import pytest
+
+from tljax import accounting
+from tljax import train
+
+CASES = (1, 4, 9, 11, 17, 23)
+BATCH = 16
+# Forward MACs per example of the small CNN's weighted layers (10 classes), by formula:
+# conv: H*W*9*Cin*Cout (SAME padding), dense: in*out.
+CONV_MACS = {
+    'conv2d': 32 * 32 * 9 * 1 * 32, 'conv2d_1': 32 * 32 * 9 * 32 * 32,
+    'conv2d_2': 16 * 16 * 9 * 32 * 64, 'conv2d_3': 16 * 16 * 9 * 64 * 64,
+    'conv2d_4': 8 * 8 * 9 * 64 * 128, 'conv2d_5': 8 * 8 * 9 * 128 * 128,
+    'dense': 2048 * 128, 'dense_1': 128 * 10,
+}
+
+
+@pytest.fixture(scope='module')
+def costs():
+  """Compiled train/eval costs and analytic counts of the six cases (batch 16, 10 classes)."""
+  from configs import default
+  config = default.get_config()
+  config.batch_size = BATCH
+  out = {}
+  for n in CASES:
+    case = train.make_case(config, n, num_classes=10)
+    train_c, eval_c, _ = train.compile_steps(case.model, case.tx, case.trainable, case.state,
+                                             config, eval_batch=BATCH)
+    per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
+    out[n] = dict(train=accounting.xla_costs(train_c), eval=accounting.xla_costs(eval_c),
+                  per_layer=per_layer,
+                  analytic=accounting.analytic_train_macs(per_layer, case.trainable_names))
+  return out
+
+
+def test_analytic_per_layer_macs_match_the_formula(costs):
+  per_layer = {l['name']: l['macs'] for l in costs[1]['per_layer']}
+  assert {k: v for k, v in per_layer.items() if v} == CONV_MACS
+  assert costs[1]['analytic']['forward'] == sum(CONV_MACS.values())
+
+
+def test_train_flops_strictly_increase_across_cases(costs):
+  flops = [costs[n]['train']['flops'] for n in CASES]
+  assert all(a < b for a, b in zip(flops, flops[1:])), flops
+  mem = [costs[n]['train']['memory_bytes'] for n in CASES]
+  assert mem[-1] > mem[0] > 0
+
+
+def test_full_fine_tuning_is_2_5_to_3_5_forward(costs):
+  fwd = costs[23]['eval']['flops']
+  ratio = costs[23]['train']['flops'] / fwd
+  assert 2.5 < ratio < 3.5, ratio
+
+
+def test_head_only_is_forward_plus_head_backward(costs):
+  """With only dense_1 trainable, no backward work below it: train ~ forward + head backward."""
+  fwd = costs[1]['eval']['flops']
+  head_backward = 2 * 2 * BATCH * 128 * 10  # weight gradient + input-free: 2 FLOPs per MAC
+  train_flops = costs[1]['train']['flops']
+  assert train_flops >= fwd
+  assert train_flops <= 1.03 * (fwd + head_backward), train_flops / fwd
+
+
+def test_xla_count_agrees_with_the_analytic_count(costs):
+  for n in CASES:
+    xla = costs[n]['train']['flops'] / BATCH
+    analytic = 2 * costs[n]['analytic']['total']
+    # XLA omits SAME-padding taps (-6..-12 % on 32x32..8x8 maps) and adds elementwise work.
+    assert 0.85 < xla / analytic < 1.05, (n, xla / analytic)
+
+
+def test_analytic_train_count_terms():
+  layers = [dict(name='a', kind='Conv2D', macs=100), dict(name='b', kind='Dropout', macs=0),
+            dict(name='c', kind='Conv2D', macs=10), dict(name='d', kind='Dense', macs=1)]
+  got = accounting.analytic_train_macs(layers, ('c', 'd'))
+  assert got == dict(forward=111, weight_grad=11, input_grad=1, total=123, trainable_forward=11)
+  full = accounting.analytic_train_macs(layers, ('a', 'b', 'c', 'd'))
+  assert full['input_grad'] == 11 and full['total'] == 111 + 111 + 11
+
+
+def test_energy_formulas():
+  assert accounting.energy_j(2e9) == pytest.approx(1e9 * 3.2e-12)
+  assert accounting.energy_j(2e9, e_mac_j=1e-12) == pytest.approx(1e-3)
+  # The thesis's FC-only energy (CIFAR-10): 2048*128 + 128*10 MACs x 3.2 pJ = 843 nJ ("850").
+  assert (2048 * 128 + 128 * 10) * accounting.DEFAULT_E_MAC_J == pytest.approx(842.9568e-9)
