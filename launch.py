@@ -7,21 +7,47 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `configs` imports `configs.base`
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)  # config files import `configs.base`
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py'),
-    'Experiment config file (configs/*.py), optionally with :ARG.', lock_config=True)
+
+
+def _bad_override(e):
+  msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  if msg.startswith("'"):  # ml_collections nests the KeyError's repr
+    msg = msg.encode().decode('unicode_escape').replace("'", '').replace('\n', ' ')
+  sys.exit(f'tljax: error: unknown or bad --config override: {msg}')
+
+
+try:  # ml_collections applies --config.* overrides already here
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(ROOT, 'configs', 'default.py'),
+      'Experiment config file (configs/*.py), optionally with :ARG.', lock_config=True)
+except (AttributeError, KeyError, TypeError, ValueError) as err:
+  _bad_override(err)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (default artifacts/<config name>).')
+
+
+def _parse_flags(argv):
+  """absl's parser, with a one-line message for a mistyped config field or bad value."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    msg = str(e)
+    if 'Traceback' in msg:  # an error raised by the config file: its last line says what
+      msg = msg.split('Traceback')[0].strip() + ' ' + msg.strip().splitlines()[-1].strip()
+    sys.exit(f'tljax: error: {msg}\nPass --helpshort to see the flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _bad_override(e)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from tljax import train  # pylint: disable=g-import-not-at-top
+  from tljax import run  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
-  train.train_and_evaluate(config, _WORKDIR.value or os.path.join('artifacts', config.name))
+  run.main(config, _WORKDIR.value or os.path.join('artifacts', config.name))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,20 @@
+"""Command-line entry: runs train_and_evaluate and turns expected failures into one-line errors."""
+
+import sys
+
+from absl import logging
+
+from tljax import data
+from tljax import train
+
+# Failures caused by the user's input or environment: shown as a message, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, data.DatasetUnavailableError)
+
+
+def main(config, workdir):
+  try:
+    summary = train.train_and_evaluate(config, workdir)
+  except USER_ERRORS as e:
+    logging.debug('Traceback', exc_info=True)
+    sys.exit(f'tljax: error: {e}')
+  print(f'tljax: {len(summary["cases"])} cases written to {workdir}/summary.json')
