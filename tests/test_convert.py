@@ -49,16 +49,19 @@ def build_keras_imagenet(model_name, size):
 
 
 def randomize(model, rng):
-  """Every weight random: He-scaled kernels, positive variances, random BN and input stats."""
+  """Every weight random; BN moving stats from a calibration pass, then perturbed.
+
+  With moving stats drawn blindly, inference-mode BN does not normalise and a
+  random EfficientNet either explodes or maps every input to the same output;
+  calibrated on random images, it behaves like a trained one.
+  """
   for layer in model.layers:
     for w in layer.weights:
       name, shape = w.path.rsplit('/', 1)[-1], tuple(w.shape)
       if name == 'kernel':
         fan_in = shape[0] * shape[1] if type(layer).__name__ == 'DepthwiseConv2D' else np.prod(shape[:-1])
-        v = rng.normal(0, np.sqrt(2 / fan_in), shape)
-      elif name == 'moving_variance':
-        v = rng.uniform(0.5, 1.5, shape)
-      elif name == 'gamma':
+        v = rng.normal(0, np.sqrt(1 / fan_in), shape)
+      elif name in ('gamma', 'moving_variance'):
         v = rng.uniform(0.5, 1.5, shape)
       elif name == 'mean':
         v = rng.uniform(0.3, 0.6, shape)
@@ -67,8 +70,38 @@ def randomize(model, rng):
       elif name == 'count':
         v = rng.integers(1, 10**6)
       else:  # beta, moving_mean, bias
-        v = rng.normal(0, 0.05, shape)
+        v = rng.normal(0, 0.1, shape)
       w.assign(np.asarray(v, dtype=w.dtype))
+  for layer in model.layers:
+    if hasattr(layer, 'finalize_state'):
+      layer.finalize_state()  # Normalization caches its mean and variance
+  size = model.input_shape[1]
+  calibrate_batch_norms(model, rng.uniform(0, 255, (4, size, size, 3)).astype(np.float32))
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      std = np.sqrt(layer.moving_variance.numpy())
+      layer.moving_mean.assign(layer.moving_mean.numpy() + rng.normal(0, 0.1, std.shape) * std)
+      layer.moving_variance.assign(layer.moving_variance.numpy() * rng.uniform(0.8, 1.25, std.shape))
+
+
+def calibrate_batch_norms(model, x):
+  """Moving stats := batch stats of one training-mode pass on x (momentum 0, dropout off)."""
+  bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  drops = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+  saved = [(l, l.momentum) for l in bns], [(l, l.rate) for l in drops]
+  for l in bns:
+    l.momentum = 0.0
+  for l in drops:
+    l.rate = 0.0
+  step = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=True)[1])
+  new = step([v.value for v in model.trainable_variables],
+             [v.value for v in model.non_trainable_variables], x)
+  for var, value in zip(model.non_trainable_variables, new):
+    var.assign(value)
+  for l, m in saved[0]:
+    l.momentum = m
+  for l, r in saved[1]:
+    l.rate = r
 
 
 def to_keras2_names(src, dst):
@@ -110,7 +143,7 @@ def keras_files(tmp_path_factory):
     k3 = str(d / 'keras3.h5')
     with h5py.File(k3, 'w') as f:
       legacy_h5_format.save_weights_to_hdf5_group(f, km)
-    # Load it back through Keras's own loader (this also refreshes Normalization's state).
+    # Load it back through Keras's own loader, as keras.applications does.
     with h5py.File(k3, 'r') as f:
       legacy_h5_format.load_weights_from_hdf5_group(f, km)
     out[model_name] = {'keras3': k3, 'keras2': to_keras2_names(k3, str(d / 'keras2.h5')),
@@ -143,7 +176,7 @@ def test_feature_maps_match_keras(keras_files, model_name, size):
   apply = jax.jit(model.apply)
   scale = np.abs(want).max()
   # Random inputs must give clearly different features, or the comparison proves little.
-  assert np.abs(want[0] - want[1]).max() > 0.01 * scale
+  assert np.abs(want[0] - want[1]).max() > 0.3 * scale
   converted = {}
   for naming in ('keras3', 'keras2'):
     variables = convert.keras_h5_to_variables(keras_files[model_name][naming], model_name)
