@@ -141,8 +141,7 @@ def _hosts_reachable(hosts, timeout=5.0):
 def _load_tfds(name, split, data_dir, mock):
   if mock:
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-      x, y = tfds.as_numpy(tfds.load(name, split=split, as_supervised=True, batch_size=-1))
-    return x, y.astype(np.int32)
+      return _to_numpy(tfds.load(name, split=split, as_supervised=True))
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     where = builder.data_dir
@@ -159,8 +158,16 @@ def _load_tfds(name, split, data_dir, mock):
     except Exception as e:  # TFDS raises many types for network and disk failures
       raise DatasetUnavailableError(
           f'Downloading/preparing dataset {name!r} into {where} failed: {e}') from e
-  x, y = tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True, batch_size=-1))
-  return x, y.astype(np.int32)
+  return _to_numpy(builder.as_dataset(split=split, as_supervised=True))
+
+
+def _to_numpy(ds):
+  """A (image, label) tf.data split as two numpy arrays (label int32)."""
+  xs, ys = [], []
+  for x, y in tfds.as_numpy(ds.batch(4096)):
+    xs.append(x)
+    ys.append(y)
+  return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
 
 
 def _load_folder(name, split, data_dir, mock):
@@ -184,8 +191,8 @@ def _load_folder(name, split, data_dir, mock):
                      f'{list(expected)}.')
   folder_data.verify_images(data_dir, split)
   ds, n, class_names = folder_data.load_split(data_dir, split, 150 if expected else 224, 3)
-  x, y = tfds.as_numpy(ds.batch(max(n, 1)).get_single_element())
-  return (np.round(x * 255).astype(np.uint8), y.astype(np.int32), len(class_names))
+  x, y = _to_numpy(ds)
+  return np.round(x * 255).astype(np.uint8), y, len(class_names)
 
 
 def preprocess(images, *, image_size, channels, fit='resize', pixel_scale=1.0):

@@ -1,0 +1,51 @@
+"""Every shipped config passes a dry run: one step per case on mock data, exact accounting."""
+
+import glob
+import importlib
+import json
+import os
+
+import pytest
+
+from tljax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                 if not os.path.basename(p).startswith(('_', 'base')))
+
+
+def test_every_thesis_test_has_a_config():
+  assert {'default', 'test1', 'test2', 'test3', 'test4', 'test5'} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_dry_run(name, tmp_path):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config.dry_run = True
+  config.progress = False
+  config.cache_dir = str(tmp_path / 'cache')
+  if name != 'default':  # shrunk for CI's 2 cores: the first and last cases, smaller images
+    config.cases = (config.cases[0], config.cases[-1])
+    if config.model != 'small_cnn':
+      config.image_size = 64
+  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  on_disk = json.loads((tmp_path / 'w' / 'summary.json').read_text())
+  assert on_disk['dry_run'] is True
+  assert [c['case'] for c in on_disk['cases']] == list(config.cases)
+  flops = [c['train_flops_per_example'] for c in summary['cases']]
+  assert all(f > 0 for f in flops)
+  assert flops == sorted(flops)
+  for c in summary['cases']:
+    assert c['steps'] == 1
+    assert c['status'] == 'ok'
+    assert c['train_memory_bytes'] > 0
+    assert 0.75 < c['xla_to_analytic_train_flops'] < 1.25, c['xla_to_analytic_train_flops']
+  assert not os.path.exists(os.path.join(config.cache_dir, 'pretrained'))
+
+
+def test_reverse_directions():
+  from configs import test1, test5
+  assert (test1.get_config('reverse').source_dataset,
+          test1.get_config('reverse').target_dataset) == ('cifar10', 'cifar100')
+  assert (test5.get_config('reverse').source_dataset,
+          test5.get_config('reverse').target_dataset) == ('mnist', 'svhn_cropped')
