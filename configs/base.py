@@ -21,6 +21,9 @@ def get_config():
   c.cache_dir = 'artifacts/cache'  # pretrained models and converted weights
   c.pretrain_epochs = 10
   c.pretrain_learning_rate = 1e-3
+  # BatchNorm moving-average momentum (Keras: 0.99). A few hundred steps on a tiny dataset
+  # leave 0.99's averages far from the batch statistics: use 0.9 there.
+  c.bn_momentum = 0.99
   c.new_head = 'auto'  # re-init the classifier: 'auto' (class count differs), 'always', 'never'
   # Freeze cases: each the number of trainable layers in Keras order. counting 'model': the last
   # N layers of the whole model; 'base': the head plus the last N layers of the base.

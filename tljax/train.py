@@ -53,7 +53,8 @@ def _prep_fn(config, dataset_name):
 
 
 def _model(config, num_classes, frozen=frozenset()):
-  return models.create(config.model, num_classes=num_classes, frozen=frozenset(frozen))
+  return models.create(config.model, num_classes=num_classes, frozen=frozenset(frozen),
+                       bn_momentum=config.bn_momentum)
 
 
 def _input_spec(config, batch):

@@ -53,6 +53,7 @@ class SmallCNN(nn.Module):
   filters: Sequence[int] = (32, 64, 128)
   conv_dropout: float = 0.25
   dense_dropout: float = 0.5
+  bn_momentum: float = BN_MOMENTUM
   frozen: frozenset = frozenset()
 
   def keras_layers(self) -> tuple[KerasLayer, ...]:
@@ -63,7 +64,7 @@ class SmallCNN(nn.Module):
 
   def _bn(self, name, x, train):
     return nn.BatchNorm(use_running_average=not self._train(name, train),
-                        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
+                        momentum=self.bn_momentum, epsilon=BN_EPSILON, name=name)(x)
 
   def _dropout(self, name, rate, x, train):
     return nn.Dropout(rate, deterministic=not self._train(name, train), name=name)(x)
