@@ -249,6 +249,7 @@ class EfficientNet(nn.Module):
   head_dropout: float = 0.5
   head_units: int = 128
   depthwise_impl: str = 'auto'
+  bn_momentum: float = BN_MOMENTUM
 
   def keras_layers(self) -> tuple[KerasLayer, ...]:
     return layer_list(self.variant, self.num_classes, self.drop_connect_rate)
@@ -257,7 +258,7 @@ class EfficientNet(nn.Module):
     return train and name not in self.frozen
 
   def _bn(self, name, x, train):
-    return nn.BatchNorm(use_running_average=not self._train(name, train), momentum=BN_MOMENTUM,
+    return nn.BatchNorm(use_running_average=not self._train(name, train), momentum=self.bn_momentum,
                         epsilon=BN_EPSILON, use_fast_variance=False, name=name)(x)
 
   def _conv(self, name, x, filters, kernel_size=1, strides=1, use_bias=False):
