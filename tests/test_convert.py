@@ -124,6 +124,12 @@ def to_keras2_names(src, dst):
   return dst
 
 
+def _umask():
+  umask = os.umask(0)
+  os.umask(umask)
+  return umask
+
+
 def _s(name):
   return name.decode('utf8') if isinstance(name, bytes) else str(name)
 
@@ -285,7 +291,7 @@ def test_corrupt_files_raise_naming_the_path(b0_file, tmp_path):
     convert.keras_h5_to_variables(str(not_keras), 'efficientnet_b0')
 
 
-def test_cli_round_trip(b0_file, tmp_path):
+def test_cli_round_trip(keras_files, b0_file, tmp_path):
   out = tmp_path / 'ckpt'
   cmd = [sys.executable, '-m', 'tljax.convert', '--model=efficientnet_b0',
          f'--keras_h5={b0_file}', f'--out={out}']
@@ -293,7 +299,8 @@ def test_cli_round_trip(b0_file, tmp_path):
   run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
   assert run.returncode == 0, run.stderr[-2000:]
   assert f'to {out}' in run.stdout
-  assert [p for p in os.listdir(tmp_path) if p != 'ckpt'] == []  # no temp dir left behind
+  assert os.listdir(tmp_path) == ['ckpt']  # no temp dir left behind
+  assert os.stat(out).st_mode & 0o777 == 0o777 & ~_umask()
   want = convert.keras_h5_to_variables(b0_file, 'efficientnet_b0')
   got = convert.load_converted(str(out), 'efficientnet_b0')
   assert jax.tree.structure(got) == jax.tree.structure(want)
@@ -303,12 +310,16 @@ def test_cli_round_trip(b0_file, tmp_path):
     convert.load_converted(str(out), 'efficientnet_b2')
   # In-process: an existing --out is kept unless --overwrite.
   argv = cmd[2:]
-  with pytest.raises(FileExistsError, match='--overwrite'):
+  with pytest.raises(SystemExit, match='exists; pass .*--overwrite'):
     convert.main(argv)
   assert convert.main(argv + ['--overwrite']) == str(out)
   jax.tree.map(np.testing.assert_array_equal, convert.load_converted(str(out)), want)
   with pytest.raises(SystemExit, match='--out'):
     convert.main(['convert', '--model=efficientnet_b0', f'--keras_h5={b0_file}'])
+  with pytest.raises(SystemExit, match="tljax.convert: .*'block1b_dwconv' .*no such layer"):
+    convert.main(['convert', '--model=efficientnet_b0', f'--out={tmp_path / "b2"}',
+                  f'--keras_h5={keras_files["efficientnet_b2"]["keras3"]}'])
+  assert sorted(os.listdir(tmp_path)) == ['ckpt']
 
 
 # tljax.weights: downloading, md5 checks and the cache, all without a network.

@@ -167,6 +167,9 @@ def save_converted(variables: dict, out_dir: str, metadata: dict | None = None,
     ocp.PyTreeCheckpointer().save(os.path.join(tmp, _VARIABLES_DIR), tree)
     with open(os.path.join(tmp, _METADATA_FILE), 'w') as f:
       json.dump(metadata or {}, f, indent=1, sort_keys=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     if os.path.exists(out_dir):
       old = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.old-', dir=parent)
       os.rename(out_dir, os.path.join(old, 'x'))
@@ -228,7 +231,10 @@ def main(argv) -> str:
   except flags.Error as e:
     raise SystemExit(f'{e}\nUsage: python -m tljax.convert --model=NAME --keras_h5=PATH --out=DIR '
                      '[--overwrite]')
-  out = convert(fv.keras_h5, fv.model, fv.out, fv.overwrite)
+  try:
+    out = convert(fv.keras_h5, fv.model, fv.out, fv.overwrite)
+  except (ValueError, OSError) as e:  # bad file, mismatched model, existing --out
+    raise SystemExit(f'tljax.convert: {e}') from e
   print(f'Wrote {fv.model} variables from {fv.keras_h5} to {out}')
   return out
 
