@@ -38,5 +38,9 @@ def get_config():
   c.e_mac_j = 3.2e-12  # J per multiply-accumulate (45 nm, the thesis's 3.2 pJ)
   c.log_every_steps = 20
   c.progress = True  # a tqdm bar per case
+  # Resume: a checkpoint of the train state every this many steps (0 = none); a rerun with the
+  # same workdir skips finished cases and resumes the interrupted one.
+  c.checkpoint_every_steps = 200
+  c.restart = False  # delete the workdir's earlier results and start over
   c.dry_run = False  # one step per case on mock data with random weights
   return c

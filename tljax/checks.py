@@ -43,6 +43,9 @@ def validate(config):
   if config.steps_per_epoch < 0:
     raise ValueError(f'config.steps_per_epoch={config.steps_per_epoch!r}: must be >= 0 '
                      '(0 = whole epochs).')
+  if config.checkpoint_every_steps < 0:
+    raise ValueError(f'config.checkpoint_every_steps={config.checkpoint_every_steps!r}: must be '
+                     '>= 0 (0 = no checkpoints).')
   if config.channels not in (1, 3):
     raise ValueError(f'config.channels={config.channels!r}: must be 1 (grayscale) or 3 (RGB).')
   want = models.default_input_shape(config.model)[-1]

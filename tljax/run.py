@@ -8,7 +8,8 @@ from tljax import data
 from tljax import train
 
 # Failures caused by the user's input or environment: shown as a message, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, data.DatasetUnavailableError)
+USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
+               data.DatasetUnavailableError)
 
 
 def main(config, workdir):

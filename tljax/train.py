@@ -26,6 +26,7 @@ from tljax import data
 from tljax import freezing
 from tljax import models
 from tljax import report
+from tljax import resume
 from tljax.steps import TrainState, eval_step, train_step
 
 # Fields that change neither pretraining nor any number in the summary.
@@ -118,8 +119,13 @@ def _eval_batch(config, arrays):
   return min(config.eval_batch_size, len(arrays))
 
 
-def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case):
-  """Runs the compiled step over `epochs` epochs; returns (state, steps, wall_s, diverged_at)."""
+def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, ckpt=None):
+  """Runs the compiled step over `epochs` epochs, from the latest checkpoint in `ckpt` if any.
+
+  Checkpoints (every config.checkpoint_every_steps, at logging steps so no metric is pending)
+  hold the whole train state; the data position follows from its step, since batches depend
+  only on (seed, epoch, index). Returns (state, steps, wall_s, diverged_at).
+  """
   steps_per_epoch = len(arrays) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
@@ -127,42 +133,55 @@ def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case):
   if config.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
   total = epochs * steps_per_epoch
-  bar = tqdm.tqdm(total=total, desc=desc, unit='step', disable=not config.progress,
-                  dynamic_ncols=True)
-  pending, steps, diverged_at = [], 0, None
+  steps, wall_before = 0, 0.0
+  if ckpt is not None and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    steps, wall_before = int(meta['step']), float(meta['wall_s'])
+    logging.info('%s: resuming from the checkpoint at step %d of %d', desc, steps, total)
+  last_ckpt = steps
+  bar = tqdm.tqdm(total=total, initial=steps, desc=desc, unit='step',
+                  disable=not config.progress, dynamic_ncols=True)
+  pending, diverged_at = [], None
   t0 = time.perf_counter()
-  t_log, steps_log = t0, 0
-  for epoch in range(epochs):
+  t_log, steps_log = t0, steps
+  for epoch in range(steps // steps_per_epoch, epochs):
+    start = steps - epoch * steps_per_epoch
     batches = data.train_batches(arrays, config.batch_size, seed=config.seed, epoch=epoch,
-                                 prep=prep)
-    for i, (images, labels) in enumerate(data.prefetch(batches)):
-      if i >= steps_per_epoch:
+                                 start_step=start, prep=prep)
+    for images, labels in data.prefetch(batches):
+      if steps >= (epoch + 1) * steps_per_epoch:
         break
       state, m = train_c(state, images, labels)
       pending.append(m)
       steps += 1
-      if steps % config.log_every_steps == 0 or steps == total:
-        vals = jax.device_get(pending)
-        pending = []
-        loss = float(np.mean([v['loss'] for v in vals]))
-        acc = float(np.mean([v['accuracy'] for v in vals]))
-        now = time.perf_counter()
-        rate = (steps - steps_log) * config.batch_size / max(now - t_log, 1e-9)
-        t_log, steps_log = now, steps
-        metrics.write(case=case, step=steps, epoch=epoch, train_loss=loss, train_accuracy=acc,
-                      examples_per_s=rate)
-        bar.set_postfix(loss=f'{loss:.4f}', ex_per_s=f'{rate:.0f}')
-        bad = [j for j, v in enumerate(vals) if not np.isfinite(v['loss'])]
-        if bad:
-          diverged_at = steps - len(vals) + bad[0] + 1
-          logging.warning('%s: loss is not finite at step %d; stopping this case.', desc,
-                          diverged_at)
-          bar.close()
-          return state, steps, time.perf_counter() - t0, diverged_at
       bar.update(1)
+      if steps % config.log_every_steps and steps != total:
+        continue
+      vals = jax.device_get(pending)
+      pending = []
+      loss = float(np.mean([v['loss'] for v in vals]))
+      acc = float(np.mean([v['accuracy'] for v in vals]))
+      now = time.perf_counter()
+      rate = (steps - steps_log) * config.batch_size / max(now - t_log, 1e-9)
+      t_log, steps_log = now, steps
+      metrics.write(case=case, step=steps, epoch=epoch, train_loss=loss, train_accuracy=acc,
+                    examples_per_s=rate)
+      bar.set_postfix(loss=f'{loss:.4f}', ex_per_s=f'{rate:.0f}')
+      bad = [j for j, v in enumerate(vals) if not np.isfinite(v['loss'])]
+      if bad:
+        diverged_at = steps - len(vals) + bad[0] + 1
+        logging.warning('%s: loss is not finite at step %d; stopping this case.', desc,
+                        diverged_at)
+        bar.close()
+        return state, steps, wall_before + time.perf_counter() - t0, diverged_at
+      if (ckpt is not None and config.checkpoint_every_steps and steps < total
+          and steps - last_ckpt >= config.checkpoint_every_steps):
+        ckpt.save(state, {'step': steps, 'epoch': epoch,
+                          'wall_s': wall_before + time.perf_counter() - t0})
+        last_ckpt = steps
   jax.block_until_ready(state)
   bar.close()
-  return state, steps, time.perf_counter() - t0, diverged_at
+  return state, steps, wall_before + time.perf_counter() - t0, diverged_at
 
 
 def _new_state(variables, tx, seed):
@@ -181,7 +200,7 @@ def _pretrain_key(config):
   return f'{config.model}_{config.source_dataset}_' + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _pretrain(config, metrics):
+def _pretrain(config, metrics, workdir):
   """Source pretraining with every layer trainable, cached as an orbax checkpoint."""
   src = data.load(config.source_dataset, 'train', classes=tuple(config.source_classes),
                   data_dir=config.data_dir or None)
@@ -209,7 +228,8 @@ def _pretrain(config, metrics):
   prep = _prep_fn(config, config.source_dataset)
   state, steps, wall, diverged = _fit(state, train_c, src, config, prep=prep,
                                       epochs=config.pretrain_epochs, desc='pretrain',
-                                      metrics=metrics, case='pretrain')
+                                      metrics=metrics, case='pretrain',
+                                      ckpt=resume.Checkpoints(resume.case_dir(workdir, 'pretrain')))
   if diverged:
     raise FloatingPointError(f'Pretraining on {config.source_dataset!r} diverged at step '
                              f'{diverged}; lower config.pretrain_learning_rate.')
@@ -230,10 +250,11 @@ def _pretrain(config, metrics):
   shutil.rmtree(path, ignore_errors=True)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   os.replace(tmp, path)
+  shutil.rmtree(resume.case_dir(workdir, 'pretrain'), ignore_errors=True)
   return {'params': state.params, 'batch_stats': state.batch_stats}, info
 
 
-def _pretrained_variables(config, metrics, num_target_classes):
+def _pretrained_variables(config, metrics, workdir):
   """(variables or None, info): the weights every case starts from."""
   if config.dry_run or config.pretrained == 'none':
     return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
@@ -241,9 +262,7 @@ def _pretrained_variables(config, metrics, num_target_classes):
     from tljax import weights  # pylint: disable=g-import-not-at-top
     variables = weights.imagenet_variables(config.model, config.cache_dir)
     return variables, {'source': 'imagenet', 'model': config.model}
-  variables, info = _pretrain(config, metrics)
-  del num_target_classes
-  return variables, info
+  return _pretrain(config, metrics, workdir)
 
 
 def _merge(fresh, pretrained, layers, new_head_layers):
@@ -324,25 +343,59 @@ def make_case(config, n, num_classes, pretrained=None):
               reinit)
 
 
-def _run_case(config, n, pretrained, target, target_test, metrics, num_classes):
+@dataclasses.dataclass
+class Plan:
+  """A case made and compiled, with its costs, before any case trains."""
+  case: Case
+  train_c: Any
+  eval_c: Any
+  compile_s: float
+  train_cost: dict
+  eval_cost: dict
+  eval_batch: int
+
+
+def _plan_case(config, n, pretrained, num_classes, eval_batch):
   case = make_case(config, n, num_classes, pretrained)
-  model, layers, trainable_names = case.model, case.layers, case.trainable_names
+  train_c, eval_c, compile_s = compile_steps(case.model, case.tx, case.trainable, case.state,
+                                             config, eval_batch)
+  case.state = None  # built again when the case trains: no case holds memory while waiting
+  return Plan(case, train_c, eval_c, compile_s, accounting.xla_costs(train_c),
+              accounting.xla_costs(eval_c), eval_batch)
+
+
+def _check_memory(config, plans):
+  """Fails before training when a compiled step needs more memory than the device has."""
+  available = resume.available_memory_bytes()
+  for p in plans:
+    need = p.train_cost.get('memory_bytes')
+    if need and need > available:
+      fixed = p.train_cost['argument_bytes']
+      per_example = max(need - fixed, 1) / config.batch_size
+      fits = int(max(available * 0.9 - fixed, 0) // per_example)
+      raise MemoryError(
+          f'Case {p.case.n} needs {need / 2**20:.0f} MiB for its train step at '
+          f'config.batch_size={config.batch_size} (XLA memory analysis), but only '
+          f'{available / 2**20:.0f} MiB are available. Try --config.batch_size={max(fits, 1)}'
+          + ('' if fits else ' or a smaller model/image size') + '.')
+
+
+def _run_case(config, plan, target, target_test, metrics, workdir):
+  case = plan.case
+  n, model, layers, trainable_names = case.n, case.model, case.layers, case.trainable_names
   variables, labels, reinit = case.variables, case.labels, case.reinit
-  eval_batch = _eval_batch(config, target_test)
-  train_c, eval_c, compile_s = compile_steps(model, case.tx, case.trainable, case.state, config,
-                                              eval_batch)
-  train_cost = accounting.xla_costs(train_c)
-  eval_cost = accounting.xla_costs(eval_c)
+  state = _new_state(variables, case.tx, config.seed)
+  train_cost, eval_cost, eval_batch = plan.train_cost, plan.eval_cost, plan.eval_batch
   per_layer = accounting.layer_macs(model, variables, (config.image_size, config.image_size,
                                                        config.channels))
   analytic = accounting.analytic_train_macs(per_layer, trainable_names)
-  state = case.state
   prep = _prep_fn(config, config.target_dataset)
+  ckpt = None if config.dry_run else resume.Checkpoints(resume.case_dir(workdir, n))
   state, steps, wall, diverged_at = _fit(
-      state, train_c, target, config, prep=prep, epochs=config.epochs, desc=f'case {n}',
-      metrics=metrics, case=n)
+      state, plan.train_c, target, config, prep=prep, epochs=config.epochs, desc=f'case {n}',
+      metrics=metrics, case=n, ckpt=ckpt)
   if diverged_at is None:
-    acc, loss = _evaluate(eval_c, state, target_test, config, prep)
+    acc, loss = _evaluate(plan.eval_c, state, target_test, config, prep)
     status = 'ok'
   else:
     acc = loss = None
@@ -375,11 +428,13 @@ def _run_case(config, n, pretrained, target, target_test, metrics, num_classes):
       thesis_energy_per_example_j=analytic['trainable_forward'] * config.e_mac_j,
       train_memory_bytes=train_cost.get('memory_bytes'),
       train_memory=train_cost, eval_cost=eval_cost,
-      compile_s=compile_s, wall_s=wall,
+      compile_s=plan.compile_s, wall_s=wall,
       examples_per_s=steps * config.batch_size / wall if wall > 0 else None,
   )
   logging.info('Case %d: accuracy %s, train %.4g FLOPs/example, %.4g J/example, memory %s B',
                n, acc, flops_ex, record['energy_per_example_j'], record['train_memory_bytes'])
+  if ckpt is not None:
+    ckpt.close()
   return record
 
 
@@ -402,33 +457,56 @@ def _load_target(config, split):
 def train_and_evaluate(config, workdir):
   """Runs the whole experiment of `config`, writing its outputs into `workdir`.
 
-  Returns the summary dict (also written to workdir/summary.json).
+  Checks everything that can fail before training (config values, workdir, data, cases,
+  compiled memory), then trains the cases. Rerun with the same workdir, it skips finished
+  cases and resumes the interrupted one from its checkpoint. Returns the summary dict (also
+  written to workdir/summary.json).
   """
   checks.validate(config)
   run_config = _dry_run_config(config) if config.dry_run else config
-  os.makedirs(workdir, exist_ok=True)
-  report.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  resume.prepare_workdir(workdir, config)
   target = _load_target(run_config, 'train')
   target_test = _load_target(run_config, 'test')
   num_classes = target.num_classes
   layers = _model(run_config, num_classes).keras_layers()
   for n in run_config.cases:  # every case is checked before hours are spent on the first
     freezing.case_layers(layers, n, run_config.case_counting)
-  metrics = report.MetricsWriter(os.path.join(workdir, 'metrics.jsonl'))
+  done = {n: resume.load_done(workdir, n) for n in run_config.cases}
+  resumable = {}
+  for n in ['pretrain'] + [n for n in run_config.cases if done[n] is None]:
+    d = resume.case_dir(workdir, n)
+    if os.path.isdir(d):
+      step = resume.Checkpoints(d).latest_step()
+      if step is not None:
+        resumable[n] = step
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  pretrain_done = config.pretrained != 'source' or os.path.exists(os.path.join(
+      config.cache_dir, 'pretrained', _pretrain_key(run_config), 'pretrain.json'))
+  resume.filter_metrics(metrics_path, {n for n in done if done[n]} | (
+      {'pretrain'} if pretrain_done else set()), resumable)
+  metrics = report.MetricsWriter(metrics_path)
   try:
     t0 = time.perf_counter()
-    pretrained, pretrain_info = _pretrained_variables(run_config, metrics, num_classes)
+    pretrained, pretrain_info = _pretrained_variables(run_config, metrics, workdir)
+    eval_batch = _eval_batch(run_config, target_test)
+    plans = {n: _plan_case(run_config, n, pretrained, num_classes, eval_batch)
+             for n in run_config.cases if done[n] is None}
+    _check_memory(run_config, plans.values())
     cases = []
     summary = dict(
         name=config.name, dry_run=bool(config.dry_run), model=config.model,
         source_dataset=config.source_dataset if config.pretrained == 'source' else None,
         target_dataset=config.target_dataset, num_classes=num_classes,
         train_examples=len(target), test_examples=len(target_test),
-        pretraining=pretrain_info, e_mac_j=config.e_mac_j,
+        pretraining=pretrain_info, e_mac_j=config.e_mac_j, seed=config.seed,
         config=config.to_dict(), environment=_environment(), cases=cases)
     for n in run_config.cases:
-      cases.append(_run_case(run_config, n, pretrained, target, target_test, metrics,
-                             num_classes))
+      if done[n] is None:
+        done[n] = _run_case(run_config, plans.pop(n), target, target_test, metrics, workdir)
+        resume.save_done(workdir, n, done[n])
+      else:
+        logging.info('Case %s finished in an earlier run: kept.', n)
+      cases.append(done[n])
       summary['wall_s'] = time.perf_counter() - t0
       _write_outputs(workdir, summary)
   finally:

@@ -1,0 +1,173 @@
+"""Reliability: kill and resume, changed configs, divergence, bad input, determinism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optax
+import pytest
+
+from tljax import data
+from tljax import resume
+from tljax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = {'wall_s', 'compile_s', 'examples_per_s'}
+
+
+def _strip_timing(summary):
+  cases = [{k: v for k, v in c.items() if k not in TIMING} for c in summary['cases']]
+  pre = {k: v for k, v in summary['pretraining'].items() if k not in TIMING | {'cached'}}
+  return cases, pre
+
+
+def _metrics(workdir):
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  recs = [json.loads(l) for l in lines]
+  # Pretraining lines only appear in the run that pretrained (the other reuses the cache).
+  return [{k: v for k, v in r.items() if k != 'examples_per_s'} for r in recs
+          if r['case'] != 'pretrain']
+
+
+RUN = ['--config.pretrain_epochs=1', '--config.epochs=2', '--config.batch_size=16',
+       '--config.cases=(1, 9)', '--config.checkpoint_every_steps=10',
+       '--config.log_every_steps=5', '--config.progress=False']
+
+
+def _cmd(workdir, cache):
+  return [sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}',
+          f'--config.cache_dir={cache}', *RUN]
+
+
+def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path):
+  cache = tmp_path / 'cache'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  ref = subprocess.run(_cmd(tmp_path / 'ref', cache), env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen(_cmd(killed, cache), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = killed / 'checkpoints' / 'case_9'
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill once case 9 has a checkpoint at step >= 20
+    steps = [int(p) for p in os.listdir(ckpt) if p.isdigit()] if ckpt.is_dir() else []
+    if steps and max(steps) >= 20:
+      break
+    assert proc.poll() is None, 'the run finished before it could be killed'
+    time.sleep(0.05)
+  else:
+    pytest.fail('no checkpoint of case 9 appeared')
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert (killed / 'cases' / 'case_1.json').exists()
+  assert not (killed / 'cases' / 'case_9.json').exists()
+  again = subprocess.run(_cmd(killed, cache), env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Case 1 finished in an earlier run' in again.stderr
+  assert 'resuming from the checkpoint at step' in again.stderr
+  a = json.loads((tmp_path / 'ref' / 'summary.json').read_text())
+  b = json.loads((killed / 'summary.json').read_text())
+  assert _strip_timing(a) == _strip_timing(b)  # bit-identical numbers on CPU
+  assert _metrics(tmp_path / 'ref') == _metrics(killed)
+  assert not (killed / 'checkpoints' / 'case_9').exists()
+
+
+def test_changed_config_is_refused_unless_restart(tiny_config, tmp_path):
+  tiny_config.cases = (1,)
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  tiny_config.learning_rate = 0.01
+  tiny_config.progress = True  # safe: changes no number
+  with pytest.raises(resume.ConfigChangedError, match=r'learning_rate: 0.001 -> 0.01'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['config']['learning_rate'] == 0.001  # the earlier results are untouched
+  tiny_config.restart = True
+  again = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert again['config']['learning_rate'] == 0.01
+
+
+def test_divergence_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path, monkeypatch):
+  tiny_config.pretrained = 'none'
+  tiny_config.cases = (1, 9)
+  real_adam = optax.adam
+  made = []
+
+  def adam_that_blows_up_first_case(lr):
+    made.append(lr)  # case 1's optimiser turns its first update into NaN; case 9's is real
+    return optax.chain(real_adam(lr), optax.scale(np.nan)) if len(made) == 1 else real_adam(lr)
+
+  monkeypatch.setattr(optax, 'adam', adam_that_blows_up_first_case)
+  summary = train.train_and_evaluate(tiny_config, str(tmp_path))
+  first, second = summary['cases']
+  # Step 1's loss is finite (computed before the NaN update); step 2's is NaN.
+  assert first['status'] == 'diverged' and first['diverged_at_step'] == 2
+  assert first['test_accuracy'] is None and first['test_loss'] is None
+  assert second['status'] == 'ok' and second['test_accuracy'] is not None
+  text = (tmp_path / 'summary.json').read_text()
+  assert 'NaN' not in text and 'Infinity' not in text
+  assert 'diverged' in (tmp_path / 'results.csv').read_text()
+  assert (tmp_path / 'figure.png').exists()
+
+
+def test_same_config_and_seed_same_summary(tiny_config, tmp_path):
+  tiny_config.cases = (9,)
+  a = train.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
+  b = train.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
+  assert _strip_timing(a) == _strip_timing(b)
+  assert a['seed'] == 0
+  assert {'jax', 'flax', 'optax', 'xla_flags', 'backend'} <= set(a['environment'])
+
+
+def test_wrong_image_size_for_the_model(tiny_config, tmp_path):
+  tiny_config.image_size = 64
+  with pytest.raises(ValueError, match=r"config.image_size=64: model 'small_cnn' takes exactly 32x32"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_unwritable_workdir_fails_before_training(tiny_config, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(PermissionError, match='is not writable'):
+    train.train_and_evaluate(tiny_config, str(blocker / 'w'))
+
+
+def test_full_disk_fails_before_training(tiny_config, tmp_path, monkeypatch):
+  monkeypatch.setattr(resume.shutil, 'disk_usage', lambda p: type('U', (), {'free': 10 * 2**20})())
+  with pytest.raises(OSError, match=r'Only 10 MiB free on the disk of'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not (tmp_path / 'summary.json').exists()
+
+
+def test_too_little_memory_suggests_a_batch(tiny_config, tmp_path, monkeypatch):
+  tiny_config.cases = (1, 23)
+  monkeypatch.setattr(resume, 'available_memory_bytes', lambda: 12 * 2**20)
+  with pytest.raises(MemoryError, match=r'Case 23 needs \d+ MiB .* Try --config.batch_size=\d+'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not (tmp_path / 'summary.json').exists()  # nothing trained
+
+
+def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
+  tiny_config.cases = (1,)
+  tiny_config.pretrained = 'none'
+  tiny_config.checkpoint_every_steps = 1
+  tiny_config.steps_per_epoch = 4
+  tiny_config.log_every_steps = 1
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  # Make case 1 look unfinished with a damaged checkpoint.
+  os.remove(tmp_path / 'cases' / 'case_1.json')
+  ck = resume.Checkpoints(resume.case_dir(str(tmp_path), 1))
+  case = train.make_case(tiny_config, 1, num_classes=5)
+  ck.save(case.state, {'step': 2, 'epoch': 0, 'wall_s': 0.0})
+  for root, _, files in os.walk(resume.case_dir(str(tmp_path), 1)):
+    for f in files:
+      if 'state' in root:
+        with open(os.path.join(root, f), 'wb') as fh:
+          fh.write(b'garbage')
+  with pytest.raises(ValueError, match=r'checkpoint .*case_1/2 cannot be read'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))

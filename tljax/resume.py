@@ -1,0 +1,177 @@
+"""Resumable runs: the workdir's config check, in-case checkpoints, finished-case records."""
+
+import json
+import os
+import shutil
+
+import jax
+import orbax.checkpoint as ocp
+import psutil
+
+from tljax import report
+
+# Config fields that change no number in the summary: a workdir may be resumed with them changed.
+SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'restart', 'checkpoint_every_steps')
+# What a run writes in its workdir (removed by `restart=True`, never otherwise).
+OUTPUTS = ('summary.json', 'results.csv', 'metrics.jsonl', 'figure.png', 'config.json')
+DIRS = ('cases', 'checkpoints')
+# Free disk space required before training starts, besides the checkpoints themselves.
+MIN_FREE_BYTES = 200 * 2**20
+
+
+class ConfigChangedError(ValueError):
+  """The workdir holds results of a different config."""
+
+
+def _normalise(d):
+  return json.loads(json.dumps(d, default=list))
+
+
+def config_diff(old, new):
+  """{field: (old, new)} for the fields that differ, SAFE_FIELDS excluded."""
+  old, new = _normalise(old), _normalise(new)
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if k not in SAFE_FIELDS and old.get(k) != new.get(k)}
+
+
+def prepare_workdir(workdir, config):
+  """Checks the workdir before any work: writable, enough disk, and the same config as before.
+
+  restart=True removes the outputs of an earlier run first (only tljax's own files).
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.tljax_write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'The workdir {workdir} is not writable ({e.strerror}); pass '
+                          '--workdir=DIR with a writable folder.') from e
+  free = shutil.disk_usage(workdir).free
+  if free < MIN_FREE_BYTES:
+    raise OSError(f'Only {free / 2**20:.0f} MiB free on the disk of {workdir}; tljax needs at '
+                  f'least {MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints and results.')
+  path = os.path.join(workdir, 'config.json')
+  if config.restart:
+    for name in OUTPUTS:
+      if os.path.exists(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))
+    for name in DIRS:
+      shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+  elif os.path.exists(path):
+    with open(path) as f:
+      try:
+        old = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ConfigChangedError(f'{path} is corrupt ({e}); pass --config.restart=True to start '
+                                 'over in this workdir.') from e
+    diff = config_diff(old, config.to_dict())
+    if diff:
+      lines = '\n'.join(f'  {k}: {a!r} -> {b!r}' for k, a, b in
+                        ((k, *v) for k, v in diff.items()))
+      raise ConfigChangedError(
+          f'The workdir {workdir} holds a run of a different config:\n{lines}\n'
+          'Pass --config.restart=True to delete its results and start over, or --workdir=DIR '
+          f'for a new folder. Fields that may change on a resume: {", ".join(SAFE_FIELDS)}.')
+  report.write_json(path, config.to_dict())
+
+
+def case_dir(workdir, case):
+  return os.path.join(workdir, 'checkpoints', f'case_{case}')
+
+
+def done_path(workdir, case):
+  return os.path.join(workdir, 'cases', f'case_{case}.json')
+
+
+def load_done(workdir, case):
+  """The record of a finished case, or None."""
+  path = done_path(workdir, case)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'The finished-case record {path} is corrupt ({e}); delete it to rerun '
+                       'that case, or pass --config.restart=True.') from e
+
+
+def save_done(workdir, case, record):
+  report.write_json(done_path(workdir, case), record)
+  shutil.rmtree(case_dir(workdir, case), ignore_errors=True)
+
+
+class Checkpoints:
+  """The latest train state of one case (orbax, atomic: a step dir is complete or absent)."""
+
+  def __init__(self, directory):
+    self.directory = os.path.abspath(directory)
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=False))
+
+  def latest_step(self):
+    return self._mngr.latest_step()
+
+  def save(self, state, meta):
+    tree = _to_tree(state)
+    self._mngr.save(int(meta['step']), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    self._mngr.wait_until_finished()
+
+  def restore(self, like_state):
+    """(state, meta) of the latest checkpoint, in the structure of `like_state`."""
+    step = self.latest_step()
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _to_tree(like_state))
+    try:
+      out = self._mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+      raise ValueError(f'The checkpoint {self.directory}/{step} cannot be read ({e}); delete '
+                       f'{self.directory} to rerun this case from its start, or pass '
+                       '--config.restart=True.') from e
+    return _from_tree(like_state, out.state), dict(out.meta)
+
+  def close(self):
+    self._mngr.close()
+
+
+def _to_tree(state):
+  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state, 'rng': jax.random.key_data(state.rng)}
+
+
+def _from_tree(like_state, tree):
+  return like_state.replace(step=tree['step'], params=tree['params'],
+                            batch_stats=tree['batch_stats'], opt_state=tree['opt_state'],
+                            rng=jax.random.wrap_key_data(tree['rng']))
+
+
+def filter_metrics(path, keep_cases, resume_steps):
+  """Rewrites metrics.jsonl keeping the lines of `keep_cases` (finished) and those of the cases
+  in `resume_steps` up to their checkpoint's step; lines written after a checkpoint (or by a
+  case that left none) are dropped, since the resumed run writes them again."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by the kill
+        continue
+      case = rec.get('case')
+      if case in keep_cases or (case in resume_steps and rec.get('step', 0) <= resume_steps[case]):
+        keep.append(line if line.endswith('\n') else line + '\n')
+  report.atomic_write_bytes(path, ''.join(keep).encode())
+
+
+def available_memory_bytes():
+  """Memory the step may use: the device's free memory, or the host's available RAM on CPU."""
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != 'cpu' else None
+  if stats and 'bytes_limit' in stats:
+    return int(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
+  return int(psutil.virtual_memory().available)
