@@ -12,15 +12,20 @@ import numpy as np
 DEFAULT_E_MAC_J = 3.2e-12
 
 
-def xla_costs(compiled):
-  """FLOPs, bytes accessed and memory of a compiled computation (whole batch, one call)."""
+def xla_costs(compiled, num_devices=1):
+  """FLOPs, bytes accessed and memory of a compiled computation (one call, global batch).
+
+  A data-parallel (SPMD) executable reports the program of one device: its FLOPs and bytes
+  are multiplied by `num_devices` to count the whole step; memory stays per device.
+  """
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # very old jax returned a one-element list
     cost = cost[0]
   out = {
-      'flops': float(cost.get('flops', 0.0)),
-      'transcendentals': float(cost.get('transcendentals', 0.0)),
-      'bytes_accessed': float(cost.get('bytes accessed', 0.0)),
+      'flops': float(cost.get('flops', 0.0)) * num_devices,
+      'transcendentals': float(cost.get('transcendentals', 0.0)) * num_devices,
+      'bytes_accessed': float(cost.get('bytes accessed', 0.0)) * num_devices,
+      'devices': num_devices,
   }
   mem = compiled.memory_analysis()
   if mem is not None:

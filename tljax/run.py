@@ -6,10 +6,11 @@ from absl import logging
 
 from tljax import data
 from tljax import train
+from tljax import weights
 
 # Failures caused by the user's input or environment: shown as a message, not a traceback.
 USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
-               data.DatasetUnavailableError)
+               data.DatasetUnavailableError, weights.WeightsUnavailableError)
 
 
 def main(config, workdir):

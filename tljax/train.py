@@ -25,6 +25,7 @@ from tljax import checks
 from tljax import data
 from tljax import freezing
 from tljax import models
+from tljax import parallel
 from tljax import report
 from tljax import resume
 from tljax.steps import TrainState, eval_step, train_step
@@ -82,22 +83,31 @@ def _init_variables(model, config, rng):
   return _INIT_CACHE[key]
 
 
-def compile_steps(model, tx, trainable, state, config, eval_batch):
+def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None):
   """Compiles the train step of this case and (once per shape) the eval step.
 
   Returns (train, eval, compile seconds). The FLOP count is read from exactly these
-  compiled executables, and training runs exactly them.
+  compiled executables, and training runs exactly them. With a `parallel.Mesh`, both run
+  data-parallel: batch sharded over the devices, state replicated.
   """
   t0 = time.perf_counter()
+  shard = {}
+  if mesh is not None:
+    shard = dict(in_shardings=(mesh.replicated, mesh.batch, mesh.batch),
+                 out_shardings=(mesh.replicated, mesh.replicated))
   train_jit = jax.jit(functools.partial(train_step, model=model, tx=tx, trainable=trainable),
-                      donate_argnums=0)
+                      donate_argnums=0, **shard)
   train_c = train_jit.lower(state, _input_spec(config, config.batch_size),
                             jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)).compile()
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
-         jax.default_backend())
+         jax.default_backend(), mesh is not None and mesh.num_devices)
   if key not in _EVAL_CACHE:
     eval_model = model.clone(frozen=frozenset())
-    eval_jit = jax.jit(functools.partial(eval_step, model=eval_model))
+    shard = {}
+    if mesh is not None:
+      shard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
+                   out_shardings=mesh.replicated)
+    eval_jit = jax.jit(functools.partial(eval_step, model=eval_model), **shard)
     _EVAL_CACHE[key] = eval_jit.lower(
         state.params, state.batch_stats, _input_spec(config, eval_batch),
         jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
@@ -105,21 +115,27 @@ def compile_steps(model, tx, trainable, state, config, eval_batch):
   return train_c, _EVAL_CACHE[key], time.perf_counter() - t0
 
 
-def _evaluate(eval_c, state, arrays, config, prep):
+def _evaluate(eval_c, state, arrays, config, prep, mesh=None):
   sums = None
+  put = mesh.put_batch if mesh is not None else (lambda x: x)
   for images, labels, mask in data.prefetch(
-      data.eval_batches(arrays, _eval_batch(config, arrays), prep=prep)):
-    out = eval_c(state.params, state.batch_stats, images, labels, mask)
+      data.eval_batches(arrays, _eval_batch(config, arrays, mesh), prep=prep)):
+    out = eval_c(state.params, state.batch_stats, put(images), put(labels), put(mask))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   return float(sums['correct'] / sums['count']), float(sums['loss'] / sums['count'])
 
 
-def _eval_batch(config, arrays):
-  return min(config.eval_batch_size, len(arrays))
+def _eval_batch(config, arrays, mesh=None):
+  """The eval batch: at most the split's size, a multiple of the mesh's devices."""
+  b = min(config.eval_batch_size, len(arrays))
+  if mesh is not None:
+    b = -(-b // mesh.num_devices) * mesh.num_devices
+  return b
 
 
-def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, ckpt=None):
+def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, ckpt=None,
+         mesh=None):
   """Runs the compiled step over `epochs` epochs, from the latest checkpoint in `ckpt` if any.
 
   Checkpoints (every config.checkpoint_every_steps, at logging steps so no metric is pending)
@@ -136,6 +152,8 @@ def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, c
   steps, wall_before = 0, 0.0
   if ckpt is not None and ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
+    if mesh is not None:
+      state = mesh.put_replicated(state)
     steps, wall_before = int(meta['step']), float(meta['wall_s'])
     logging.info('%s: resuming from the checkpoint at step %d of %d', desc, steps, total)
   last_ckpt = steps
@@ -151,6 +169,8 @@ def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, c
     for images, labels in data.prefetch(batches):
       if steps >= (epoch + 1) * steps_per_epoch:
         break
+      if mesh is not None:
+        images, labels = mesh.put_batch(images), mesh.put_batch(labels)
       state, m = train_c(state, images, labels)
       pending.append(m)
       steps += 1
@@ -184,14 +204,15 @@ def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, c
   return state, steps, wall_before + time.perf_counter() - t0, diverged_at
 
 
-def _new_state(variables, tx, seed):
+def _new_state(variables, tx, seed, mesh=None):
   # Own copies: the train step donates its state, and `variables` (pretrained weights) are
   # shared by every case.
   variables = jax.tree.map(lambda x: jnp.array(x, copy=True), variables)
   params = variables['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
-                    rng=jax.random.fold_in(jax.random.key(seed), 1))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                     rng=jax.random.fold_in(jax.random.key(seed), 1))
+  return mesh.put_replicated(state) if mesh is not None else state
 
 
 def _pretrain_key(config):
@@ -200,7 +221,7 @@ def _pretrain_key(config):
   return f'{config.model}_{config.source_dataset}_' + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _pretrain(config, metrics, workdir):
+def _pretrain(config, metrics, workdir, mesh=None):
   """Source pretraining with every layer trainable, cached as an orbax checkpoint."""
   src = data.load(config.source_dataset, 'train', classes=tuple(config.source_classes),
                   data_dir=config.data_dir or None)
@@ -221,19 +242,20 @@ def _pretrain(config, metrics, workdir):
     return restored, info
   labels = jax.tree.map(lambda _: freezing.TRAINABLE, variables['params'])
   tx = freezing.make_optimizer(optax.adam(config.pretrain_learning_rate), labels)
-  state = _new_state(variables, tx, config.seed)
+  state = _new_state(variables, tx, config.seed, mesh)
   trainable = jax.tree.map(lambda _: True, variables['params'])
   train_c, eval_c, compile_s = compile_steps(model, tx, trainable, state, config,
-                                              _eval_batch(config, src_test))
+                                              _eval_batch(config, src_test, mesh), mesh)
   prep = _prep_fn(config, config.source_dataset)
   state, steps, wall, diverged = _fit(state, train_c, src, config, prep=prep,
                                       epochs=config.pretrain_epochs, desc='pretrain',
                                       metrics=metrics, case='pretrain',
-                                      ckpt=resume.Checkpoints(resume.case_dir(workdir, 'pretrain')))
+                                      ckpt=resume.Checkpoints(resume.case_dir(workdir, 'pretrain')),
+                                      mesh=mesh)
   if diverged:
     raise FloatingPointError(f'Pretraining on {config.source_dataset!r} diverged at step '
                              f'{diverged}; lower config.pretrain_learning_rate.')
-  acc, loss = _evaluate(eval_c, state, src_test, config, prep)
+  acc, loss = _evaluate(eval_c, state, src_test, config, prep, mesh)
   info = dict(dataset=config.source_dataset, classes=list(config.source_classes),
               num_classes=src.num_classes, train_examples=len(src), test_examples=len(src_test),
               epochs=config.pretrain_epochs, steps=steps, wall_s=wall, compile_s=compile_s,
@@ -254,7 +276,7 @@ def _pretrain(config, metrics, workdir):
   return {'params': state.params, 'batch_stats': state.batch_stats}, info
 
 
-def _pretrained_variables(config, metrics, workdir):
+def _pretrained_variables(config, metrics, workdir, mesh=None):
   """(variables or None, info): the weights every case starts from."""
   if config.dry_run or config.pretrained == 'none':
     return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
@@ -262,7 +284,7 @@ def _pretrained_variables(config, metrics, workdir):
     from tljax import weights  # pylint: disable=g-import-not-at-top
     variables = weights.imagenet_variables(config.model, config.cache_dir)
     return variables, {'source': 'imagenet', 'model': config.model}
-  return _pretrain(config, metrics, workdir)
+  return _pretrain(config, metrics, workdir, mesh)
 
 
 def _merge(fresh, pretrained, layers, new_head_layers):
@@ -355,13 +377,14 @@ class Plan:
   eval_batch: int
 
 
-def _plan_case(config, n, pretrained, num_classes, eval_batch):
+def _plan_case(config, n, pretrained, num_classes, eval_batch, mesh=None):
   case = make_case(config, n, num_classes, pretrained)
   train_c, eval_c, compile_s = compile_steps(case.model, case.tx, case.trainable, case.state,
-                                             config, eval_batch)
+                                             config, eval_batch, mesh)
   case.state = None  # built again when the case trains: no case holds memory while waiting
-  return Plan(case, train_c, eval_c, compile_s, accounting.xla_costs(train_c),
-              accounting.xla_costs(eval_c), eval_batch)
+  devices = mesh.num_devices if mesh is not None else 1
+  return Plan(case, train_c, eval_c, compile_s, accounting.xla_costs(train_c, devices),
+              accounting.xla_costs(eval_c, devices), eval_batch)
 
 
 def _check_memory(config, plans):
@@ -380,11 +403,11 @@ def _check_memory(config, plans):
           + ('' if fits else ' or a smaller model/image size') + '.')
 
 
-def _run_case(config, plan, target, target_test, metrics, workdir):
+def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
   case = plan.case
   n, model, layers, trainable_names = case.n, case.model, case.layers, case.trainable_names
   variables, labels, reinit = case.variables, case.labels, case.reinit
-  state = _new_state(variables, case.tx, config.seed)
+  state = _new_state(variables, case.tx, config.seed, mesh)
   train_cost, eval_cost, eval_batch = plan.train_cost, plan.eval_cost, plan.eval_batch
   per_layer = accounting.layer_macs(model, variables, (config.image_size, config.image_size,
                                                        config.channels))
@@ -393,9 +416,9 @@ def _run_case(config, plan, target, target_test, metrics, workdir):
   ckpt = None if config.dry_run else resume.Checkpoints(resume.case_dir(workdir, n))
   state, steps, wall, diverged_at = _fit(
       state, plan.train_c, target, config, prep=prep, epochs=config.epochs, desc=f'case {n}',
-      metrics=metrics, case=n, ckpt=ckpt)
+      metrics=metrics, case=n, ckpt=ckpt, mesh=mesh)
   if diverged_at is None:
-    acc, loss = _evaluate(plan.eval_c, state, target_test, config, prep)
+    acc, loss = _evaluate(plan.eval_c, state, target_test, config, prep, mesh)
     status = 'ok'
   else:
     acc = loss = None
@@ -464,6 +487,10 @@ def train_and_evaluate(config, workdir):
   """
   checks.validate(config)
   run_config = _dry_run_config(config) if config.dry_run else config
+  parallel.maybe_initialize(config)
+  mesh = parallel.Mesh() if config.data_parallel else None
+  if mesh is not None:
+    mesh.check_batch('batch_size', run_config.batch_size)
   resume.prepare_workdir(workdir, config)
   target = _load_target(run_config, 'train')
   target_test = _load_target(run_config, 'test')
@@ -487,9 +514,9 @@ def train_and_evaluate(config, workdir):
   metrics = report.MetricsWriter(metrics_path)
   try:
     t0 = time.perf_counter()
-    pretrained, pretrain_info = _pretrained_variables(run_config, metrics, workdir)
-    eval_batch = _eval_batch(run_config, target_test)
-    plans = {n: _plan_case(run_config, n, pretrained, num_classes, eval_batch)
+    pretrained, pretrain_info = _pretrained_variables(run_config, metrics, workdir, mesh)
+    eval_batch = _eval_batch(run_config, target_test, mesh)
+    plans = {n: _plan_case(run_config, n, pretrained, num_classes, eval_batch, mesh)
              for n in run_config.cases if done[n] is None}
     _check_memory(run_config, plans.values())
     cases = []
@@ -502,7 +529,8 @@ def train_and_evaluate(config, workdir):
         config=config.to_dict(), environment=_environment(), cases=cases)
     for n in run_config.cases:
       if done[n] is None:
-        done[n] = _run_case(run_config, plans.pop(n), target, target_test, metrics, workdir)
+        done[n] = _run_case(run_config, plans.pop(n), target, target_test, metrics, workdir,
+                            mesh)
         resume.save_done(workdir, n, done[n])
       else:
         logging.info('Case %s finished in an earlier run: kept.', n)
