@@ -106,8 +106,11 @@ def write_figure(path, cases, title):
   axes[2].bar([i - w / 2 for i in x], step_e, w, label='train step (XLA FLOPs / 2 x E_mac)')
   axes[2].bar([i + w / 2 for i in x], thesis_e, w, label="thesis (trainable fwd MACs x E_mac)")
   axes[2].set_yscale('log')
+  positive = [e for e in step_e + thesis_e if e > 0]
+  if positive:  # head-room above the bars for the legend
+    axes[2].set_ylim(min(positive) / 3, max(positive) * 1e3)
   axes[2].set_ylabel('energy per example (nJ)')
-  axes[2].legend(fontsize=7)
+  axes[2].legend(fontsize=7, loc='upper left')
   for i, c in enumerate(cases):
     if c.get('status') != 'ok':
       for ax in axes[:2]:
