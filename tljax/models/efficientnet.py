@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from tljax.models.base import KerasLayer
+from tljax.models.small_cnn import layer_range
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99
@@ -266,54 +267,114 @@ class EfficientNet(nn.Module):
                    padding='VALID' if strides > 1 else 'SAME', use_bias=use_bias,
                    kernel_init=_CONV_INIT, name=name)(x)
 
-  def _block(self, s: BlockSpec, inputs, train):
+  def cut_points(self) -> tuple[int, ...]:
+    """Layer indices k where layers [0, k) and [k, end) meet in one tensor.
+
+    Not inside the squeeze-excite branch (se_reshape..se_excite), nor inside a block whose
+    residual add spans the cut.
+    """
+    layers = self.keras_layers()
+    bad = set()
+    first = {}
+    for i, l in enumerate(layers):
+      if l.name.startswith('block'):
+        block = l.name.split('_')[0]
+        first.setdefault(block, i)
+        op = l.name[len(block) + 1:]
+        if op in ('se_reshape', 'se_reduce', 'se_expand', 'se_excite'):
+          bad.add(i)
+        if op == 'add':
+          bad.update(range(first[block] + 1, i + 1))
+    return tuple(k for k in range(len(layers) + 1) if k not in bad)
+
+  def _layer_ops(self, train):
+    """(Keras layer, fn) in Keras order; fn maps a carry {'x', 'inputs', 'se'} to the next."""
+    width, _ = VARIANTS[self.variant]
+
+    def on_x(f):
+      return lambda c: {**c, 'x': f(c['x'])}
+
+    def pad(k):
+      def f(x):
+        pads = correct_pad(x.shape[1:3], k)
+        return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+      return f
+
+    ops = {
+        'rescaling': lambda x: jnp.asarray(x, jnp.float32) * jnp.float32(1.0 / 255.0),
+        'normalization': lambda x: Normalization(name='normalization')(x),
+        'rescaling_1': lambda x: x * jnp.asarray(
+            [1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], jnp.float32),
+        'stem_conv_pad': pad(3),
+        'stem_conv': lambda x: self._conv('stem_conv', x, round_filters(32, width), 3, 2),
+        'stem_bn': lambda x: self._bn('stem_bn', x, train),
+        'stem_activation': nn.silu,
+        'top_conv': lambda x: self._conv('top_conv', x, round_filters(1280, width)),
+        'top_bn': lambda x: self._bn('top_bn', x, train),
+        'top_activation': nn.silu,
+        'global_average_pooling2d': lambda x: jnp.mean(x, axis=(1, 2)),
+        'dense': lambda x: nn.relu(
+            nn.Dense(self.head_units, kernel_init=_DENSE_INIT, name='dense')(x)),
+        'batch_normalization': lambda x: self._bn('batch_normalization', x, train),
+        'dropout': lambda x: nn.Dropout(
+            self.head_dropout, deterministic=not self._train('dropout', train),
+            name='dropout')(x),
+        'dense_1': lambda x: nn.Dense(self.num_classes, kernel_init=_DENSE_INIT,
+                                      name='dense_1')(x).astype(jnp.float32),
+    }
+    ops = {k: on_x(f) for k, f in ops.items()}
+    for s in block_specs(self.variant, self.drop_connect_rate):
+      ops.update(self._block_ops(s, train, on_x, pad))
+    return [(l, ops[l.name]) for l in self.keras_layers()]
+
+  def _block_ops(self, s: BlockSpec, train, on_x, pad):
     n = s.name
-    x = inputs
-    if s.expand_ratio != 1:
-      x = self._conv(n + 'expand_conv', x, s.filters)
-      x = nn.silu(self._bn(n + 'expand_bn', x, train))
-    if s.strides == 2:
-      pads = correct_pad(x.shape[1:3], s.kernel_size)
-      x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-      padding = 'VALID'
-    else:
-      padding = 'SAME'
-    x = DepthwiseConv2D((s.kernel_size, s.kernel_size), (s.strides, s.strides), padding,
-                        impl=self.depthwise_impl, name=n + 'dwconv')(x)
-    x = nn.silu(self._bn(n + 'bn', x, train))
-    se = jnp.mean(x, axis=(1, 2), keepdims=True)
-    se = nn.silu(self._conv(n + 'se_reduce', se, s.se_filters, use_bias=True))
-    se = nn.sigmoid(self._conv(n + 'se_expand', se, s.filters, use_bias=True))
-    x = x * se
-    x = self._conv(n + 'project_conv', x, s.filters_out)
-    x = self._bn(n + 'project_bn', x, train)
-    if s.has_skip:
-      if s.drop_rate > 0:
-        x = nn.Dropout(s.drop_rate, broadcast_dims=(1, 2, 3),
-                       deterministic=not self._train(n + 'drop', train), name=n + 'drop')(x)
-      x = x + inputs
-    return x
+
+    def se_excite(c):
+      return {**c, 'x': c['x'] * c['se'], 'se': None}
+
+    def on_se(f):
+      return lambda c: {**c, 'se': f(c['se'])}
+
+    ops = {
+        n + 'expand_conv': on_x(lambda x: self._conv(n + 'expand_conv', x, s.filters)),
+        n + 'expand_bn': on_x(lambda x: self._bn(n + 'expand_bn', x, train)),
+        n + 'expand_activation': on_x(nn.silu),
+        n + 'dwconv_pad': on_x(pad(s.kernel_size)),
+        n + 'dwconv': on_x(lambda x: DepthwiseConv2D(
+            (s.kernel_size, s.kernel_size), (s.strides, s.strides),
+            'VALID' if s.strides == 2 else 'SAME', impl=self.depthwise_impl,
+            name=n + 'dwconv')(x)),
+        n + 'bn': on_x(lambda x: self._bn(n + 'bn', x, train)),
+        n + 'activation': on_x(nn.silu),
+        n + 'se_squeeze': lambda c: {**c, 'se': jnp.mean(c['x'], axis=(1, 2), keepdims=True)},
+        n + 'se_reshape': lambda c: c,
+        n + 'se_reduce': on_se(lambda se: nn.silu(
+            self._conv(n + 'se_reduce', se, s.se_filters, use_bias=True))),
+        n + 'se_expand': on_se(lambda se: nn.sigmoid(
+            self._conv(n + 'se_expand', se, s.filters, use_bias=True))),
+        n + 'se_excite': se_excite,
+        n + 'project_conv': on_x(lambda x: self._conv(n + 'project_conv', x, s.filters_out)),
+        n + 'project_bn': on_x(lambda x: self._bn(n + 'project_bn', x, train)),
+        n + 'drop': on_x(lambda x: nn.Dropout(
+            s.drop_rate, broadcast_dims=(1, 2, 3),
+            deterministic=not self._train(n + 'drop', train), name=n + 'drop')(x)),
+        n + 'add': lambda c: {**c, 'x': c['x'] + c['inputs'], 'inputs': None},
+    }
+    first = _block_layers(s)[0].name
+    f0 = ops[first]
+    ops[first] = lambda c: f0({**c, 'inputs': c['x']})
+    return ops
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    width, _ = VARIANTS[self.variant]
-    x = jnp.asarray(x, jnp.float32) * jnp.float32(1.0 / 255.0)
-    x = Normalization(name='normalization')(x)
-    x = x * jnp.asarray([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], jnp.float32)
-    pads = correct_pad(x.shape[1:3], 3)
-    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    x = self._conv('stem_conv', x, round_filters(32, width), 3, 2)
-    x = nn.silu(self._bn('stem_bn', x, train))
-    for s in block_specs(self.variant, self.drop_connect_rate):
-      x = self._block(s, x, train)
-    x = self._conv('top_conv', x, round_filters(1280, width))
-    x = nn.silu(self._bn('top_bn', x, train))
-    if self.num_classes is None:
-      return x
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.relu(nn.Dense(self.head_units, kernel_init=_DENSE_INIT, name='dense')(x))
-    x = self._bn('batch_normalization', x, train)
-    x = nn.Dropout(self.head_dropout, deterministic=not self._train('dropout', train),
-                   name='dropout')(x)
-    x = nn.Dense(self.num_classes, kernel_init=_DENSE_INIT, name='dense_1')(x)
-    return x.astype(jnp.float32)
+  def __call__(self, x, train: bool = False, start=None, stop=None):
+    """Layers [start, stop) (indices or Keras names, default all): x is layer start-1's output.
+
+    A split must be one of `cut_points()`.
+    """
+    ops = self._layer_ops(train)
+    lo, hi = layer_range([l for l, _ in ops], start, stop, self.cut_points())
+    carry = {'x': x, 'inputs': None, 'se': None}
+    for _, f in ops[lo:hi]:
+      carry = f(carry)
+    return carry['x']

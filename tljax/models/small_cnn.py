@@ -69,23 +69,57 @@ class SmallCNN(nn.Module):
   def _dropout(self, name, rate, x, train):
     return nn.Dropout(rate, deterministic=not self._train(name, train), name=name)(x)
 
+  def cut_points(self) -> tuple[int, ...]:
+    """Layer indices k where layers [0, k) and [k, end) meet in one tensor: all of them."""
+    return tuple(range(len(self.keras_layers()) + 1))
+
+  def _apply_layer(self, layer, x, train):
+    name, kind = layer.name, layer.kind
+    if kind == 'Conv2D':
+      f = self.filters[(int(name.split('_')[1]) if '_' in name else 0) // 2]
+      return nn.relu(nn.Conv(f, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT, name=name)(x))
+    if kind == 'BatchNormalization':
+      return self._bn(name, x, train)
+    if kind == 'MaxPooling2D':
+      return nn.max_pool(x, (2, 2), strides=(2, 2))
+    if kind == 'Dropout':
+      rate = self.dense_dropout if x.ndim == 2 else self.conv_dropout
+      return self._dropout(name, rate, x, train)
+    if kind == 'Flatten':
+      return x.reshape((x.shape[0], -1))
+    if name == 'dense':
+      return nn.relu(nn.Dense(128, kernel_init=_KERNEL_INIT, name=name)(x))
+    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, name=name)(x).astype(jnp.float32)
+
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    layers = iter(self.keras_layers())
-    for f in self.filters:
-      for _ in range(2):
-        x = nn.Conv(f, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT,
-                    name=next(layers).name)(x)
-        x = nn.relu(x)
-        x = self._bn(next(layers).name, x, train)
-      next(layers)  # max_pooling2d*
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = self._dropout(next(layers).name, self.conv_dropout, x, train)
-    next(layers)  # flatten
-    x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(128, kernel_init=_KERNEL_INIT, name=next(layers).name)(x)
-    x = nn.relu(x)
-    x = self._bn(next(layers).name, x, train)
-    x = self._dropout(next(layers).name, self.dense_dropout, x, train)
-    x = nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, name=next(layers).name)(x)
-    return x.astype(jnp.float32)
+  def __call__(self, x, train: bool = False, start=None, stop=None):
+    """Layers [start, stop) (indices or Keras names, default all): x is layer start-1's output."""
+    layers = self.keras_layers()
+    lo, hi = layer_range(layers, start, stop, self.cut_points())
+    for layer in layers[lo:hi]:
+      x = self._apply_layer(layer, x, train)
+    return x
+
+
+def layer_range(layers, start, stop, cuts) -> tuple[int, int]:
+  """(lo, hi) indices of `start`/`stop` (int, Keras layer name or None), checked against `cuts`."""
+  names = [l.name for l in layers]
+
+  def index(ref, default):
+    if ref is None:
+      return default
+    if isinstance(ref, str):
+      if ref not in names:
+        raise ValueError(f'No layer named {ref!r}.')
+      return names.index(ref)
+    return int(ref)
+
+  lo, hi = index(start, 0), index(stop, len(layers))
+  for k in (lo, hi):
+    if k not in cuts:
+      raise ValueError(f'Cannot split the model before layer {k} '
+                       f'({names[k] if 0 <= k < len(names) else "end"}): more than one tensor '
+                       'crosses there.')
+  if lo > hi:
+    raise ValueError(f'start={start!r} comes after stop={stop!r}.')
+  return lo, hi
