@@ -31,10 +31,10 @@ from tljax import report
 from tljax import resume
 from tljax.steps import TrainState, eval_step, train_step
 
-# Fields that change neither pretraining nor any number in the summary.
+# The fields that pretraining depends on: its cache key.
 PRETRAIN_FIELDS = ('model', 'image_size', 'channels', 'source_dataset', 'source_classes',
                    'pretrain_epochs', 'pretrain_learning_rate', 'batch_size', 'seed',
-                   'steps_per_epoch')
+                   'steps_per_epoch', 'bn_momentum', 'data_parallel')
 
 
 def _environment():
