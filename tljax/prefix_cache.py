@@ -1,0 +1,178 @@
+"""Frozen-prefix caching: the frozen layers below a case's trainable ones run once per example.
+
+Frozen layers are deterministic (inference-mode BatchNorm, Dropout off, no augmentation), so
+their output for an example never changes during a case. The model is split at a cut k (a
+layer index where one tensor crosses, `model.cut_points()`): layers [0, k) run once over every
+train and test example (the cache, float32, in memory or memory-mapped on disk), and training
+and evaluation run layers [k, end) on the cached activations. The train state keeps the whole
+model's params tree, so checkpoints are the same with and without the cache.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import shutil
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import psutil
+
+from tljax import accounting
+from tljax import data
+from tljax.steps import eval_step, train_step
+
+# Caches larger than this (or than a quarter of the available RAM) go to disk (np.memmap).
+MEMORY_BUDGET_BYTES = 2 * 2**30
+
+
+def memory_budget():
+  """Bytes the cache may take in RAM."""
+  return int(min(MEMORY_BUDGET_BYTES, psutil.virtual_memory().available // 4))
+
+
+def cut_index(model, trainable_names):
+  """The latest cut at or below the lowest trainable layer: layers [0, cut) are the prefix."""
+  names = [l.name for l in model.keras_layers()]
+  lowest = min(names.index(n) for n in trainable_names)
+  return max(k for k in model.cut_points() if k <= lowest)
+
+
+class Suffix:
+  """`model` run from layer `start` on, behind the module's `apply` signature.
+
+  The same module with `start`: the same variable names and dropout RNG paths, so the same
+  numbers as the whole model up to float reassociation.
+  """
+
+  def __init__(self, model, start):
+    self.model, self.start = model, start
+
+  def apply(self, variables, x, **kwargs):
+    return self.model.apply(variables, x, start=self.start, **kwargs)
+
+
+def _prefix_forward(params, batch_stats, images, *, model, cut):
+  return model.apply({'params': params, 'batch_stats': batch_stats}, images, train=False,
+                     stop=cut).astype(jnp.float32)
+
+
+@dataclasses.dataclass
+class Compiled:
+  """The compiled prefix forward and suffix steps of one case, with their XLA costs."""
+  cut: int
+  cut_layer: str  # the first layer of the suffix
+  feature_shape: tuple  # per example
+  prefix: Any
+  train: Any
+  eval: Any
+  prefix_cost: dict
+  train_cost: dict
+  eval_cost: dict
+  compile_s: float
+
+
+def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=None):
+  """Compiles the prefix forward (at `eval_batch`), the suffix train and eval steps."""
+  t0 = time.perf_counter()
+  image = jax.ShapeDtypeStruct(
+      (eval_batch, config.image_size, config.image_size, config.channels), jnp.float32)
+  pshard, tshard, eshard = {}, {}, {}
+  if mesh is not None:
+    pshard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,), out_shardings=mesh.batch)
+    tshard = dict(in_shardings=(mesh.replicated, mesh.batch, mesh.batch),
+                  out_shardings=(mesh.replicated, mesh.replicated))
+    eshard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
+                  out_shardings=mesh.replicated)
+  prefix_jit = jax.jit(functools.partial(_prefix_forward, model=model, cut=cut), **pshard)
+  prefix_c = prefix_jit.lower(state.params, state.batch_stats, image).compile()
+  feature_shape = tuple(jax.eval_shape(prefix_jit, state.params, state.batch_stats,
+                                       image).shape[1:])
+
+  def features(batch):
+    return jax.ShapeDtypeStruct((batch,) + feature_shape, jnp.float32)
+
+  labels = lambda batch: jax.ShapeDtypeStruct((batch,), jnp.int32)
+  train_jit = jax.jit(functools.partial(train_step, model=Suffix(model, cut), tx=tx,
+                                        trainable=trainable), donate_argnums=0, **tshard)
+  train_c = train_jit.lower(state, features(config.batch_size), labels(config.batch_size)).compile()
+  eval_jit = jax.jit(functools.partial(eval_step, model=Suffix(model, cut)), **eshard)
+  eval_c = eval_jit.lower(state.params, state.batch_stats, features(eval_batch), labels(eval_batch),
+                          jax.ShapeDtypeStruct((eval_batch,), jnp.float32)).compile()
+  devices = mesh.num_devices if mesh is not None else 1
+  return Compiled(cut, model.keras_layers()[cut].name, feature_shape, prefix_c, train_c, eval_c,
+                  accounting.xla_costs(prefix_c, devices), accounting.xla_costs(train_c, devices),
+                  accounting.xla_costs(eval_c, devices), time.perf_counter() - t0)
+
+
+def identity_prep(features):
+  """The `prep` of cached activations: they are model inputs already."""
+  return np.ascontiguousarray(features, np.float32)
+
+
+@dataclasses.dataclass
+class Cache:
+  """Prefix activations of the train and test splits, as `data.Arrays`."""
+  train: data.Arrays
+  test: data.Arrays
+  nbytes: int
+  location: str  # 'memory' or 'disk'
+  directory: Optional[str]
+  batches: int  # prefix forward calls run
+  seconds: float
+
+  def delete(self):
+    """Drops the arrays and the on-disk files."""
+    self.train = self.test = None
+    if self.directory:
+      shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def build(compiled, state, splits, *, batch, prep, directory, budget=None, mesh=None):
+  """Runs the prefix over every example of `splits` (train, test) in batches of `batch`.
+
+  In RAM when the cache fits `budget` (default `memory_budget()`), else np.memmap files in
+  `directory` (removed by `Cache.delete`).
+  """
+  t0 = time.perf_counter()
+  per_example = math.prod(compiled.feature_shape) * 4
+  nbytes = sum(len(a) for a in splits) * per_example
+  budget = memory_budget() if budget is None else budget
+  on_disk = nbytes > budget
+  if on_disk:
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    free = shutil.disk_usage(directory).free
+    if free < nbytes:
+      raise OSError(f'The prefix cache needs {nbytes / 2**20:.0f} MiB, but only '
+                    f'{free / 2**20:.0f} MiB are free in {directory}; pass '
+                    '--config.prefix_cache=False to train without it.')
+  put = mesh.put_batch if mesh is not None else (lambda x: x)
+  out, calls = [], 0
+  for a in splits:
+    shape = (len(a),) + compiled.feature_shape
+    if on_disk:
+      feats = np.lib.format.open_memmap(os.path.join(directory, f'{a.split}.npy'), 'w+',
+                                        np.float32, shape)
+    else:
+      feats = np.empty(shape, np.float32)
+    start = 0
+    for images, _, mask in data.prefetch(data.eval_batches(a, batch, prep=prep)):
+      y = compiled.prefix(state.params, state.batch_stats, put(images))
+      k = int(mask.sum())
+      feats[start:start + k] = np.asarray(y)[:k]
+      start += k
+      calls += 1
+    if on_disk:
+      feats.flush()
+    out.append(data.Arrays(feats, a.labels, a.num_classes, a.name, a.split))
+  seconds = time.perf_counter() - t0
+  location = 'disk' if on_disk else 'memory'
+  logging.info('Prefix cache: %d examples x %s float32 = %.1f MiB in %s (%.2f s)',
+               sum(len(a) for a in splits), compiled.feature_shape, nbytes / 2**20,
+               directory if on_disk else 'memory', seconds)
+  return Cache(out[0], out[1], nbytes, location, directory if on_disk else None, calls, seconds)
