@@ -435,14 +435,12 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
     state, steps, wall, diverged_at = _fit(
         state, train_c, train_arrays, config, prep=prep, epochs=config.epochs,
         desc=f'case {n}', metrics=metrics, case=n, ckpt=ckpt, mesh=mesh)
-    t_eval = time.perf_counter()
     if diverged_at is None:
       acc, loss = _evaluate(eval_c, state, test_arrays, config, prep, mesh)
       status = 'ok'
     else:
       acc = loss = None
       status = 'diverged'
-    eval_s = time.perf_counter() - t_eval
   finally:
     if cache is not None:
       cache.delete()
@@ -457,6 +455,7 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
   else:
     compute_flops = (cached.prefix_cost['flops'] * cache.batches
                      + cached.train_cost['flops'] * steps + cached.eval_cost['flops'] * eval_calls)
+  wall_s = wall + (cache.seconds if cached else 0.0)
   record = dict(
       case=n, status=status, diverged_at_step=diverged_at,
       trainable_layers=len(trainable_names),
@@ -480,9 +479,11 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
       thesis_energy_per_example_j=analytic['trainable_forward'] * config.e_mac_j,
       train_memory_bytes=train_cost.get('memory_bytes'),
       train_memory=train_cost, eval_cost=eval_cost,
-      compile_s=plan.compile_s, wall_s=wall,
-      examples_per_s=steps * config.batch_size / wall if wall > 0 else None,
-      eval_s=eval_s,
+      # With the cache, compile_s includes compiling the prefix and suffix steps and wall_s
+      # filling the cache (both logged apart below).
+      compile_s=plan.compile_s + (cached.compile_s if cached else 0.0),
+      wall_s=wall_s,
+      examples_per_s=steps * config.batch_size / wall_s if wall_s > 0 else None,
       prefix_cache=cached is not None,
       prefix_cache_cut_layer=cached.cut_layer if cached else None,
       cached_train_flops_per_step=cached.train_cost['flops'] if cached else None,
@@ -490,9 +491,10 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
       compute_flops_total=compute_flops,
       prefix_cache_bytes=cache.nbytes if cached else 0,
       prefix_cache_location=cache.location if cached else None,
-      prefix_cache_s=cache.seconds if cached else 0.0,
-      prefix_cache_compile_s=cached.compile_s if cached else 0.0,
   )
+  if cached:
+    logging.info('Case %d: prefix cache up to %s: %.2f s to compile, %.2f s to fill, %.2f s of '
+                 'training', n, cached.cut_layer, cached.compile_s, cache.seconds, wall)
   logging.info('Case %d: accuracy %s, train %.4g FLOPs/example, %.4g J/example, memory %s B',
                n, acc, flops_ex, record['energy_per_example_j'], record['train_memory_bytes'])
   if ckpt is not None:
