@@ -25,7 +25,7 @@ def test_small_cnn_one_case(tmp_path):
               input_timing=dict(number=1, repeat=2, warmup=0))
   peers = tuple(p for p in bench.PEERS if bench.peer_available(p)[0])
   result = bench.run(peers=peers, specs=[spec], log=lambda s: None)
-  for key in ('date', 'machine', 'versions', 'models', 'wall_s'):
+  for key in ('date', 'machine', 'versions', 'models', 'wall_s', 'waited_for_idle_s'):
     assert key in result
   assert result['machine']['cores'] >= 1
   (m,) = result['models']
@@ -34,9 +34,8 @@ def test_small_cnn_one_case(tmp_path):
   assert len(row['samples_s']) == 2
   for key in ('step_s', 'examples_per_s', 'train_flops_per_step', 'gflops_per_s', 'compile_s'):
     assert row[key] > 0, key
-  # The only case is the reference: fractions of itself.
-  assert row['time_frac_full'] == pytest.approx(1.0)
-  assert row['time_to_flops'] == pytest.approx(1.0)
+  # Without the full case (23) there is no reference for the fractions.
+  assert m['full_case'] == 23 and row['time_frac_full'] is None and row['time_to_flops'] is None
   assert m['input']['examples_per_s'] > 0
   assert 'other_cpu_share' in m['contention'] or 'loadavg_1min_at_start' in m['contention']
   for name in bench.PEERS:
@@ -70,3 +69,32 @@ def test_b0_case_labels():
   assert spec['cases'] == (0, 3, 237)  # 237 base layers: Keras's 238 less the InputLayer
   assert [bench.case_label(spec, n) for n in spec['cases']] == ['head', 'top', 'all']
   assert [bench._peer_case_kind(spec, n) for n in spec['cases']] == ['head', 'top', 'all']  # pylint: disable=protected-access
+
+
+def _row(case, step_s, flops, share=0.0):
+  return dict(case=case, label=str(case), depthwise_impl=None, trainable_layers=case,
+              step_s=step_s, examples_per_s=64 / step_s, train_flops_per_step=flops,
+              gflops_per_s=flops / step_s / 1e9, compile_s=1.0, other_cpu_share=share)
+
+
+def test_fractions_ratios_and_table():
+  peer_cases = [dict(case=4, step_s=0.05, examples_per_s=1280.0, other_cpu_share=0.2),
+                dict(case=23, step_s=0.1, examples_per_s=640.0, other_cpu_share=0.0)]
+  result = dict(model='small_cnn', batch_size=64, image_size=32, channels=1, counting='model',
+                full_case=23, cases=[_row(4, 0.1, 2e9), _row(23, 0.2, 1e10)],
+                input=dict(examples_per_s=1e5, source='test'),
+                peers={'torch': dict(available=True, note='', cases=peer_cases),
+                       'keras_tf': dict(available=False, note='not installed', cases=[])})
+  bench._derive(result)  # pylint: disable=protected-access
+  r4, r23 = result['cases']
+  assert r4['time_frac_full'] == pytest.approx(0.5)
+  assert r4['flops_frac_full'] == pytest.approx(0.2)
+  assert r4['time_to_flops'] == pytest.approx(2.5)
+  assert r4['ratio_to_fastest_peer'] == pytest.approx(640 / 1280)
+  assert r4['fastest_peer'] == 'torch' and r4['max_other_cpu_share'] == pytest.approx(0.2)
+  assert r4['peer_time_frac_full'] == {'torch': pytest.approx(0.5)}
+  assert r23['time_to_flops'] == pytest.approx(1.0)
+  table = bench.format_tables(result)
+  line4 = next(l for l in table.splitlines() if l.startswith('4 ') and '2.50' in l)
+  assert line4.split()[-2:] == ['0.500', '-'] and '2.50*' in line4
+  assert 'keras_tf: not installed' in table

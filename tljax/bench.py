@@ -121,8 +121,9 @@ def wait_for_idle(max_wait_s, threshold=0.1, log=print):
     return 0.0
   t0 = time.perf_counter()
   share = other_cpu_share()
+  if share >= threshold:
+    log(f'  waiting up to {max_wait_s:.0f} s for an idle CPU (others use {share:.0%})')
   while share >= threshold and time.perf_counter() - t0 < max_wait_s:
-    log(f'  waiting for an idle CPU (others use {share:.0%})')
     share = other_cpu_share(5.0)
   return time.perf_counter() - t0
 
@@ -168,6 +169,11 @@ def model_specs(quick, models=('small_cnn', 'efficientnet_b0'), depthwise=None):
 def _base_layer_count(name):
   from tljax import models  # pylint: disable=g-import-not-at-top
   return sum(l.base for l in models.create(name, num_classes=1).keras_layers())
+
+
+def full_case(spec):
+  """The case that trains every layer (the reference of the time/FLOP fractions)."""
+  return spec['n_base'] if spec['counting'] == 'base' else SMALL_CASES[-1]
 
 
 def case_label(spec, n):
@@ -467,13 +473,14 @@ def _torch_peer(spec, cases, timing, wait_idle=0.0):
     t0 = time.perf_counter()
     step()
     first_s = time.perf_counter() - t0
-    wait_for_idle(wait_idle, log=_stderr)
+    waited = wait_for_idle(wait_idle, log=_stderr)
     with CpuContention() as contention:
       step_s, samples = median_time(step, **timing)
     out.append(dict(case=n, step_s=step_s, samples_s=samples,
                     examples_per_s=spec['batch_size'] / step_s, first_step_s=first_s,
                     trainable_params=sum(p.numel() for p in params),
-                    other_cpu_share=contention.result.get('other_cpu_share')))
+                    other_cpu_share=contention.result.get('other_cpu_share'),
+                    waited_for_idle_s=waited))
   return dict(versions={'torch': torch.__version__}, threads=torch.get_num_threads(),
               note='eager, channels_last; frozen layers requires_grad=False, eval mode', cases=out)
 
@@ -536,13 +543,14 @@ def _keras_peer(spec, cases, timing, wait_idle=0.0):
     model.train_on_batch(x, y)
     first_s = time.perf_counter() - t0
     jit = bool(model.jit_compile)
-    wait_for_idle(wait_idle, log=_stderr)
+    waited = wait_for_idle(wait_idle, log=_stderr)
     with CpuContention() as contention:
       step_s, samples = median_time(lambda m=model: m.train_on_batch(x, y), **timing)
     out.append(dict(case=n, step_s=step_s, samples_s=samples,
                     examples_per_s=spec['batch_size'] / step_s, first_step_s=first_s,
                     trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-                    other_cpu_share=contention.result.get('other_cpu_share')))
+                    other_cpu_share=contention.result.get('other_cpu_share'),
+                    waited_for_idle_s=waited))
   return dict(versions={'keras': keras.__version__, 'tensorflow': tf.__version__},
               jit_compile=jit, note=f'train_on_batch, compile() defaults (jit_compile={jit})',
               cases=out)
@@ -576,8 +584,9 @@ def _bench_model(spec, peers, log, wait_idle):
           + (f' ({row["depthwise_impl"]})' if row['depthwise_impl'] else '')
           + f': {row["step_s"] * 1e3:.1f} ms/step, compile {row["compile_s"]:.1f} s')
       rows.append(row)
-  wait_for_idle(wait_idle, log=log)
+  waited = wait_for_idle(wait_idle, log=log)
   inp = time_input(spec)
+  inp['waited_for_idle_s'] = waited
   log(f'  input pipeline: {inp["examples_per_s"]:.0f} examples/s')
   peer_results = {}
   for name in peers:
@@ -589,14 +598,14 @@ def _bench_model(spec, peers, log, wait_idle):
   result = dict(model=spec['model'], batch_size=spec['batch_size'],
                 image_size=spec['image_size'], channels=spec['channels'],
                 num_classes=spec['num_classes'], counting=spec['counting'],
-                cases=rows, input=inp, peers=peer_results)
+                full_case=full_case(spec), cases=rows, input=inp, peers=peer_results)
   _derive(result)
   return result
 
 
 def _derive(result):
   """Per row: peers' numbers, the ratio to the fastest peer, time and FLOP fractions of full."""
-  full_n = max(r['case'] for r in result['cases'])
+  full_n = result['full_case']
   peer_by_case = {name: {c['case']: c for c in p.get('cases', [])}
                   for name, p in result['peers'].items()}
   full_peer = {name: cs.get(full_n) for name, cs in peer_by_case.items()}
@@ -688,6 +697,10 @@ def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depth
     for p in m['peers'].values():
       result['versions'].update(p.get('versions', {}))
   result['wall_s'] = time.perf_counter() - t0
+  result['waited_for_idle_s'] = sum(
+      c.get('waited_for_idle_s', 0.0) for m in result['models']
+      for c in m['cases'] + [m['input']] + [pc for p in m['peers'].values()
+                                            for pc in p.get('cases', [])])
   return result
 
 
@@ -724,6 +737,8 @@ def main(argv=None):
   print(f'tljax bench {result["date"]}, {result["machine"]["cpu"]}, '
         f'{result["machine"]["cores"]} cores; ' + ', '.join(
             f'{k} {v}' for k, v in result['versions'].items()))
+  print(f'wall {result["wall_s"]:.0f} s, of which {result["waited_for_idle_s"]:.0f} s waiting '
+        'for other processes to leave the CPU')
   for m in result['models']:
     print()
     print(format_tables(m))
