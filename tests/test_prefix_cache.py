@@ -92,13 +92,15 @@ def test_cut_is_the_latest_valid_one_at_or_below_the_lowest_trainable_layer():
   b0 = models.create('efficientnet_b0', num_classes=4)
   names = _names(b0)
   cut = lambda first: names[prefix_cache.cut_index(b0, names[names.index(first):])]
-  assert cut('global_average_pooling2d') == 'global_average_pooling2d'  # head only
+  assert cut('global_average_pooling2d') == 'dense'  # head only: pooling is deterministic
+  assert cut('top_conv') == 'top_conv'
   assert cut('block7a_project_conv') == 'block7a_project_conv'  # block 7a has no residual
   assert cut('block6d_project_bn') == 'block6d_expand_conv'  # residual spans: whole block
   assert cut('block6d_se_expand') == 'block6d_expand_conv'
   cnn = models.create('small_cnn', num_classes=5)
   assert prefix_cache.cut_index(cnn, ('dense_1',)) == 22
   assert prefix_cache.cut_index(cnn, tuple(_names(cnn))) == 0  # nothing frozen: no cache
+  assert prefix_cache.cut_index(cnn, ('max_pooling2d_2', 'dropout_2')) == 17  # dropout trains
 
 
 def _config(cache_dir, **fields):

@@ -24,6 +24,7 @@ import psutil
 
 from tljax import accounting
 from tljax import data
+from tljax.models.base import TRAIN_MODE_KINDS
 from tljax.steps import eval_step, train_step
 
 # Caches larger than this (or than a quarter of the available RAM) go to disk (np.memmap).
@@ -36,9 +37,18 @@ def memory_budget():
 
 
 def cut_index(model, trainable_names):
-  """The latest cut at or below the lowest trainable layer: layers [0, cut) are the prefix."""
-  names = [l.name for l in model.keras_layers()]
+  """The latest cut at or below the lowest trainable layer: layers [0, cut) are the prefix.
+
+  Leading trainable layers without weights or a training mode (pooling, flatten, activations)
+  compute the same either way, so they join the prefix: head-only EfficientNet caches the
+  pooled 1280 features, not the 7x7x1280 map.
+  """
+  layers = model.keras_layers()
+  names = [l.name for l in layers]
   lowest = min(names.index(n) for n in trainable_names)
+  while (lowest < len(layers) and not layers[lowest].weighted
+         and layers[lowest].kind not in TRAIN_MODE_KINDS):
+    lowest += 1
   return max(k for k in model.cut_points() if k <= lowest)
 
 
