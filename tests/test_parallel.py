@@ -25,6 +25,7 @@ for dp in (False, True):
   c.eval_batch_size = 100
   c.log_every_steps = 1
   c.progress = False
+  c.learning_rate = 1e-4  # a calm trajectory: at 1e-3 from random weights rounding differences grow chaotically
   c.data_parallel = dp
   workdir = sys.argv[2] + ('/dp' if dp else '/single')
   s = train.train_and_evaluate(c, workdir)
@@ -41,15 +42,15 @@ def test_data_parallel_matches_single_device(tmp_path):
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   out = json.loads(r.stdout.split('RESULT')[1])
-  single, dp = out['False'], out['True']
+  single, dp = out["False"], out["True"]
   assert len(single['losses']) == len(dp['losses']) == 12
   # The first step of each case agrees to float rounding; later steps drift apart as training
-  # amplifies the different summation order of the cross-device reductions (measured: 5e-3
-  # relative after 6 full fine-tuning steps from random weights).
+  # amplifies the different summation order of the cross-device reductions (measured at lr 1e-4:
+  # at most 3e-4 relative over 6 full fine-tuning steps from random weights).
   for i in (0, 6):
     assert abs(single['losses'][i] - dp['losses'][i]) <= 1e-5 * single['losses'][i]
   for a, b in zip(single['losses'], dp['losses']):
-    assert abs(a - b) <= 2e-2 * abs(a), (a, b)
+    assert abs(a - b) <= 2e-3 * abs(a), (a, b)
   for a, b in zip(single['cases'], dp['cases']):
     assert b['train_memory']['devices'] == 4
     # Per example and per global step: the 4 device programs together do the single one's work
