@@ -171,3 +171,17 @@ def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
           fh.write(b'garbage')
   with pytest.raises(ValueError, match=r'checkpoint .*case_1/2 cannot be read'):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
+  from tljax import report
+  path = tmp_path / 'summary.json'
+  report.write_json(str(path), {'cases': [1, 2, 3]})
+
+  def crash(src, dst):
+    raise KeyboardInterrupt  # the process dies between writing the temporary file and renaming
+  monkeypatch.setattr(report.os, 'replace', crash)
+  with pytest.raises(KeyboardInterrupt):
+    report.write_json(str(path), {'cases': [1, 2, 3, 4]})
+  assert json.loads(path.read_text()) == {'cases': [1, 2, 3]}
+  assert os.listdir(tmp_path) == ['summary.json']  # no temporary file left behind
