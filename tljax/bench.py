@@ -707,8 +707,8 @@ def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depth
 def _args(argv):
   p = argparse.ArgumentParser(prog='python -m tljax.bench', description=__doc__)
   p.add_argument('--out', help='JSON file to write.')
-  p.add_argument('--quick', action='store_true', help='Fewer timed steps, no EfficientNet '
-                 "'grouped' rows (< 5 minutes on 2 cores).")
+  p.add_argument('--quick', action='store_true', help='Fewer timed steps; EfficientNet without '
+                 "its 'all' case and 'grouped' rows (about 3 minutes on an idle 2-core CPU).")
   p.add_argument('--models', default='small_cnn,efficientnet_b0')
   p.add_argument('--peers', default=','.join(PEERS), help="Comma list; '' for none.")
   p.add_argument('--depthwise', default=None,
