@@ -53,3 +53,13 @@ def get_config():
   c.process_id = 0  # delete the workdir's earlier results and start over
   c.dry_run = False  # one step per case on mock data with random weights
   return c
+
+
+def set_direction(c, name, direction, source, target):
+  """A two-way thesis test: `forward` trains source -> target, `reverse` the other way."""
+  if direction not in ('forward', 'reverse'):
+    raise ValueError(f"configs/{name}.py:{direction}: the direction is 'forward' or 'reverse'.")
+  c.name = name if direction == 'forward' else f'{name}_reverse'
+  c.source_dataset, c.target_dataset = (source, target) if direction == 'forward' else (
+      target, source)
+  return c

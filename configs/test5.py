@@ -4,12 +4,7 @@ from configs import base
 
 
 def get_config(direction='forward'):
-  c = base.get_config()
-  if direction not in ('forward', 'reverse'):
-    raise ValueError(f"configs/test5.py:{direction}: the direction is 'forward' or 'reverse'.")
-  c.name = 'test5' if direction == 'forward' else 'test5_reverse'
-  c.source_dataset, c.target_dataset = ('svhn_cropped', 'mnist') if direction == 'forward' else (
-      'mnist', 'svhn_cropped')
+  c = base.set_direction(base.get_config(), 'test5', direction, 'svhn_cropped', 'mnist')
   c.pretrain_epochs = 10
   c.epochs = 5
   return c
