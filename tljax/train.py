@@ -586,7 +586,14 @@ def train_and_evaluate(config, workdir):
 def _write_outputs(workdir, summary):
   report.write_json(os.path.join(workdir, 'summary.json'), summary)
   report.write_csv(os.path.join(workdir, 'results.csv'), summary['cases'])
+  cfg = summary['config']
+
+  def named(dataset, classes):
+    return f"{dataset} {','.join(map(str, classes))}" if classes else dataset
+
   title = (f"{summary['name']}: {summary['model']} "
-           + (f"{summary['source_dataset']} -> " if summary['source_dataset'] else '')
-           + f"{summary['target_dataset']}" + (' (dry run)' if summary['dry_run'] else ''))
+           + (f"{named(summary['source_dataset'], cfg['source_classes'])} -> "
+              if summary['source_dataset'] else '')
+           + named(summary['target_dataset'], cfg['target_classes'])
+           + (' (dry run)' if summary['dry_run'] else ''))
   report.write_figure(os.path.join(workdir, 'figure.png'), summary['cases'], title)
