@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from tljax import backend
 from tljax import data
 from tljax import resume
 from tljax import train
@@ -121,7 +122,8 @@ def test_same_config_and_seed_same_summary(tiny_config, tmp_path):
   b = train.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
   assert _strip_timing(a) == _strip_timing(b)
   assert a['seed'] == 0
-  assert {'jax', 'flax', 'optax', 'xla_flags', 'backend'} <= set(a['environment'])
+  assert {'jax', 'flax', 'optax', 'xla_flags', 'backend', 'xla_compiler_options'} <= set(a['environment'])
+  assert a['environment']['xla_compiler_options'] == backend.compiler_options(tiny_config)
 
 
 def test_wrong_image_size_for_the_model(tiny_config, tmp_path):

@@ -61,3 +61,14 @@ def test_frozen_layers_run_in_inference_mode():
                        rngs={'dropout': jax.random.key(2)})
   assert not np.array_equal(new['batch_stats']['batch_normalization']['mean'],
                             v['batch_stats']['batch_normalization']['mean'])
+
+
+def test_max_pool_2x2_equals_flax_max_pool_in_value_and_gradient():
+  from tljax.models.small_cnn import max_pool_2x2
+  import flax.linen as nn
+  for shape in [(4, 32, 32, 8), (2, 7, 9, 3)]:  # odd sizes: VALID drops the last row/column
+    x = jax.random.normal(jax.random.key(0), shape)  # continuous: no ties in a window
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+    g = jax.random.normal(jax.random.key(1), ref(x).shape)
+    np.testing.assert_array_equal(jax.vjp(max_pool_2x2, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0])

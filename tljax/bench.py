@@ -199,6 +199,7 @@ def _config(spec):
   c.cases = tuple(spec['cases'])
   c.learning_rate = 1e-3
   c.seed = 0
+  c.xla_cpu_tuning = spec.get('xla_cpu_tuning', True)
   return c
 
 
@@ -682,15 +683,21 @@ def format_tables(result):
 
 
 def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depthwise=None,
-        log=print, specs=None, wait_idle=0.0):
+        log=print, specs=None, wait_idle=0.0, xla_cpu_tuning=True):
   """The whole benchmark: a JSON-able dict. `specs` replaces model_specs(...) when given."""
+  from tljax import backend  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
+  specs = specs or model_specs(quick, models, depthwise)
+  for spec in specs:
+    spec.setdefault('xla_cpu_tuning', xla_cpu_tuning)
   result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                 quick=quick, machine=cpu_model(), versions=_versions(),
                 timing='median over repeat timings of number steps after warmup steps; '
                        'one host sync per timing',
+                xla_compiler_options=backend.compiler_options(
+                    _config(specs[0]) if specs else None),
                 models=[])
-  for spec in specs or model_specs(quick, models, depthwise):
+  for spec in specs:
     log(f'{spec["model"]}:')
     result['models'].append(bench_model(spec, peers, log, wait_idle))
   for m in result['models']:
@@ -716,6 +723,9 @@ def _args(argv):
   p.add_argument('--wait_idle', type=float, default=0.0,
                  help='Before each timing wait up to this many seconds for other processes '
                  'to leave the CPU (shared machines).')
+  p.add_argument('--no_xla_cpu_tuning', action='store_true',
+                 help="Compile tljax's steps with XLA's default CPU options (tljax/backend.py), "
+                 'to measure what the tuning buys.')
   p.add_argument('--peer_job', help=argparse.SUPPRESS)
   p.add_argument('--peer_out', help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -733,10 +743,12 @@ def main(argv=None):
   if bad:
     sys.exit(f'tljax.bench: unknown peers {bad}; known: {list(PEERS)}')
   depthwise = tuple(args.depthwise.split(',')) if args.depthwise else None
-  result = run(args.quick, models, peers, depthwise, log=_stderr, wait_idle=args.wait_idle)
+  result = run(args.quick, models, peers, depthwise, log=_stderr, wait_idle=args.wait_idle,
+               xla_cpu_tuning=not args.no_xla_cpu_tuning)
   print(f'tljax bench {result["date"]}, {result["machine"]["cpu"]}, '
         f'{result["machine"]["cores"]} cores; ' + ', '.join(
             f'{k} {v}' for k, v in result['versions'].items()))
+  print(f'tljax XLA compiler options: {result["xla_compiler_options"] or "XLA defaults"}')
   print(f'wall {result["wall_s"]:.0f} s, of which {result["waited_for_idle_s"]:.0f} s waiting '
         'for other processes to leave the CPU')
   for m in result['models']:

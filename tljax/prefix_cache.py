@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 
 from tljax import accounting
+from tljax import backend
 from tljax import data
 from tljax.models.base import TRAIN_MODE_KINDS
 from tljax.steps import eval_step, train_step
@@ -99,7 +100,7 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=Non
     eshard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
                   out_shardings=mesh.replicated)
   prefix_jit = jax.jit(functools.partial(_prefix_forward, model=model, cut=cut), **pshard)
-  prefix_c = prefix_jit.lower(state.params, state.batch_stats, image).compile()
+  prefix_c = backend.compile(prefix_jit.lower(state.params, state.batch_stats, image), config)
   feature_shape = tuple(jax.eval_shape(prefix_jit, state.params, state.batch_stats,
                                        image).shape[1:])
 
@@ -109,10 +110,12 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=Non
   labels = lambda batch: jax.ShapeDtypeStruct((batch,), jnp.int32)
   train_jit = jax.jit(functools.partial(train_step, model=Suffix(model, cut), tx=tx,
                                         trainable=trainable), donate_argnums=0, **tshard)
-  train_c = train_jit.lower(state, features(config.batch_size), labels(config.batch_size)).compile()
+  train_c = backend.compile(
+      train_jit.lower(state, features(config.batch_size), labels(config.batch_size)), config)
   eval_jit = jax.jit(functools.partial(eval_step, model=Suffix(model, cut)), **eshard)
-  eval_c = eval_jit.lower(state.params, state.batch_stats, features(eval_batch), labels(eval_batch),
-                          jax.ShapeDtypeStruct((eval_batch,), jnp.float32)).compile()
+  eval_c = backend.compile(
+      eval_jit.lower(state.params, state.batch_stats, features(eval_batch), labels(eval_batch),
+                     jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), config)
   devices = mesh.num_devices if mesh is not None else 1
   return Compiled(cut, model.keras_layers()[cut].name, feature_shape, prefix_c, train_c, eval_c,
                   accounting.xla_costs(prefix_c, devices), accounting.xla_costs(train_c, devices),

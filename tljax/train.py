@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from tljax import accounting
+from tljax import backend
 from tljax import checks
 from tljax import data
 from tljax import freezing
@@ -34,10 +35,10 @@ from tljax.steps import TrainState, eval_step, train_step
 # The fields that pretraining depends on: its cache key.
 PRETRAIN_FIELDS = ('model', 'image_size', 'channels', 'source_dataset', 'source_classes',
                    'pretrain_epochs', 'pretrain_learning_rate', 'batch_size', 'seed',
-                   'steps_per_epoch', 'bn_momentum', 'data_parallel')
+                   'steps_per_epoch', 'bn_momentum', 'data_parallel', 'xla_cpu_tuning')
 
 
-def _environment():
+def _environment(config):
   dev = jax.devices()[0]
   return {
       'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
@@ -46,7 +47,9 @@ def _environment():
       'backend': jax.default_backend(), 'device': str(dev.device_kind),
       'device_count': jax.device_count(), 'platform': platform.platform(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'xla_compiler_options': backend.compiler_options(config),
   }
+
 
 
 def _prep_fn(config, dataset_name):
@@ -101,10 +104,13 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None):
                  out_shardings=(mesh.replicated, mesh.replicated))
   train_jit = jax.jit(functools.partial(train_step, model=model, tx=tx, trainable=trainable),
                       donate_argnums=0, **shard)
-  train_c = train_jit.lower(state, _input_spec(config, config.batch_size),
-                            jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)).compile()
+  train_c = backend.compile(train_jit.lower(state, _input_spec(config, config.batch_size),
+                                            jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)),
+                            config)
+  options = backend.compiler_options(config)
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
-         jax.default_backend(), mesh is not None and mesh.num_devices)
+         getattr(model, 'depthwise_impl', None), jax.default_backend(),
+         mesh is not None and mesh.num_devices, tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:
     eval_model = model.clone(frozen=frozenset())
     shard = {}
@@ -112,10 +118,10 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None):
       shard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
                    out_shardings=mesh.replicated)
     eval_jit = jax.jit(functools.partial(eval_step, model=eval_model), **shard)
-    _EVAL_CACHE[key] = eval_jit.lower(
+    _EVAL_CACHE[key] = backend.compile(eval_jit.lower(
         state.params, state.batch_stats, _input_spec(config, eval_batch),
         jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
-        jax.ShapeDtypeStruct((eval_batch,), jnp.float32)).compile()
+        jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), config)
   return train_c, _EVAL_CACHE[key], time.perf_counter() - t0
 
 
@@ -567,7 +573,7 @@ def train_and_evaluate(config, workdir):
         target_dataset=config.target_dataset, num_classes=num_classes,
         train_examples=len(target), test_examples=len(target_test),
         pretraining=pretrain_info, e_mac_j=config.e_mac_j, seed=config.seed,
-        config=config.to_dict(), environment=_environment(), cases=cases)
+        config=config.to_dict(), environment=_environment(config), cases=cases)
     for n in run_config.cases:
       if done[n] is None:
         done[n] = _run_case(run_config, plans.pop(n), target, target_test, metrics, workdir,

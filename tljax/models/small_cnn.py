@@ -81,7 +81,7 @@ class SmallCNN(nn.Module):
     if kind == 'BatchNormalization':
       return self._bn(name, x, train)
     if kind == 'MaxPooling2D':
-      return nn.max_pool(x, (2, 2), strides=(2, 2))
+      return max_pool_2x2(x)
     if kind == 'Dropout':
       rate = self.dense_dropout if x.ndim == 2 else self.conv_dropout
       return self._dropout(name, rate, x, train)
@@ -99,6 +99,21 @@ class SmallCNN(nn.Module):
     for layer in layers[lo:hi]:
       x = self._apply_layer(layer, x, train)
     return x
+
+
+def max_pool_2x2(x):
+  """Keras MaxPooling2D(2) (VALID, stride 2) on NHWC as a reshape and a max.
+
+  Equal to `nn.max_pool(x, (2, 2), strides=(2, 2))` in value. Its gradient is an
+  elementwise mask where XLA:CPU expands max_pool's select-and-scatter into four index
+  iotas, a variadic reduce-window and a scatter: 25% of the full small-CNN step. With ties
+  in a window the gradient is shared between them instead of given to the first.
+  """
+  n, h, w, c = x.shape
+  if h % 2 or w % 2:  # VALID drops the last odd row/column
+    x = x[:, :h - h % 2, :w - w % 2]
+    h, w = h - h % 2, w - w % 2
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def layer_range(layers, start, stop, cuts) -> tuple[int, int]:

@@ -1,0 +1,51 @@
+"""Per-backend compiler options: applied on CPU, recorded, overridable, FLOP count unchanged."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tljax import accounting
+from tljax import backend
+from tljax.steps import train_step
+from tljax import train
+from configs import base
+
+
+def test_cpu_options_and_how_to_turn_them_off(monkeypatch):
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  assert backend.compiler_options() == backend.CPU_OPTIONS
+  off = ml_collections.ConfigDict({'xla_cpu_tuning': False})
+  assert backend.compiler_options(off) == {}
+  # An option the user set in XLA_FLAGS is theirs: tljax does not pass its own.
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=')
+  assert backend.compiler_options() == {}
+
+
+def test_tuned_and_default_compiles_count_the_same_flops_and_agree():
+  config = base.get_config()
+  config.batch_size = 8
+  case = train.make_case(config, 23, 10)
+  step = jax.jit(functools.partial(train_step, model=case.model, tx=case.tx,
+                                   trainable=case.trainable))
+  x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 1))
+  y = jnp.arange(8) % 10
+  lowered = step.lower(case.state, x, y)
+  tuned, default = backend.compile(lowered), lowered.compile()
+  assert 'ynn_fusion_type' in str(backend.CPU_OPTIONS)
+  assert accounting.xla_costs(tuned)['flops'] == accounting.xla_costs(default)['flops']
+  assert tuned.as_text() != default.as_text()  # the options did change the program
+
+  # Same loss and gradients up to float rounding (Adam's first step would amplify
+  # sign flips of near-zero gradients, so the gradients are compared, not the update).
+  def loss(params):
+    logits = case.model.apply({'params': params, 'batch_stats': case.state.batch_stats}, x,
+                              train=False)
+    return jnp.mean((logits - jax.nn.one_hot(y, 10)) ** 2)
+  grad = jax.jit(jax.value_and_grad(loss)).lower(case.state.params)
+  (l1, g1), (l2, g2) = backend.compile(grad)(case.state.params), grad.compile()(case.state.params)
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3,
+                                                       atol=1e-5 * np.abs(b).max()), g1, g2)
