@@ -130,6 +130,7 @@ def test_output_sizes(size, out):
     (3, 2, 'VALID', (2, 10, 9, 6), False),
     (5, 2, 'SAME', (2, 11, 10, 3), False),
     (5, 2, ((1, 2), (2, 2)), (1, 13, 12, 5), True),
+    (3, 2, 'SAME', (6, 9, 9, 4), False),  # the kernel gradient's chunks of 4: one of 2 left
 ])
 def test_depthwise_impls_agree(kernel, strides, padding, shape, use_bias):
   rng = np.random.default_rng(kernel * 10 + strides)
