@@ -24,7 +24,7 @@ def test_small_cnn_one_case(tmp_path):
   spec.update(cases=(4,), timing=dict(number=1, repeat=2, warmup=0),
               input_timing=dict(number=1, repeat=2, warmup=0))
   peers = tuple(p for p in bench.PEERS if bench.peer_available(p)[0])
-  result = bench.run(peers=peers, specs=[spec], log=lambda s: None)
+  result = bench.run(peers=peers, specs=[spec], log=lambda s: None, prefix=False)
   for key in ('date', 'machine', 'versions', 'models', 'wall_s', 'waited_for_idle_s'):
     assert key in result
   assert result['machine']['cores'] >= 1
@@ -98,3 +98,20 @@ def test_fractions_ratios_and_table():
   line4 = next(l for l in table.splitlines() if l.startswith('4 ') and '2.50' in l)
   assert line4.split()[-2:] == ['0.500', '-'] and '2.50*' in line4
   assert 'keras_tf: not installed' in table
+
+
+def test_prefix_cache_end_to_end_runs(monkeypatch):
+  from tljax import bench_prefix  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(bench_prefix.SIZES, 'small_cnn', {'quick': (192, 64)})
+  monkeypatch.setattr(bench_prefix, 'EPOCHS', 2)
+  spec = bench.model_specs(quick=True, models=('small_cnn',))[0]
+  r = bench_prefix.bench(bench._config(spec), spec, quick=True, log=lambda s: None)
+  cached, plain = r['runs']['cached'], r['runs']['uncached']
+  assert cached['prefix_cache'] and not plain['prefix_cache']
+  assert cached['cut_layer'] == 'dense_1' and cached['cache_bytes'] == (192 + 64) * 128 * 4
+  assert cached['steps'] == plain['steps'] == 2 * 3  # 192 / 64 per epoch
+  # Same batches, same dropout masks: equal up to float reassociation.
+  assert r['loss_difference'] < 1e-5 and r['accuracy_difference'] == 0
+  assert r['speedup_end_to_end'] == plain['end_to_end_s'] / cached['end_to_end_s']
+  assert cached['compute_flops_total'] < plain['compute_flops_total']
+  assert 'end to end' in bench_prefix.format_table(r)

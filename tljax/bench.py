@@ -683,7 +683,7 @@ def format_tables(result):
 
 
 def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depthwise=None,
-        log=print, specs=None, wait_idle=0.0, xla_cpu_tuning=True):
+        log=print, specs=None, wait_idle=0.0, xla_cpu_tuning=True, prefix=True):
   """The whole benchmark: a JSON-able dict. `specs` replaces model_specs(...) when given."""
   from tljax import backend  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
@@ -700,6 +700,9 @@ def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depth
   for spec in specs:
     log(f'{spec["model"]}:')
     result['models'].append(bench_model(spec, peers, log, wait_idle))
+    if prefix:
+      from tljax import bench_prefix  # pylint: disable=g-import-not-at-top
+      result['models'][-1]['prefix_cache'] = bench_prefix.bench(_config(spec), spec, quick, log)
   for m in result['models']:
     for p in m['peers'].values():
       result['versions'].update(p.get('versions', {}))
@@ -723,6 +726,8 @@ def _args(argv):
   p.add_argument('--wait_idle', type=float, default=0.0,
                  help='Before each timing wait up to this many seconds for other processes '
                  'to leave the CPU (shared machines).')
+  p.add_argument('--no_prefix_cache', action='store_true',
+                 help='Skip the end-to-end runs with and without the frozen-prefix cache.')
   p.add_argument('--no_xla_cpu_tuning', action='store_true',
                  help="Compile tljax's steps with XLA's default CPU options (tljax/backend.py), "
                  'to measure what the tuning buys.')
@@ -744,7 +749,7 @@ def main(argv=None):
     sys.exit(f'tljax.bench: unknown peers {bad}; known: {list(PEERS)}')
   depthwise = tuple(args.depthwise.split(',')) if args.depthwise else None
   result = run(args.quick, models, peers, depthwise, log=_stderr, wait_idle=args.wait_idle,
-               xla_cpu_tuning=not args.no_xla_cpu_tuning)
+               xla_cpu_tuning=not args.no_xla_cpu_tuning, prefix=not args.no_prefix_cache)
   print(f'tljax bench {result["date"]}, {result["machine"]["cpu"]}, '
         f'{result["machine"]["cores"]} cores; ' + ', '.join(
             f'{k} {v}' for k, v in result['versions'].items()))
@@ -754,6 +759,10 @@ def main(argv=None):
   for m in result['models']:
     print()
     print(format_tables(m))
+    if m.get('prefix_cache'):
+      from tljax import bench_prefix  # pylint: disable=g-import-not-at-top
+      print()
+      print(bench_prefix.format_table(m['prefix_cache']))
   if args.out:
     from tljax import report  # pylint: disable=g-import-not-at-top
     report.write_json(args.out, result)

@@ -1,0 +1,94 @@
+"""Prefix-cache benchmark: one head-only case end to end, with and without the cache."""
+
+import tempfile
+import time
+from unittest import mock
+
+import jax
+import numpy as np
+
+from tljax import data
+from tljax import train
+
+# Train/test examples of the synthetic target per model (full run, --quick run).
+SIZES = {'small_cnn': {'full': (10000, 2000), 'quick': (3000, 600)},
+         'efficientnet_b0': {'full': (320, 64), 'quick': None}}
+EPOCHS = 10
+HEAD_CASE = {'model': 1, 'base': 0}  # the head-only case under each counting
+
+
+def synthetic(spec, n, split, seed):
+  """Random images of the spec's shape (uint8 for EfficientNet, float in [0, 1] otherwise)."""
+  rng = np.random.default_rng(seed)
+  shape = (n, spec['image_size'], spec['image_size'], spec['channels'])
+  if spec['model'].startswith('efficientnet'):
+    images = rng.integers(0, 256, shape, np.uint8)
+  else:
+    images = rng.uniform(size=shape).astype(np.float32)
+  labels = rng.integers(0, spec['num_classes'], n).astype(np.int32)
+  return data.Arrays(images, labels, spec['num_classes'], 'synthetic', split)
+
+
+def run_case(config, spec, n_train, n_test, use_cache):
+  """train_and_evaluate on synthetic data; the case's own compile and wall seconds."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.pretrained = 'none'
+    c.cases = (HEAD_CASE[spec['counting']],)
+    c.epochs = EPOCHS
+    c.prefix_cache = use_cache
+    c.progress = False
+    c.checkpoint_every_steps = 0
+  splits = {'train': synthetic(spec, n_train, 'train', 1), 'test': synthetic(spec, n_test, 'test', 2)}
+  # Both runs start cold: no compiled step of an earlier run is reused.
+  jax.clear_caches()
+  train._EVAL_CACHE.clear()  # pylint: disable=protected-access
+  train._INIT_CACHE.clear()  # pylint: disable=protected-access
+  with tempfile.TemporaryDirectory() as workdir, mock.patch.object(
+      train, '_load_target', lambda config, split: splits[split]):
+    t0 = time.perf_counter()
+    summary = train.train_and_evaluate(c, workdir)
+    run_s = time.perf_counter() - t0
+  case = summary['cases'][0]
+  return dict(prefix_cache=case['prefix_cache'], cut_layer=case['prefix_cache_cut_layer'],
+              compile_s=case['compile_s'], wall_s=case['wall_s'],
+              end_to_end_s=case['compile_s'] + case['wall_s'], run_s=run_s,
+              test_accuracy=case['test_accuracy'], test_loss=case['test_loss'],
+              steps=case['steps'], cache_bytes=case['prefix_cache_bytes'],
+              compute_flops_total=case['compute_flops_total'])
+
+
+def bench(config, spec, quick, log=print):
+  """Both runs and their quotients, or None where the model has no size for this mode."""
+  sizes = SIZES.get(spec['model'], {}).get('quick' if quick else 'full')
+  if sizes is None:
+    return None
+  n_train, n_test = sizes
+  runs = {}
+  for use_cache in (True, False):
+    runs['cached' if use_cache else 'uncached'] = r = run_case(config, spec, n_train, n_test,
+                                                               use_cache)
+    log(f'  prefix cache {use_cache}: compile {r["compile_s"]:.1f} s + train '
+        f'{r["wall_s"]:.1f} s')
+  cached, plain = runs['cached'], runs['uncached']
+  return dict(train_examples=n_train, test_examples=n_test, epochs=EPOCHS, runs=runs,
+              speedup_end_to_end=plain['end_to_end_s'] / cached['end_to_end_s'],
+              speedup_training=plain['wall_s'] / cached['wall_s'],
+              accuracy_difference=abs(cached['test_accuracy'] - plain['test_accuracy']),
+              loss_difference=abs(cached['test_loss'] - plain['test_loss']))
+
+
+def format_table(result):
+  """A few lines: the two runs and the quotients."""
+  r = result
+  lines = [f'prefix cache: head-only case, {r["epochs"]} epochs, {r["train_examples"]} train + '
+           f'{r["test_examples"]} test synthetic examples, end to end = compile + fill + train',
+           f'{"run":10s} {"compile s":>10s} {"train s":>9s} {"end to end s":>13s}  test loss']
+  for name in ('cached', 'uncached'):
+    x = r['runs'][name]
+    lines.append(f'{name:10s} {x["compile_s"]:10.2f} {x["wall_s"]:9.2f} {x["end_to_end_s"]:13.2f}'
+                 f'  {x["test_loss"]:.6f}')
+  lines.append(f'speed-up: {r["speedup_end_to_end"]:.1f}x end to end, '
+               f'{r["speedup_training"]:.1f}x without compilation; |loss difference| '
+               f'{r["loss_difference"]:.1e}, |accuracy difference| {r["accuracy_difference"]:.1e}')
+  return '\n'.join(lines)
