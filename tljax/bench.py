@@ -671,11 +671,13 @@ def format_tables(result):
   cols2 = (f'{"case":<12}{"time/full":>11}{"FLOPs/full":>12}{"quotient":>10}'
            + ''.join(f'{p + " time/full":>20}' for p in peers))
   lines += [f'{result["model"]}: step time and train FLOPs as fractions of full fine-tuning '
-            f'(quotient target within {TRACKING_TARGET}x; * = outside)', cols2, '-' * len(cols2)]
+            f'(target: quotient <= {TRACKING_TARGET}; * = the case is slower than its FLOP share '
+            f'by more, + = faster than it by more than {TRACKING_TARGET}x)', cols2,
+            '-' * len(cols2)]
   for r in result['cases']:
     label = r['label'] + (f' {r["depthwise_impl"]}' if r['depthwise_impl'] else '')
     q = r['time_to_flops']
-    flag = '*' if q is not None and not 1 / TRACKING_TARGET <= q <= TRACKING_TARGET else ' '
+    flag = ' ' if q is None else '*' if q > TRACKING_TARGET else '+' if q < 1 / TRACKING_TARGET else ' '
     lines.append(f'{label:<12}{_f(r["time_frac_full"], ".3f"):>11}'
                  f'{_f(r["flops_frac_full"], ".3f"):>12}{_f(q, ".2f"):>9}{flag}'
                  + ''.join(f'{_f(r["peer_time_frac_full"].get(p), ".3f"):>20}' for p in peers))
