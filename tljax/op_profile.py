@@ -28,6 +28,23 @@ def op_names(hlo_text):
   return out
 
 
+# (substring of the JAX op or of the operation's name, the family it belongs to), first match wins.
+FAMILIES = (('dwconv', 'depthwise conv'), ('silu', 'swish'), ('_bn', 'BatchNorm'),
+            ('batch_normalization', 'BatchNorm'), ('conv_general_dilated', 'convolution'),
+            ('dot_general', 'dense'), ('dropout', 'dropout'), ('reduce_max', 'max pool'),
+            ('relu', 'relu'), ('transpose_copy', 'layout transpose'), ('copy', 'copy'),
+            ('se_', 'squeeze-excite'), ('adam', 'optimiser'), ('ynn_fusion', 'YNNPACK call'))
+
+
+def family(name, op):
+  """The family of an operation and whether it belongs to the backward pass."""
+  side = 'backward' if 'transpose(jvp' in op else 'forward' if 'jvp(' in op else 'other'
+  for key, fam in FAMILIES:
+    if key in op or key in name:
+      return fam, side
+  return 'other', side
+
+
 def profile_step(step, args, steps=10):
   """Runs `step(*args)` (returning args for the next call) under jax.profiler.
 
@@ -82,6 +99,13 @@ def main(argv=None):
   total = sum(busy.values())
   print(f'{args.model} case {args.case}, batch {spec["batch_size"]}: {wall * 1e3:.1f} ms/step '
         f'wall, {total / 1e6:.1f} ms/step of traced operations (all threads)')
+  fams = collections.Counter()
+  for name, ns in busy.items():
+    fams[family(name, names.get(name, ('', ''))[1])] += ns
+  print(f'{"ms/step":>8s}  {"share":>5s}  family (pass)')
+  for (fam, side), ns in fams.most_common(args.top):
+    print(f'{ns / 1e6:8.2f}  {ns / total:5.1%}  {fam} ({side})')
+  print()
   print(f'{"ms/step":>8s}  {"share":>5s}  {"operation":28s} {"shape":26s} from')
   for name, ns in busy.most_common(args.top):
     shape, op = names.get(name, ('', ''))
