@@ -12,7 +12,7 @@ from tljax import train
 
 # Train/test examples of the synthetic target per model (full run, --quick run).
 SIZES = {'small_cnn': {'full': (10000, 2000), 'quick': (3000, 600)},
-         'efficientnet_b0': {'full': (640, 128), 'quick': None}}
+         'efficientnet_b0': {'full': (1280, 256), 'quick': None}}
 EPOCHS = 10
 HEAD_CASE = {'model': 1, 'base': 0}  # the head-only case under each counting
 

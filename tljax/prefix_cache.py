@@ -88,10 +88,14 @@ class Compiled:
 
 
 def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=None):
-  """Compiles the prefix forward (at `eval_batch`), the suffix train and eval steps."""
+  """Compiles the prefix forward and the suffix train step (at config.batch_size) and the
+  suffix eval step (at `eval_batch`). The prefix runs at the train batch: on 2 CPU cores a
+  B0 forward at 224 ran 59 ex/s at batch 256 against ~90 at 32 (activations out of cache),
+  and its rounding matches the uncached step's more closely.
+  """
   t0 = time.perf_counter()
   image = jax.ShapeDtypeStruct(
-      (eval_batch, config.image_size, config.image_size, config.channels), jnp.float32)
+      (config.batch_size, config.image_size, config.image_size, config.channels), jnp.float32)
   pshard, tshard, eshard = {}, {}, {}
   if mesh is not None:
     pshard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,), out_shardings=mesh.batch)

@@ -434,7 +434,8 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
   train_c, eval_c, train_arrays, test_arrays = plan.train_c, plan.eval_c, target, target_test
   try:
     if cached is not None:  # frozen prefix once per example; train and evaluate the suffix
-      cache = prefix_cache.build(cached, state, (target, target_test), batch=eval_batch, prep=prep,
+      cache = prefix_cache.build(cached, state, (target, target_test), batch=config.batch_size,
+                                 prep=prep,
                                  directory=os.path.join(workdir, f'cache_case_{n}'), mesh=mesh)
       train_c, eval_c, train_arrays, test_arrays = cached.train, cached.eval, cache.train, cache.test
       prep = prefix_cache.identity_prep
