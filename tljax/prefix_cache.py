@@ -89,9 +89,9 @@ class Compiled:
 
 def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=None):
   """Compiles the prefix forward and the suffix train step (at config.batch_size) and the
-  suffix eval step (at `eval_batch`). The prefix runs at the train batch: on 2 CPU cores a
-  B0 forward at 224 ran 59 ex/s at batch 256 against ~90 at 32 (activations out of cache),
-  and its rounding matches the uncached step's more closely.
+  suffix eval step (at `eval_batch`). The prefix runs at the train batch: on 2 CPU cores,
+  filling B0's cache (224x224, 1,536 images) plus 10 suffix epochs took 20.7 s at batch 32
+  against 26.8 s at 256, and its rounding matches the uncached step's (identical losses).
   """
   t0 = time.perf_counter()
   image = jax.ShapeDtypeStruct(
