@@ -51,7 +51,6 @@ def _environment(config):
   }
 
 
-
 def _prep_fn(config, dataset_name):
   return functools.partial(data.preprocess, image_size=config.image_size,
                            channels=config.channels, fit=data.fit_of(dataset_name),

@@ -106,7 +106,7 @@ def max_pool_2x2(x):
 
   Equal to `nn.max_pool(x, (2, 2), strides=(2, 2))` in value. Its gradient is an
   elementwise mask where XLA:CPU expands max_pool's select-and-scatter into four index
-  iotas, a variadic reduce-window and a scatter: 25% of the full small-CNN step. With ties
+  iotas, a variadic reduce-window and a scatter: ~20% of the full small-CNN step's busy time. With ties
   in a window the gradient is shared between them instead of given to the first.
   """
   n, h, w, c = x.shape
