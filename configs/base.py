@@ -17,8 +17,16 @@ def get_config():
   c.source_classes = ()  # labels kept (remapped to 0..k-1 in this order); () = all
   c.target_dataset = 'cifar10'
   c.target_classes = ()
-  c.data_dir = ''  # TFDS data directory ('' = TFDS's default), or an image-folder root
-  c.cache_dir = 'artifacts/cache'  # pretrained models and converted weights
+  # Image-folder datasets ('image_folder', 'intel_scenes'): each dataset's folder root, holding
+  # train/<class>/**/<image> and test/<class>/**/<image> (or Intel's seg_train/seg_train/...).
+  c.source_data_dir = ''
+  c.target_data_dir = ''
+  c.data_dir = ''  # TFDS's data directory ('' = TFDS's default, ~/tensorflow_datasets)
+  # Pretrained models, converted weights and image folders prepared at the model's input.
+  c.cache_dir = 'artifacts/cache'
+  # A prepared image-folder split larger than this (MiB) is trained from a memory map of its
+  # cache file instead of RAM; 0 = half the RAM available when the split loads.
+  c.data_memory_mb = 0
   c.pretrain_epochs = 10
   c.pretrain_learning_rate = 1e-3
   # BatchNorm moving-average momentum (Keras: 0.99). A few hundred steps on a tiny dataset

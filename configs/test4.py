@@ -1,4 +1,4 @@
-"""Thesis test 4: EfficientNetB0 with ImageNet weights -> Intel scenes (--config.data_dir=PATH)."""
+"""Thesis test 4: EfficientNetB0 with ImageNet weights -> Intel scenes (--config.target_data_dir=PATH)."""
 
 from configs import test2
 
@@ -7,5 +7,5 @@ def get_config():
   c = test2.get_config()
   c.name = 'test4'
   c.target_dataset = 'intel_scenes'
-  c.data_dir = ''  # the Kaggle download's root: seg_train/seg_train/<class>, seg_test/...
+  c.target_data_dir = ''  # the Kaggle download's root: seg_train/seg_train/<class>, seg_test/...
   return c

@@ -95,10 +95,11 @@ def test_image_folder_dataset(tmp_path):
       d.mkdir(parents=True)
       for i in range(n):
         Image.fromarray(rng.integers(0, 255, (20, 30, 3), np.uint8)).save(d / f'{i}.png')
-  arrays = data.load('image_folder', 'train', data_dir=str(tmp_path))
+  model_input = data.ModelInput(224, 3, str(tmp_path / 'cache'))
+  arrays = data.load('image_folder', 'train', root=str(tmp_path), model_input=model_input)
   assert arrays.images.shape == (6, 224, 224, 3) and arrays.images.dtype == np.uint8
   assert list(arrays.labels) == [0, 0, 0, 1, 1, 1] and arrays.num_classes == 2
-  with pytest.raises(ValueError, match='needs --config.data_dir'):
-    data.load('image_folder', 'train')
+  with pytest.raises(ValueError, match='needs the folder root: --config.source_data_dir'):
+    data.load('image_folder', 'train', model_input=model_input)
   with pytest.raises(ValueError, match="expects \\['buildings'"):
-    data.load('intel_scenes', 'train', data_dir=str(tmp_path))
+    data.load('intel_scenes', 'train', root=str(tmp_path), model_input=model_input)

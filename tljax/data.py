@@ -6,9 +6,14 @@ import queue
 import socket
 import threading
 
+from absl import logging
 import numpy as np
+import psutil
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from tljax import folder_data
+from tljax import prepare
 
 # TensorFlow only feeds the input pipeline; keep it off the accelerators JAX uses.
 try:
@@ -26,12 +31,12 @@ TFDS_DATASETS = {
     'svhn_cropped': dict(num_classes=10, fit='resize', hosts=('ufldl.stanford.edu',)),
 }
 # Other sources: scikit-learn's 8x8 digits (ships with the package), image folders.
-OTHER_DATASETS = {
-    'digits': dict(num_classes=10, fit='resize'),
+FOLDER_DATASETS = {
     'image_folder': dict(num_classes=None, fit='resize'),
     'intel_scenes': dict(num_classes=6, fit='resize',
                          classes=('buildings', 'forest', 'glacier', 'mountain', 'sea', 'street')),
 }
+OTHER_DATASETS = {'digits': dict(num_classes=10, fit='resize'), **FOLDER_DATASETS}
 SPLITS = ('train', 'test')
 # Fraction of each digit class held out as the digits 'test' split (fixed seed 0).
 DIGITS_TEST_FRACTION = 0.25
@@ -75,37 +80,76 @@ class Arrays:
     return len(self.labels)
 
 
-def load(name, split, *, classes=(), data_dir=None, mock=False):
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+  """What the model takes (image folders are prepared at exactly this) and where that is cached.
+
+  memory_budget_bytes: a prepared split larger than this is trained from a memory map of
+  its cache file; 0 = half the RAM available when the split loads.
+  """
+  image_size: int
+  channels: int
+  cache_dir: str = 'artifacts/cache'
+  memory_budget_bytes: int = 0
+
+  def budget(self):
+    if self.memory_budget_bytes:
+      return self.memory_budget_bytes
+    return psutil.virtual_memory().available // 2
+
+
+def is_folder(name):
+  return name in FOLDER_DATASETS
+
+
+def load(name, split, *, classes=(), data_dir=None, root=None, model_input=None, mock=False,
+         mock_examples=MOCK_EXAMPLES):
   """One split of a dataset, class-filtered, labels remapped to 0..len(classes)-1.
 
   classes: labels to keep (in this order); empty keeps all.
-  mock: for dry runs: TFDS datasets come from `tfds.testing.mock_data`, image
-    folders from random images; nothing is read from or written to disk.
+  data_dir: TFDS's data directory. root: an image folder's root (image-folder datasets),
+    prepared at `model_input` (a ModelInput) and cached on disk.
+  mock: for dry runs: TFDS datasets come from `tfds.testing.mock_data`, image folders give
+    random images at the model's input for the folders' classes (listed, never decoded);
+    `mock_examples` per split.
   """
   _check_name(name)
   if split not in SPLITS:
     raise ValueError(f'Unknown split {split!r}; known splits: {SPLITS}.')
+  if is_folder(name):
+    return _load_folder(name, split, classes, root, model_input, mock, mock_examples)
   if name in TFDS_DATASETS:
-    images, labels = _load_tfds(name, split, data_dir, mock)
+    images, labels = _load_tfds(name, split, data_dir, mock, mock_examples)
     total = TFDS_DATASETS[name]['num_classes']
-  elif name == 'digits':
+  else:
     images, labels = _load_digits(split)
     total = 10
-  else:
-    images, labels, total = _load_folder(name, split, data_dir, mock)
-  if classes:
-    bad = [c for c in classes if not 0 <= c < total]
-    if bad or len(set(classes)) != len(classes):
-      raise ValueError(f'Bad classes {tuple(classes)} for dataset {name!r}: must be distinct '
-                       f'labels in 0..{total - 1}.')
-    lut = np.full(total, -1, np.int32)
-    lut[list(classes)] = np.arange(len(classes), dtype=np.int32)
+  lut, total = _class_lut(name, classes, total)
+  if lut is not None:
     keep = lut[labels] >= 0
     images, labels = images[keep], lut[labels[keep]]
-    total = len(classes)
+  return _arrays(images, labels, total, name, split, classes)
+
+
+def _arrays(images, labels, total, name, split, classes):
   if len(labels) == 0:
     raise ValueError(f'Dataset {name!r} split {split!r} with classes {tuple(classes)} is empty.')
   return Arrays(images, labels.astype(np.int32), total, name, split)
+
+
+def _class_lut(name, classes, total, class_names=None):
+  """(label lookup table or None, class count) for keeping `classes` of `total` labels."""
+  if not classes:
+    return None, total
+  bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < total]
+  if bad or len(set(classes)) != len(classes):
+    known = (' (' + ', '.join(f'{i}={n}' for i, n in enumerate(class_names)) + ')'
+             if class_names else '')
+    raise ValueError(f'Bad classes {tuple(classes)} for dataset {name!r}: must be distinct '
+                     f'labels in 0..{total - 1}{known}.')
+  lut = np.full(total, -1, np.int32)
+  lut[list(classes)] = np.arange(len(classes), dtype=np.int32)
+  return lut, len(classes)
 
 
 def _load_digits(split):
@@ -138,9 +182,9 @@ def _hosts_reachable(hosts, timeout=5.0):
   return True
 
 
-def _load_tfds(name, split, data_dir, mock):
+def _load_tfds(name, split, data_dir, mock, mock_examples=MOCK_EXAMPLES):
   if mock:
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    with tfds.testing.mock_data(num_examples=mock_examples):
       return _to_numpy(tfds.load(name, split=split, as_supervised=True))
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
@@ -170,29 +214,59 @@ def _to_numpy(ds):
   return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
 
 
-def _load_folder(name, split, data_dir, mock):
-  from tljax import folder_data  # pylint: disable=g-import-not-at-top
-  expected = OTHER_DATASETS[name].get('classes')
-  if mock:
-    n = expected and len(expected)
-    if not n:
-      raise ValueError(f'A dry run of {name!r} needs its folders to know the classes.')
-    rng = np.random.default_rng(0)
-    return (rng.integers(0, 256, (MOCK_EXAMPLES, 150, 150, 3), np.uint8),
-            np.arange(MOCK_EXAMPLES, dtype=np.int32) % n, n)
-  if not data_dir:
-    raise ValueError(f'Dataset {name!r} needs --config.data_dir=/path/to/images '
-                     '(with train/ and test/ folders of one folder per class).')
-  if not os.path.isdir(data_dir):
-    raise ValueError(f'data_dir {data_dir!r} of dataset {name!r} is not a directory.')
-  class_names = folder_data.class_names(data_dir)
-  if expected and tuple(c.lower() for c in class_names) != expected:
-    raise ValueError(f'{data_dir} holds classes {class_names}; dataset {name!r} expects '
+def _folder_listing(name, split, root):
+  """The folder's listing of `split`, checked against the classes `name` expects."""
+  if not root:
+    raise ValueError(f'Dataset {name!r} needs the folder root: --config.source_data_dir=ROOT or '
+                     '--config.target_data_dir=ROOT (with train/<class>/<image> and '
+                     'test/<class>/<image> under it).')
+  listing = folder_data.list_split(root, split)
+  expected = FOLDER_DATASETS[name].get('classes')
+  if expected and tuple(c.lower() for c in listing.class_names) != expected:
+    raise ValueError(f'{root} holds classes {listing.class_names}; dataset {name!r} expects '
                      f'{list(expected)}.')
-  folder_data.verify_images(data_dir, split)
-  ds, n, class_names = folder_data.load_split(data_dir, split, 150 if expected else 224, 3)
-  x, y = _to_numpy(ds)
-  return np.round(x * 255).astype(np.uint8), y, len(class_names)
+  return listing
+
+
+def _load_folder(name, split, classes, root, model_input, mock, mock_examples):
+  listing = _folder_listing(name, split, root)
+  lut, total = _class_lut(name, classes, len(listing.class_names), listing.class_names)
+  labels = listing.labels if lut is None else lut[listing.labels]
+  keep = labels >= 0
+  labels = labels[keep]
+  if model_input is None:
+    raise ValueError(f'Dataset {name!r} is prepared at the model\'s input: pass model_input.')
+  if mock:  # the folders' classes, random images: nothing decoded
+    rng = np.random.default_rng(0)
+    shape = (mock_examples, model_input.image_size, model_input.image_size, model_input.channels)
+    return _arrays(rng.integers(0, 256, shape, np.uint8),
+                   np.arange(mock_examples, dtype=np.int32) % total, total, name, split, classes)
+  if listing.ignored:
+    logging.info('%s: ignored %d files that are not images by extension (%s)', listing.split_dir,
+                 len(listing.ignored), ', '.join(sorted({os.path.basename(p) for p in
+                                                         listing.ignored})[:5]))
+  fit = prepare.Fit(model_input.image_size, model_input.channels, fit_of(name))
+  images, _ = prepare.prepared_split(listing, keep, fit, model_input.cache_dir,
+                                     model_input.budget(), tuple(classes))
+  return _arrays(images, labels, total, name, split, classes)
+
+
+def identity(name, *, root=None, data_dir=None, mock=False):
+  """What a dataset's numbers depend on, cheaply: for a folder, per split its file count and
+  fingerprint (relative paths, sizes, modification times; nothing decoded)."""
+  _check_name(name)
+  if is_folder(name):
+    out = dict(dataset=name, root=os.path.abspath(root or ''))
+    for split in SPLITS:
+      listing = _folder_listing(name, split, root)
+      out[split] = dict(files=len(listing), fingerprint=listing.fingerprint())
+    return out
+  if mock:
+    return dict(dataset=name, mock=True)
+  if name == 'digits':
+    import sklearn  # pylint: disable=g-import-not-at-top
+    return dict(dataset=name, scikit_learn=sklearn.__version__)
+  return dict(dataset=name, tfds_version=str(tfds.builder_cls(name).VERSION))
 
 
 def preprocess(images, *, image_size, channels, fit='resize', pixel_scale=1.0):
@@ -257,24 +331,52 @@ def eval_batches(arrays, batch_size, *, prep):
 
 
 def prefetch(iterator, size=2):
-  """Runs `iterator` in a background thread, `size` items ahead; re-raises its errors."""
+  """Runs `iterator` in a background thread, `size` items ahead; re-raises its errors.
+
+  Leaving early (break, return, an exception, or close()) stops the worker thread and waits
+  for it, so no thread or batch outlives the loop.
+  """
   q = queue.Queue(maxsize=size)
+  stop = threading.Event()
   done = object()
+
+  def put(item):
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def worker():
     try:
       for item in iterator:
-        q.put(item)
+        if not put(item):
+          break
+      else:
+        put(done)
     except BaseException as e:  # pylint: disable=broad-except
-      q.put(e)
-      return
-    q.put(done)
+      put(e)
+    finally:
+      getattr(iterator, 'close', lambda: None)()
 
-  threading.Thread(target=worker, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is done:
-      return
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  thread = threading.Thread(target=worker, daemon=True, name='tljax-prefetch')
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+      item = None
+  finally:
+    stop.set()
+    while thread.is_alive():
+      try:
+        q.get(timeout=0.05)
+      except queue.Empty:
+        pass
+    thread.join()

@@ -1,20 +1,13 @@
-"""Image-folder dataset source: `<split>/<class>/<image>` trees (Intel scenes, users' own images) as tf.data."""
+"""Image-folder trees: `<split>/<class>/**/<image>` layouts, their listing and their fingerprint."""
 
+import dataclasses
+import hashlib
 import os
 
-from PIL import Image
-import tensorflow as tf
-
-# TensorFlow only feeds the input pipeline; keep it off the accelerators JAX uses.
-try:
-  tf.config.set_visible_devices([], 'GPU')
-except (RuntimeError, ValueError):  # devices already initialized, or none to hide
-  pass
+import numpy as np
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 SPLITS = ('train', 'test')
-DECODE_ERROR = 'Could not read or decode image file'
-VERIFY_HINT = '(tljax.folder_data.verify_images(root, split) says why)'
 
 
 def _layouts(root, split):
@@ -32,6 +25,8 @@ def find_split_dir(root, split):
   """
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+  if not os.path.isdir(root):
+    raise ValueError(f'The image-folder root {root} is not a directory.')
   candidates = _layouts(root, split)
   for path in candidates:
     if os.path.isdir(path):
@@ -41,7 +36,7 @@ def find_split_dir(root, split):
       + ', '.join(os.path.join(p, '<class>', '<image>') for p in candidates))
 
 
-def _is_image(name):
+def is_image(name):
   return not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -51,14 +46,49 @@ def _class_dirs(split_dir):
                 if e.is_dir() and not e.name.startswith('.'))
 
 
-def _images(class_dir):
-  """Sorted image file paths directly inside `class_dir`; an error if none."""
-  files = sorted(e.name for e in os.scandir(class_dir)
-                 if e.is_file() and _is_image(e.name))
-  if not files:
+def _walk(class_dir):
+  """(image paths sorted by their path below `class_dir`, names of other files).
+
+  Subfolders are searched too (not hidden ones); symlinked files are followed.
+  """
+  images, other = [], []
+  for top, dirs, files in os.walk(class_dir):
+    dirs[:] = [d for d in dirs if not d.startswith('.')]
+    for f in files:
+      (images if is_image(f) else other).append(os.path.join(top, f))
+  return sorted(images), other
+
+
+@dataclasses.dataclass
+class Listing:
+  """The image files of one split: paths in a fixed order (class, then path), labels, classes."""
+  root: str
+  split: str
+  split_dir: str
+  class_names: list
+  paths: list
+  labels: np.ndarray  # int32, index into class_names
+  ignored: list  # files skipped because their extension is not an image's
+
+  def __len__(self):
+    return len(self.paths)
+
+  def fingerprint(self):
+    """sha256 of every image's path (relative to the split), size and modification time."""
+    h = hashlib.sha256()
+    for path in self.paths:
+      st = os.stat(path)
+      rel = os.path.relpath(path, self.split_dir)
+      h.update(f'{rel}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+    return h.hexdigest()
+
+
+def _class_images(class_dir):
+  images, other = _walk(class_dir)
+  if not images:
     raise ValueError(f'Class folder {class_dir} holds no image files '
-                     f'({", ".join(IMAGE_EXTENSIONS)})')
-  return [os.path.join(class_dir, f) for f in files]
+                     f'({", ".join(IMAGE_EXTENSIONS)}, any case)')
+  return images, other
 
 
 def class_names(root):
@@ -70,9 +100,7 @@ def class_names(root):
   train_dir = find_split_dir(root, 'train')
   names = _class_dirs(train_dir)
   if not names:
-    raise ValueError(f'No class folders in {train_dir}')
-  for name in names:
-    _images(os.path.join(train_dir, name))
+    raise ValueError(f'No class folders in {train_dir}: expected {train_dir}/<class>/<image>.')
   try:
     test_dir = find_split_dir(root, 'test')
   except ValueError:
@@ -85,80 +113,13 @@ def class_names(root):
 
 
 def list_split(root, split):
-  """(paths, labels, class_names) of `split`, sorted by class then file name."""
+  """The Listing of `split` under `root`; an error naming an empty or stray class folder."""
   names = class_names(root)
   split_dir = find_split_dir(root, split)
-  paths, labels = [], []
+  paths, labels, ignored = [], [], []
   for name in _class_dirs(split_dir):
-    files = _images(os.path.join(split_dir, name))
+    files, other = _class_images(os.path.join(split_dir, name))
     paths += files
+    ignored += other
     labels += [names.index(name)] * len(files)
-  return paths, labels, names
-
-
-def verify_images(root, split):
-  """Checks every image of `split` with PIL; ValueError naming the first bad file.
-
-  Returns the number of files checked. PIL's verify() reads headers and
-  structure, not every pixel, so it is fast but may pass a file that decoding
-  later rejects (load_split names such files too).
-  """
-  paths, _, _ = list_split(root, split)
-  for path in paths:
-    try:
-      with Image.open(path) as image:
-        image.verify()
-    except Exception as e:  # PIL raises many types for bad files
-      raise ValueError(f'{DECODE_ERROR} {path}: {e}') from e
-  return len(paths)
-
-
-def load_split(root, split, image_size, channels):
-  """(dataset, num_examples, class_names) for `split` of an image-folder tree.
-
-  The dataset yields (image float32 [image_size, image_size, channels] in
-  [0, 1], label int32) in a fixed order (class, then file name), so a seeded
-  shuffle downstream is reproducible. channels: 3 = RGB (grayscale expanded),
-  1 = grayscale. A file that cannot be read or decoded stops iteration with
-  tf.errors.InvalidArgumentError whose message names the file: decoding errors
-  are caught in the pipeline, and a gap in the sequence of example indices is
-  turned into an assertion carrying the missing file's path, so nothing is
-  ever skipped silently.
-  """
-  if channels not in (1, 3):
-    raise ValueError(f'channels must be 1 or 3, got {channels!r}')
-  if not isinstance(image_size, int) or image_size < 1:
-    raise ValueError(f'image_size must be a positive int, got {image_size!r}')
-  paths, labels, names = list_split(root, split)
-  n = len(paths)
-  paths_t = tf.constant(paths)
-
-  def decode(path, label, index):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                               dtype=tf.float32, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size),
-                            method='bilinear', antialias=False)
-    if channels == 1:
-      image = tf.image.rgb_to_grayscale(image)
-    return tf.clip_by_value(image, 0.0, 1.0), label, index
-
-  ds = tf.data.Dataset.from_tensor_slices(
-      (paths_t, tf.constant(labels, tf.int32), tf.range(n, dtype=tf.int64)))
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.ignore_errors()
-  # A sentinel with index n lets the check below notice a failed last file.
-  sentinel = (tf.zeros((image_size, image_size, channels)),
-              tf.constant(-1, tf.int32), tf.constant(n, tf.int64))
-  ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
-
-  def check(expected, example):
-    image, label, index = example
-    missing = tf.gather(paths_t, tf.minimum(expected, n - 1))
-    ok = tf.debugging.Assert(tf.equal(index, expected),
-                             [DECODE_ERROR, missing, VERIFY_HINT])
-    with tf.control_dependencies([ok]):
-      return index + 1, (tf.identity(image), label)
-
-  ds = ds.scan(tf.constant(0, tf.int64), check)
-  ds = ds.filter(lambda image, label: label >= 0)
-  return ds, n, names
+  return Listing(root, split, split_dir, names, paths, np.asarray(labels, np.int32), ignored)

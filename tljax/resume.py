@@ -11,9 +11,13 @@ import psutil
 from tljax import report
 
 # Config fields that change no number in the summary: a workdir may be resumed with them changed.
-SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'restart', 'checkpoint_every_steps')
+# The data folders' paths are among them because their contents are checked instead
+# (check_data: a fingerprint of every file), so a moved copy resumes and a changed folder does not.
+SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_data_dir',
+               'data_memory_mb', 'restart', 'checkpoint_every_steps')
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
-OUTPUTS = ('summary.json', 'results.csv', 'metrics.jsonl', 'figure.png', 'config.json')
+OUTPUTS = ('summary.json', 'results.csv', 'metrics.jsonl', 'figure.png', 'config.json',
+           'data.json')
 DIRS = ('cases', 'checkpoints')
 # Free disk space required before training starts, besides the checkpoints themselves.
 MIN_FREE_BYTES = 200 * 2**20
@@ -75,6 +79,34 @@ def prepare_workdir(workdir, config):
           'Pass --config.restart=True to delete its results and start over, or --workdir=DIR '
           f'for a new folder. Fields that may change on a resume: {", ".join(SAFE_FIELDS)}.')
   report.write_json(path, config.to_dict())
+
+
+def _data_diff(old, new):
+  """Lines naming what differs between two data identities (train.data_identity)."""
+  lines = []
+  for role in sorted(set(old) | set(new)):
+    a, b = old.get(role, {}), new.get(role, {})
+    field = f'{role}_data_dir' if 'train' in a or 'train' in b else f'{role}_dataset'
+    for key in sorted(set(a) | set(b)):
+      if key != 'root' and a.get(key) != b.get(key):
+        lines.append(f'  {field} ({b.get("root") or b.get("dataset")}): {key} '
+                     f'{a.get(key)!r} -> {b.get(key)!r}')
+  return lines
+
+
+def check_data(workdir, identity):
+  """Refuses a workdir whose earlier run used other data (another folder, or changed files)."""
+  path = os.path.join(workdir, 'data.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    lines = _data_diff(old, _normalise(identity))
+    if lines:
+      raise ConfigChangedError(
+          f'The workdir {workdir} holds a run on other data:\n' + '\n'.join(lines) + '\n'
+          'Pass --config.restart=True to delete its results and start over, or --workdir=DIR '
+          'for a new folder.')
+  report.write_json(path, identity)
 
 
 def case_dir(workdir, case):

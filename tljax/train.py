@@ -224,19 +224,47 @@ def _new_state(variables, tx, seed, mesh=None):
   return mesh.put_replicated(state) if mesh is not None else state
 
 
-def _pretrain_key(config):
+def _pretrain_key(config, source_identity):
+  """Cache key of the pretrained model: PRETRAIN_FIELDS and the source data's identity (for a
+  folder its fingerprint, not its path: a moved copy is the same data)."""
   fields = {f: config[f] for f in PRETRAIN_FIELDS}
+  fields['source_data'] = {k: v for k, v in source_identity.items() if k != 'root'}
   blob = json.dumps(fields, sort_keys=True, default=list)
   return f'{config.model}_{config.source_dataset}_' + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _pretrain(config, metrics, workdir, mesh=None):
+def _load(config, role, split):
+  """Split `split` of the source or target (`role`) dataset of `config`."""
+  return data.load(config[f'{role}_dataset'], split, classes=tuple(config[f'{role}_classes']),
+                   data_dir=config.data_dir or None, root=config[f'{role}_data_dir'] or None,
+                   model_input=_model_input(config), mock=config.dry_run,
+                   mock_examples=max(data.MOCK_EXAMPLES, config.batch_size,
+                                     config.eval_batch_size))
+
+
+def _model_input(config):
+  return data.ModelInput(config.image_size, config.channels, config.cache_dir,
+                         int(config.data_memory_mb * 2**20))
+
+
+def data_identity(config):
+  """{'source': ..., 'target': ...}: what the run's data are (data.identity), checked on resume
+  and recorded in the summary."""
+  out = {}
+  for role in ('source', 'target'):
+    if role == 'source' and config.pretrained != 'source':
+      continue
+    out[role] = data.identity(config[f'{role}_dataset'], root=config[f'{role}_data_dir'] or None,
+                              data_dir=config.data_dir or None, mock=config.dry_run)
+  return out
+
+
+def _pretrain(config, metrics, workdir, source_identity, mesh=None):
   """Source pretraining with every layer trainable, cached as an orbax checkpoint."""
-  src = data.load(config.source_dataset, 'train', classes=tuple(config.source_classes),
-                  data_dir=config.data_dir or None)
-  src_test = data.load(config.source_dataset, 'test', classes=tuple(config.source_classes),
-                       data_dir=config.data_dir or None)
-  path = os.path.abspath(os.path.join(config.cache_dir, 'pretrained', _pretrain_key(config)))
+  src = _load(config, 'source', 'train')
+  src_test = _load(config, 'source', 'test')
+  path = os.path.abspath(os.path.join(config.cache_dir, 'pretrained',
+                                      _pretrain_key(config, source_identity)))
   model = _model(config, src.num_classes)
   rng = jax.random.key(config.seed)
   variables = _init_variables(model, config, rng)
@@ -285,7 +313,7 @@ def _pretrain(config, metrics, workdir, mesh=None):
   return {'params': state.params, 'batch_stats': state.batch_stats}, info
 
 
-def _pretrained_variables(config, metrics, workdir, mesh=None):
+def _pretrained_variables(config, metrics, workdir, identity, mesh=None):
   """(variables or None, info): the weights every case starts from."""
   if config.dry_run or config.pretrained == 'none':
     return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
@@ -293,7 +321,7 @@ def _pretrained_variables(config, metrics, workdir, mesh=None):
     from tljax import weights  # pylint: disable=g-import-not-at-top
     variables = weights.imagenet_variables(config.model, config.cache_dir)
     return variables, {'source': 'imagenet', 'model': config.model}
-  return _pretrain(config, metrics, workdir, mesh)
+  return _pretrain(config, metrics, workdir, identity['source'], mesh)
 
 
 def _merge(fresh, pretrained, layers, new_head_layers):
@@ -509,19 +537,13 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
 
 
 def _dry_run_config(config):
-  """One step per case on mock data with random weights; accounting unchanged."""
+  """One step per case on mock data with random weights; batches and accounting unchanged
+  (the mock splits hold at least a train and an eval batch)."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
     c.epochs = 1
     c.steps_per_epoch = 1
-    c.batch_size = min(c.batch_size, data.MOCK_EXAMPLES)
-    c.eval_batch_size = min(c.eval_batch_size, data.MOCK_EXAMPLES)
   return c
-
-
-def _load_target(config, split):
-  return data.load(config.target_dataset, split, classes=tuple(config.target_classes),
-                   data_dir=config.data_dir or None, mock=config.dry_run)
 
 
 def train_and_evaluate(config, workdir):
@@ -538,9 +560,11 @@ def train_and_evaluate(config, workdir):
   mesh = parallel.Mesh() if config.data_parallel else None
   if mesh is not None:
     mesh.check_batch('batch_size', run_config.batch_size)
+  identity = data_identity(run_config)
   resume.prepare_workdir(workdir, config)
-  target = _load_target(run_config, 'train')
-  target_test = _load_target(run_config, 'test')
+  resume.check_data(workdir, identity)
+  target = _load(run_config, 'target', 'train')
+  target_test = _load(run_config, 'target', 'test')
   num_classes = target.num_classes
   layers = _model(run_config, num_classes).keras_layers()
   for n in run_config.cases:  # every case is checked before hours are spent on the first
@@ -555,13 +579,15 @@ def train_and_evaluate(config, workdir):
         resumable[n] = step
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   pretrain_done = config.pretrained != 'source' or os.path.exists(os.path.join(
-      config.cache_dir, 'pretrained', _pretrain_key(run_config), 'pretrain.json'))
+      config.cache_dir, 'pretrained', _pretrain_key(run_config, identity['source']),
+      'pretrain.json'))
   resume.filter_metrics(metrics_path, {n for n in done if done[n]} | (
       {'pretrain'} if pretrain_done else set()), resumable)
   metrics = report.MetricsWriter(metrics_path)
   try:
     t0 = time.perf_counter()
-    pretrained, pretrain_info = _pretrained_variables(run_config, metrics, workdir, mesh)
+    pretrained, pretrain_info = _pretrained_variables(run_config, metrics, workdir, identity,
+                                                      mesh)
     eval_batch = _eval_batch(run_config, target_test, mesh)
     plans = {n: _plan_case(run_config, n, pretrained, num_classes, eval_batch, mesh)
              for n in run_config.cases if done[n] is None}
@@ -571,7 +597,7 @@ def train_and_evaluate(config, workdir):
         name=config.name, dry_run=bool(config.dry_run), model=config.model,
         source_dataset=config.source_dataset if config.pretrained == 'source' else None,
         target_dataset=config.target_dataset, num_classes=num_classes,
-        train_examples=len(target), test_examples=len(target_test),
+        train_examples=len(target), test_examples=len(target_test), data=identity,
         pretraining=pretrain_info, e_mac_j=config.e_mac_j, seed=config.seed,
         config=config.to_dict(), environment=_environment(config), cases=cases)
     for n in run_config.cases:
