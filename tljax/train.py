@@ -252,10 +252,17 @@ def data_identity(config):
   and recorded in the summary."""
   out = {}
   for role in ('source', 'target'):
+    name, root = config[f'{role}_dataset'], config[f'{role}_data_dir']
     if role == 'source' and config.pretrained != 'source':
       continue
-    out[role] = data.identity(config[f'{role}_dataset'], root=config[f'{role}_data_dir'] or None,
-                              data_dir=config.data_dir or None, mock=config.dry_run)
+    if data.is_folder(name) and not root:
+      raise ValueError(f'config.{role}_dataset={name!r} needs config.{role}_data_dir: the folder '
+                       'holding train/<class>/<image> and test/<class>/<image>.')
+    try:
+      out[role] = data.identity(name, root=root or None, data_dir=config.data_dir or None,
+                                mock=config.dry_run)
+    except ValueError as e:
+      raise ValueError(f'config.{role}_data_dir={root!r}: {e}') from e
   return out
 
 
