@@ -56,6 +56,11 @@ def test_launch_default_experiment_end_to_end(tmp_path):
   assert json.loads((workdir / 'config.json').read_text())['epochs'] == 1
   assert (workdir / 'figure.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert not [p for p in os.listdir(workdir) if p.endswith('.tmp')]
+  # The console ends with the answer: a table with a row per case; no library INFO chatter.
+  table = r.stdout.strip().splitlines()
+  assert table[-1].startswith('Written to') and 'test acc' in table[-9]
+  assert [row.split()[0] for row in table[-7:-1]] == ['1', '4', '9', '11', '17', '23']
+  assert 'checkpoint_manager.py' not in r.stderr and 'Case 1:' in r.stderr
 
 
 def test_pretraining_is_cached(tiny_config, tmp_path):

@@ -75,7 +75,7 @@ def _reset_peak():
     return False
 
 
-def measure(root, model, image_size, cache_dir):
+def measure(root, model, image_size, cache_dir, input_seconds=3.0):
   """In this process: prepare (or reuse) both splits of `root` for `model`; JSON-able figures."""
   from tljax import data  # pylint: disable=g-import-not-at-top
   from tljax import models  # pylint: disable=g-import-not-at-top
@@ -91,12 +91,13 @@ def measure(root, model, image_size, cache_dir):
   prepared = sum(a.images.nbytes for a in splits)
   prep = functools.partial(data.preprocess, image_size=image_size, channels=channels,
                            pixel_scale=models.pixel_scale(model))
-  batch = 64 if model == 'small_cnn' else 32
-  t1, n = time.perf_counter(), 0
-  for images, _ in data.prefetch(data.train_batches(splits[0], batch, seed=0, epoch=0, prep=prep)):
-    n += len(images)
-    if time.perf_counter() - t1 > 10:
-      break
+  batch = min(64 if model == 'small_cnn' else 32, len(splits[0]))
+  t1, n, epoch = time.perf_counter(), 0, 0
+  while time.perf_counter() - t1 < input_seconds and epoch < 100:  # shuffled epochs, as training reads them
+    for images, _ in data.prefetch(data.train_batches(splits[0], batch, seed=0, epoch=epoch,
+                                                      prep=prep)):
+      n += len(images)
+    epoch += 1
   pipeline = n / (time.perf_counter() - t1)
   return dict(seconds=seconds, peak_above_baseline_bytes=peak - base, prepared_bytes=prepared,
               examples=sum(len(a) for a in splits), input_examples_per_s=pipeline,
