@@ -541,6 +541,7 @@ def train_and_evaluate(config, workdir):
   resume.prepare_workdir(workdir, config)
   target = _load_target(run_config, 'train')
   target_test = _load_target(run_config, 'test')
+  checks.check_data(run_config, target)
   num_classes = target.num_classes
   layers = _model(run_config, num_classes).keras_layers()
   for n in run_config.cases:  # every case is checked before hours are spent on the first
