@@ -34,6 +34,11 @@ def config_diff(old, new):
           if k not in SAFE_FIELDS and old.get(k) != new.get(k)}
 
 
+def not_writable(workdir, e):
+  return PermissionError(f'The workdir {workdir} is not writable ({e.strerror}); pass '
+                         '--workdir=DIR with a writable folder.')
+
+
 def prepare_workdir(workdir, config):
   """Checks the workdir before any work: writable, enough disk, and the same config as before.
 
@@ -46,8 +51,7 @@ def prepare_workdir(workdir, config):
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f'The workdir {workdir} is not writable ({e.strerror}); pass '
-                          '--workdir=DIR with a writable folder.') from e
+    raise not_writable(workdir, e) from e
   free = shutil.disk_usage(workdir).free
   if free < MIN_FREE_BYTES:
     raise OSError(f'Only {free / 2**20:.0f} MiB free on the disk of {workdir}; tljax needs at '

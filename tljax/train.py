@@ -30,6 +30,7 @@ from tljax import parallel
 from tljax import prefix_cache
 from tljax import report
 from tljax import resume
+from tljax import workdir_lock
 from tljax.steps import TrainState, eval_step, train_step
 
 # The fields that pretraining depends on: its cache key.
@@ -530,9 +531,14 @@ def train_and_evaluate(config, workdir):
   Checks everything that can fail before training (config values, workdir, data, cases,
   compiled memory), then trains the cases. Rerun with the same workdir, it skips finished
   cases and resumes the interrupted one from its checkpoint. Returns the summary dict (also
-  written to workdir/summary.json).
+  written to workdir/summary.json). The workdir is locked for the run: a second run on it fails.
   """
   checks.validate(config)
+  with workdir_lock.held(workdir, config.process_id):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
   run_config = _dry_run_config(config) if config.dry_run else config
   parallel.maybe_initialize(config)
   mesh = parallel.Mesh() if config.data_parallel else None
