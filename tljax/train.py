@@ -548,11 +548,14 @@ def _train_and_evaluate(config, workdir):
   target = _load_target(run_config, 'train')
   target_test = _load_target(run_config, 'test')
   checks.check_data(run_config, target)
+  # What makes the numbers: records and checkpoints of another fingerprint are never reused.
+  fingerprint = resume.run_fingerprint(config, data_identity={})
+  resume.discard_stale_checkpoints(workdir, fingerprint)
   num_classes = target.num_classes
   layers = _model(run_config, num_classes).keras_layers()
   for n in run_config.cases:  # every case is checked before hours are spent on the first
     freezing.case_layers(layers, n, run_config.case_counting)
-  done = {n: resume.load_done(workdir, n) for n in run_config.cases}
+  done = {n: resume.load_done(workdir, n, fingerprint) for n in run_config.cases}
   resumable = {}
   for n in ['pretrain'] + [n for n in run_config.cases if done[n] is None]:
     d = resume.case_dir(workdir, n)
@@ -580,12 +583,13 @@ def _train_and_evaluate(config, workdir):
         target_dataset=config.target_dataset, num_classes=num_classes,
         train_examples=len(target), test_examples=len(target_test),
         pretraining=pretrain_info, e_mac_j=config.e_mac_j, seed=config.seed,
-        config=config.to_dict(), environment=_environment(config), cases=cases)
+        fingerprint=fingerprint, config=config.to_dict(), environment=_environment(config),
+        cases=cases)
     for n in run_config.cases:
       if done[n] is None:
         done[n] = _run_case(run_config, plans.pop(n), target, target_test, metrics, workdir,
                             mesh)
-        resume.save_done(workdir, n, done[n])
+        resume.save_done(workdir, n, done[n], fingerprint)
       else:
         logging.info('Case %s finished in an earlier run: kept.', n)
       cases.append(done[n])
