@@ -1,10 +1,12 @@
 """Command-line entry: runs train_and_evaluate and turns expected failures into one-line errors."""
 
+import signal
 import sys
 
 from absl import logging
 
 from tljax import data
+from tljax import interrupt
 from tljax import train
 from tljax import weights
 
@@ -16,6 +18,11 @@ USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
 def main(config, workdir):
   try:
     summary = train.train_and_evaluate(config, workdir)
+  except interrupt.Interrupted as e:  # checkpointed: one line that says how to go on
+    sys.stderr.write(f'tljax: stopped by {signal.Signals(e.signum).name} ({e.detail}); finished '
+                     f'cases are kept in {workdir}. To resume, run the same command: '
+                     f'{interrupt.resume_command()}\n')
+    sys.exit(e.exit_code)
   except USER_ERRORS as e:
     logging.debug('Traceback', exc_info=True)
     sys.exit(f'tljax: error: {e}')
