@@ -167,6 +167,34 @@ def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp
   assert [c['case'] for c in summary['cases']] == [1, 9]
 
 
+def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, tmp_path,
+                                                                   monkeypatch):
+  tiny_config.cases = (9,)
+  tiny_config.pretrained = 'none'
+  tiny_config.epochs, tiny_config.steps_per_epoch, tiny_config.log_every_steps = 2, 5, 4
+  tiny_config.checkpoint_every_steps = 0
+  ref = train.train_and_evaluate(tiny_config, str(tmp_path / 'ref'))
+  real, calls = interrupt.requested, []
+
+  def signal_before_step_7():  # checked once before each step: steps 5 and 6 are not logged yet
+    calls.append(1)
+    if len(calls) == 7:
+      interrupt.request(signal.SIGINT)
+    return real()
+
+  monkeypatch.setattr(interrupt, 'requested', signal_before_step_7)
+  try:
+    with pytest.raises(interrupt.Interrupted) as e:
+      train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  finally:
+    interrupt.reset()
+  assert e.value.detail.startswith('case 9, step 6 of 10, checkpoint saved in')
+  monkeypatch.setattr(interrupt, 'requested', real)
+  again = train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  assert _strip_timing(again) == _strip_timing(ref)
+  assert _metrics(tmp_path / 'ref') == _metrics(tmp_path / 'w')  # step 8 averages steps 5-8
+
+
 def test_the_resume_command_is_the_same_one_without_restart():
   argv = ['launch.py', '--workdir=w', '--config.restart=True', '--config.seed=3',
           '--config.name=a b']
