@@ -4,6 +4,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received = []  # the signal numbers received, in order
@@ -21,8 +22,8 @@ class Interrupted(BaseException):  # like KeyboardInterrupt: no `except Exceptio
     return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
-def _handle(signum, frame):
-  del frame
+def _received_signal(signum):
+  """Runs in the watcher thread at each signal: the first requests a stop, a second one exits."""
   if _received:  # a second signal: the user insists; stop now (files are written atomically)
     sys.stderr.write(f'\ntljax: {signal.Signals(signum).name} again: stopped at once; rerun the '
                      'same command to resume from the last checkpoint.\n')
@@ -34,10 +35,24 @@ def _handle(signum, frame):
   sys.stderr.flush()
 
 
+def _watch(fd):
+  # The C-level handler writes each signal's number to `fd` at once, even while the main thread
+  # is inside XLA (where Python-level handlers wait): so the message shows at once, and a second
+  # signal is seen as a second one (Python would merge two pending signals into one call).
+  while True:
+    for signum in os.read(fd, 64):
+      if signum in SIGNALS:
+        _received_signal(signum)
+
+
 def install():
   """Makes SIGINT and SIGTERM request a clean stop instead of killing the process."""
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
   for s in SIGNALS:
-    signal.signal(s, _handle)
+    signal.signal(s, lambda signum, frame: None)  # the watcher acts; this only stops the default
+  signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  threading.Thread(target=_watch, args=(read_fd,), name='tljax-signals', daemon=True).start()
 
 
 def request(signum):
