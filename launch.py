@@ -10,6 +10,9 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)  # config files import `configs.base`
 
+from tljax import interrupt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+interrupt.install()  # from here on, SIGINT/SIGTERM stop the run cleanly with a checkpoint
 
 
 def _bad_override(e):

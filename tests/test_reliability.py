@@ -1,7 +1,9 @@
-"""Reliability: kill and resume, changed configs, divergence, bad input, determinism."""
+"""Reliability: kill, signals and resume, changed configs, divergence, bad input, determinism."""
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 from tljax import backend
 from tljax import data
+from tljax import interrupt
 from tljax import resume
 from tljax import train
 
@@ -22,16 +25,17 @@ TIMING = {'wall_s', 'compile_s', 'examples_per_s'}
 
 def _strip_timing(summary):
   cases = [{k: v for k, v in c.items() if k not in TIMING} for c in summary['cases']]
-  pre = {k: v for k, v in summary['pretraining'].items() if k not in TIMING | {'cached'}}
+  pre = {k: v for k, v in summary['pretraining'].items()
+         if k not in TIMING | {'cached', 'path'}}  # the path names the cache folder
   return cases, pre
 
 
-def _metrics(workdir):
+def _metrics(workdir, pretrain=False):
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
   recs = [json.loads(l) for l in lines]
   # Pretraining lines only appear in the run that pretrained (the other reuses the cache).
   return [{k: v for k, v in r.items() if k != 'examples_per_s'} for r in recs
-          if r['case'] != 'pretrain']
+          if pretrain or r['case'] != 'pretrain']
 
 
 RUN = ['--config.pretrain_epochs=1', '--config.epochs=2', '--config.batch_size=16',
@@ -39,17 +43,27 @@ RUN = ['--config.pretrain_epochs=1', '--config.epochs=2', '--config.batch_size=1
        '--config.log_every_steps=5', '--config.progress=False']
 
 
-def _cmd(workdir, cache):
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def _cmd(workdir, cache, *extra):
   return [sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}',
-          f'--config.cache_dir={cache}', *RUN]
+          f'--config.cache_dir={cache}', *RUN, *extra]
 
 
-def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path):
-  cache = tmp_path / 'cache'
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  ref = subprocess.run(_cmd(tmp_path / 'ref', cache), env=env, capture_output=True, text=True,
-                       timeout=600)
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """(workdir, pretraining cache) of an uninterrupted run of RUN, shared by this module."""
+  root = tmp_path_factory.mktemp('reference')
+  ref = subprocess.run(_cmd(root / 'ref', root / 'cache'), env=ENV, capture_output=True,
+                       text=True, timeout=600)
   assert ref.returncode == 0, ref.stderr[-3000:]
+  return root / 'ref', root / 'cache'
+
+
+def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path, reference):
+  ref_dir, cache = reference
+  env = ENV
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(_cmd(killed, cache), env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -72,11 +86,120 @@ def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'Case 1 finished in an earlier run' in again.stderr
   assert 'resuming from the checkpoint at step' in again.stderr
-  a = json.loads((tmp_path / 'ref' / 'summary.json').read_text())
+  a = json.loads((ref_dir / 'summary.json').read_text())
   b = json.loads((killed / 'summary.json').read_text())
   assert _strip_timing(a) == _strip_timing(b)  # bit-identical numbers on CPU
-  assert _metrics(tmp_path / 'ref') == _metrics(killed)
+  assert _metrics(ref_dir) == _metrics(killed)
   assert not (killed / 'checkpoints' / 'case_9').exists()
+
+
+def _wait_for_metric(proc, workdir, case, step):
+  """Waits until metrics.jsonl has a line of `case` at `step` or later."""
+  path = workdir / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if path.exists():
+      recs = [json.loads(l) for l in path.read_text().splitlines() if l.endswith('}')]
+      if any(r['case'] == case and r['step'] >= step for r in recs):
+        return
+    assert proc.poll() is None, 'the run finished before the signal'
+    time.sleep(0.005)
+  pytest.fail(f'no metrics of {case} at step {step}')
+
+
+@pytest.mark.parametrize('sig, case, step, private_cache', [
+    (signal.SIGINT, 9, 20, False),  # mid-case, between periodic checkpoints (there are none)
+    (signal.SIGTERM, 'pretrain', 10, True),  # mid-pretraining (a cache of its own: it pretrains)
+])
+def test_a_signal_checkpoints_and_exits_with_how_to_resume(tmp_path, reference, sig, case, step,
+                                                           private_cache):
+  ref_dir, cache = reference
+  cache = tmp_path / 'cache' if private_cache else cache
+  work = tmp_path / 'w'
+  cmd = _cmd(work, cache, '--config.checkpoint_every_steps=0')  # only the signal checkpoints
+  with open(tmp_path / 'stderr', 'w') as log:  # a file: a full pipe would block the run
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=log)
+    _wait_for_metric(proc, work, case, step)
+    proc.send_signal(sig)
+    proc.wait(timeout=300)
+  err = (tmp_path / 'stderr').read_text()
+  assert proc.returncode == 128 + sig, err[-3000:]
+  assert 'Traceback' not in err
+  last = err.strip().splitlines()[-1]
+  name = signal.Signals(sig).name
+  match = re.fullmatch(
+      rf'tljax: stopped by {name} \({"case 9" if case == 9 else "pretrain"}, step (\d+) of \d+, '
+      rf'checkpoint saved in (\S+)\); finished cases are kept in {re.escape(str(work))}\. To '
+      r'resume, run the same command: (.*)', last)
+  assert match, last
+  saved, where, again_cmd = int(match[1]), match[2], match[3]
+  assert saved >= step and os.listdir(where) == [str(saved)]
+  assert again_cmd == shlex.join([os.path.basename(sys.executable), *cmd[1:]])
+  assert not (work / 'cases' / 'case_9.json').exists()
+  if case == 9:  # case 1 finished before the signal: its record and the summary are written
+    assert [c['case'] for c in json.loads((work / 'summary.json').read_text())['cases']] == [1]
+  again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'resuming from the checkpoint at step {saved}' in again.stderr
+  a = json.loads((ref_dir / 'summary.json').read_text())
+  b = json.loads((work / 'summary.json').read_text())
+  assert _strip_timing(a) == _strip_timing(b)  # bit-identical numbers on CPU
+  assert _metrics(ref_dir, pretrain=private_cache) == _metrics(work, pretrain=private_cache)
+
+
+def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp_path,
+                                                                 monkeypatch):
+  tiny_config.cases = (1, 9)
+  tiny_config.pretrained = 'none'  # the first compilation is case 1's
+  real = train.compile_steps
+  monkeypatch.setattr(train, 'compile_steps', lambda *a, **k: (
+      interrupt.request(signal.SIGTERM), real(*a, **k))[1])  # arrives while case 1 compiles
+  try:
+    with pytest.raises(interrupt.Interrupted) as e:
+      train.train_and_evaluate(tiny_config, str(tmp_path))
+  finally:
+    interrupt.reset()
+  assert e.value.signum == signal.SIGTERM and e.value.detail == 'before compiling case 9'
+  assert e.value.exit_code == 143
+  assert not list(tmp_path.glob('cases/*.json'))  # no case trained
+  monkeypatch.setattr(train, 'compile_steps', real)
+  summary = train.train_and_evaluate(tiny_config, str(tmp_path))  # the rerun: lock released
+  assert [c['case'] for c in summary['cases']] == [1, 9]
+
+
+def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, tmp_path,
+                                                                   monkeypatch):
+  tiny_config.cases = (9,)
+  tiny_config.pretrained = 'none'
+  tiny_config.epochs, tiny_config.steps_per_epoch, tiny_config.log_every_steps = 2, 5, 4
+  tiny_config.checkpoint_every_steps = 0
+  ref = train.train_and_evaluate(tiny_config, str(tmp_path / 'ref'))
+  real, calls = interrupt.requested, []
+
+  def signal_before_step_7():  # checked once before each step: steps 5 and 6 are not logged yet
+    calls.append(1)
+    if len(calls) == 7:
+      interrupt.request(signal.SIGINT)
+    return real()
+
+  monkeypatch.setattr(interrupt, 'requested', signal_before_step_7)
+  try:
+    with pytest.raises(interrupt.Interrupted) as e:
+      train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  finally:
+    interrupt.reset()
+  assert e.value.detail.startswith('case 9, step 6 of 10, checkpoint saved in')
+  monkeypatch.setattr(interrupt, 'requested', real)
+  again = train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  assert _strip_timing(again) == _strip_timing(ref)
+  assert _metrics(tmp_path / 'ref') == _metrics(tmp_path / 'w')  # step 8 averages steps 5-8
+
+
+def test_the_resume_command_is_the_same_one_without_restart():
+  argv = ['launch.py', '--workdir=w', '--config.restart=True', '--config.seed=3',
+          '--config.name=a b']
+  assert interrupt.resume_command(argv).endswith(
+      "launch.py --workdir=w --config.seed=3 '--config.name=a b'")
 
 
 def test_changed_config_is_refused_unless_restart(tiny_config, tmp_path):

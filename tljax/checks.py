@@ -1,4 +1,7 @@
-"""Config validation: a bad value fails before any work, naming itself and what is accepted."""
+"""Config validation from one table of fields and accepted ranges: a bad value fails before work."""
+
+import math
+from typing import Any, Callable, NamedTuple
 
 from tljax import data
 from tljax import freezing
@@ -6,73 +9,153 @@ from tljax import models
 
 PRETRAINED = ('source', 'imagenet', 'none')
 NEW_HEAD = ('auto', 'always', 'never')
+# Seeds become a 32-bit JAX key: 2**32 and above would silently repeat smaller seeds.
+MAX_SEED = 2**32 - 1
+# A multiply-accumulate costs picojoules; more than this is a mistyped unit (3.2 for 3.2e-12).
+MAX_E_MAC_J = 1e-6
 
 
-def _positive_int(config, field):
+class Field(NamedTuple):
+  """One config field: its type, its accepted values and the words that say which."""
+  kind: Any  # a type or tuple of types; bool is never accepted as an int or a float
+  ok: Callable[[Any, Any], bool] | None  # ok(value, config); None = free-form (type only)
+  accepted: str | Callable[[Any], str]  # completes 'config.FIELD=VALUE: ...'; or f(config)
+
+
+def _is(kind, v):
+  if isinstance(v, bool) and kind is not bool and bool not in (
+      kind if isinstance(kind, tuple) else (kind,)):
+    return False
+  return isinstance(v, kind)
+
+
+def _int_at_least(lo, what=''):
+  return Field(int, lambda v, c: v >= lo, f'must be an int >= {lo}{what}')
+
+
+def _number_in(lo, hi, *, lo_open, hi_open, what=''):
+  def ok(v, c):
+    return (math.isfinite(v) and (lo < v if lo_open else lo <= v)
+            and (v < hi if hi_open else v <= hi))
+  brackets = ('(' if lo_open else '[') + f'{lo:g}, {hi:g}' + (')' if hi_open else ']')
+  return Field((int, float), ok, f'must be a number in {brackets}{what}')
+
+
+def _one_of(choices, what=''):
+  return Field(str, lambda v, c: v in choices, f'must be one of {tuple(choices)}{what}')
+
+
+def _class_list(v, c):
+  return all(_is(int, x) and x >= 0 for x in v) and len(set(v)) == len(v)
+
+
+def _cases(v, c):
+  return len(v) > 0 and all(_is(int, x) for x in v) and len(set(v)) == len(v)
+
+
+def _image_size(v, c):
+  fixed = models.fixed_image_size(c.model)
+  return v == fixed if fixed else v >= models.min_image_size(c.model)
+
+
+def _image_size_accepted(c):
+  fixed = models.fixed_image_size(c.model)
+  if fixed:
+    return (f'model {c.model!r} takes exactly {fixed}x{fixed} images (its dense layer is sized '
+            'for that)')
+  m = models.min_image_size(c.model)
+  return f'model {c.model!r} needs images of at least {m}x{m} (an int >= {m})'
+
+
+def _channels_accepted(c):
+  return (f"model {c.model!r} takes {models.default_input_shape(c.model)[-1]}-channel images "
+          '(1 = grayscale, 3 = RGB)')
+
+
+def _dataset(role):
+  def ok(v, c):
+    return (role == 'source' and c.pretrained != 'source') or v in data.names()
+  return Field(str, ok, lambda c: f'unknown dataset; known datasets: {", ".join(data.names())}')
+
+
+# Every field of configs/base.py, in checking order (`model` first: other ranges depend on it).
+# A new field must be added here (tests/test_checks.py fails otherwise); free-form fields have
+# ok=None. A check that needs the data loaded (e.g. batch_size against the dataset) is in
+# check_data below.
+FIELDS = {
+    'model': Field(str, lambda v, c: v in models.names(),
+                   lambda c: f'unknown model; known models: {", ".join(models.names())}'),
+    'name': Field(str, None, 'any string (the default workdir is artifacts/<name>)'),
+    'image_size': Field(int, _image_size, _image_size_accepted),
+    'channels': Field(int, lambda v, c: v == models.default_input_shape(c.model)[-1],
+                      _channels_accepted),
+    'pretrained': Field(str, lambda v, c: v in PRETRAINED and (
+        v != 'imagenet' or c.model.startswith('efficientnet')),
+                        f"must be one of {PRETRAINED} ('imagenet' needs an EfficientNet model)"),
+    'source_dataset': _dataset('source'),
+    'source_classes': Field((tuple, list), _class_list,
+                            'must be a tuple of distinct labels >= 0 (() = all)'),
+    'target_dataset': _dataset('target'),
+    'target_classes': Field((tuple, list), _class_list,
+                            'must be a tuple of distinct labels >= 0 (() = all)'),
+    'source_data_dir': Field(str, None, "the source image folder's root ('' for TFDS/digits)"),
+    'target_data_dir': Field(str, None, "the target image folder's root ('' for TFDS/digits)"),
+    'data_dir': Field(str, None, "TFDS's data directory ('' = ~/tensorflow_datasets)"),
+    'data_memory_mb': _number_in(0, math.inf, lo_open=False, hi_open=True,
+                                 what=' (MiB; 0 = half the available RAM)'),
+    'cache_dir': Field(str, None, 'a directory for pretrained models and weights'),
+    'pretrain_epochs': Field(int, lambda v, c: v >= 1 or (v >= 0 and c.pretrained != 'source'),
+                             "must be an int >= 1 (>= 0 when pretrained is not 'source')"),
+    'pretrain_learning_rate': _number_in(0, 10, lo_open=True, hi_open=True),
+    'bn_momentum': _number_in(0, 1, lo_open=False, hi_open=True,
+                              what=' (BatchNorm moving-average momentum; Keras: 0.99)'),
+    'new_head': _one_of(NEW_HEAD),
+    'cases': Field((tuple, list), _cases, 'must be a non-empty tuple of distinct ints (numbers '
+                   'of trainable layers)'),
+    'case_counting': _one_of(freezing.COUNTINGS),
+    'epochs': _int_at_least(1),
+    'steps_per_epoch': _int_at_least(0, ' (0 = whole epochs)'),
+    'batch_size': _int_at_least(1),
+    'eval_batch_size': _int_at_least(1),
+    'learning_rate': _number_in(0, 10, lo_open=True, hi_open=True),
+    'seed': Field(int, lambda v, c: 0 <= v <= MAX_SEED, f'must be an int in [0, {MAX_SEED}]'),
+    'prefix_cache': Field(bool, lambda v, c: True, 'must be True or False'),
+    'e_mac_j': _number_in(0, MAX_E_MAC_J, lo_open=True, hi_open=False,
+                          what=' (J per multiply-accumulate; 3.2 pJ = 3.2e-12)'),
+    'log_every_steps': _int_at_least(1),
+    'progress': Field(bool, lambda v, c: True, 'must be True or False'),
+    'checkpoint_every_steps': _int_at_least(0, ' (0 = no periodic checkpoints)'),
+    'restart': Field(bool, lambda v, c: True, 'must be True or False'),
+    'data_parallel': Field(bool, lambda v, c: True, 'must be True or False'),
+    'coordinator_address': Field(str, None, "'host:port' of process 0 ('' for one process)"),
+    'num_processes': _int_at_least(1),
+    'process_id': Field(int, lambda v, c: 0 <= v < c.num_processes,
+                        lambda c: f'must be an int in [0, num_processes) = [0, {c.num_processes})'),
+    'xla_cpu_tuning': Field(bool, lambda v, c: True, 'must be True or False'),
+    'dry_run': Field(bool, lambda v, c: True, 'must be True or False'),
+}
+
+
+def check_field(config, field):
+  """Raises ValueError 'config.FIELD=VALUE: accepted' when `field` is outside its range."""
+  spec = FIELDS[field]
   v = config[field]
-  if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-    raise ValueError(f'config.{field}={v!r}: must be a positive int.')
+  if _is(spec.kind, v) and (spec.ok is None or spec.ok(v, config)):
+    return
+  accepted = spec.accepted(config) if callable(spec.accepted) else spec.accepted
+  shown = tuple(v) if isinstance(v, list) else v
+  raise ValueError(f'config.{field}={shown!r}: {accepted}.')
 
 
 def validate(config):
-  """Raises ValueError naming the first bad field of `config`."""
-  if config.model not in models.names():
-    raise ValueError(f'config.model={config.model!r}: unknown model; known models: '
-                     f'{", ".join(models.names())}.')
-  for field in ('source_dataset', 'target_dataset'):
-    name = config[field]
-    if field == 'source_dataset' and config.pretrained != 'source':
-      continue
-    if name not in data.names():
-      raise ValueError(f'config.{field}={name!r}: unknown dataset; known datasets: '
-                       f'{", ".join(data.names())}.')
-  if config.pretrained not in PRETRAINED:
-    raise ValueError(f'config.pretrained={config.pretrained!r}: must be one of {PRETRAINED}.')
-  if config.pretrained == 'imagenet' and not config.model.startswith('efficientnet'):
-    raise ValueError(f"config.pretrained='imagenet' needs an EfficientNet model, not "
-                     f'{config.model!r}.')
-  if config.new_head not in NEW_HEAD:
-    raise ValueError(f'config.new_head={config.new_head!r}: must be one of {NEW_HEAD}.')
-  if config.case_counting not in freezing.COUNTINGS:
-    raise ValueError(f'config.case_counting={config.case_counting!r}: must be one of '
-                     f'{freezing.COUNTINGS}.')
-  for field in ('image_size', 'batch_size', 'eval_batch_size', 'epochs', 'log_every_steps'):
-    _positive_int(config, field)
-  if config.pretrained == 'source':
-    _positive_int(config, 'pretrain_epochs')
-  if config.steps_per_epoch < 0:
-    raise ValueError(f'config.steps_per_epoch={config.steps_per_epoch!r}: must be >= 0 '
-                     '(0 = whole epochs).')
-  if config.checkpoint_every_steps < 0:
-    raise ValueError(f'config.checkpoint_every_steps={config.checkpoint_every_steps!r}: must be '
-                     '>= 0 (0 = no checkpoints).')
-  if config.channels not in (1, 3):
-    raise ValueError(f'config.channels={config.channels!r}: must be 1 (grayscale) or 3 (RGB).')
-  want = models.default_input_shape(config.model)[-1]
-  if config.channels != want:
-    raise ValueError(f'config.channels={config.channels}: model {config.model!r} takes '
-                     f'{want}-channel images.')
-  min_size = models.min_image_size(config.model)
-  if config.image_size < min_size:
-    raise ValueError(f'config.image_size={config.image_size}: model {config.model!r} needs '
-                     f'images of at least {min_size}x{min_size}.')
-  if models.fixed_image_size(config.model) and config.image_size != models.fixed_image_size(
-      config.model):
-    raise ValueError(f'config.image_size={config.image_size}: model {config.model!r} takes '
-                     f'exactly {models.fixed_image_size(config.model)}x'
-                     f'{models.fixed_image_size(config.model)} images (its dense layer is sized '
-                     'for that).')
-  if not config.cases:
-    raise ValueError('config.cases is empty: give at least one case.')
-  if not 0 < config.learning_rate < 10 or not 0 < config.pretrain_learning_rate < 10:
-    raise ValueError(f'config.learning_rate={config.learning_rate!r} / '
-                     f'pretrain_learning_rate={config.pretrain_learning_rate!r}: must be in '
-                     '(0, 10).')
-  if not config.e_mac_j > 0:
-    raise ValueError(f'config.e_mac_j={config.e_mac_j!r}: must be a positive energy in J.')
-  for c in config.cases:
-    if isinstance(c, bool) or not isinstance(c, int):
-      raise ValueError(f'config.cases={tuple(config.cases)!r}: every case is an int number of '
-                       'trainable layers.')
-  if len(set(config.cases)) != len(config.cases):
-    raise ValueError(f'config.cases={tuple(config.cases)!r}: a case is listed twice.')
+  """Raises ValueError naming the first field of `config` outside its range in FIELDS."""
+  for field in FIELDS:
+    if field in config:
+      check_field(config, field)
+
+
+def check_data(config, train_arrays):
+  """The ranges that need the data: the train batch against the training examples."""
+  if config.batch_size > len(train_arrays):
+    raise ValueError(f'config.batch_size={config.batch_size}: must be at most the '
+                     f'{len(train_arrays)} training examples of {train_arrays.name!r}.')

@@ -1,9 +1,11 @@
 """Resumable runs: the workdir's config check, in-case checkpoints, finished-case records."""
 
+import hashlib
 import json
 import os
 import shutil
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 import psutil
@@ -38,6 +40,22 @@ def config_diff(old, new):
           if k not in SAFE_FIELDS and old.get(k) != new.get(k)}
 
 
+def not_writable(workdir, e):
+  return PermissionError(f'The workdir {workdir} is not writable ({e.strerror}); pass '
+                         '--workdir=DIR with a writable folder.')
+
+
+def run_fingerprint(config, data_identity=None):
+  """sha256 of what makes a run's numbers: the canonical JSON of every config field except
+  SAFE_FIELDS, and `data_identity` (a JSON-able dict describing the data beyond the config,
+  e.g. image-folder fingerprints; {} when the config names the data fully)."""
+  cfg = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  blob = json.dumps({'config': {k: v for k, v in _normalise(cfg).items() if k not in SAFE_FIELDS},
+                     'data': _normalise(data_identity or {})},
+                    sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def prepare_workdir(workdir, config):
   """Checks the workdir before any work: writable, enough disk, and the same config as before.
 
@@ -50,8 +68,7 @@ def prepare_workdir(workdir, config):
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise PermissionError(f'The workdir {workdir} is not writable ({e.strerror}); pass '
-                          '--workdir=DIR with a writable folder.') from e
+    raise not_writable(workdir, e) from e
   free = shutil.disk_usage(workdir).free
   if free < MIN_FREE_BYTES:
     raise OSError(f'Only {free / 2**20:.0f} MiB free on the disk of {workdir}; tljax needs at '
@@ -117,22 +134,57 @@ def done_path(workdir, case):
   return os.path.join(workdir, 'cases', f'case_{case}.json')
 
 
-def load_done(workdir, case):
-  """The record of a finished case, or None."""
+def load_done(workdir, case, fingerprint):
+  """The record of a finished case made with `fingerprint` (run_fingerprint), or None.
+
+  A record made by another config or data (or without a fingerprint) is never reused: it moves
+  to cases/discarded/ with a log line, and the case trains again.
+  """
   path = done_path(workdir, case)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     try:
-      return json.load(f)
+      record = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f'The finished-case record {path} is corrupt ({e}); delete it to rerun '
                        'that case, or pass --config.restart=True.') from e
+  stored = record.pop('fingerprint', None)
+  if stored == fingerprint:
+    return record
+  away = os.path.join(workdir, 'cases', 'discarded', f'case_{case}_{(stored or "none")[:12]}.json')
+  os.makedirs(os.path.dirname(away), exist_ok=True)
+  os.replace(path, away)
+  logging.warning('Case %s: its record was made by another config or data (fingerprint %s, this '
+                  'run %s): not reused, moved to %s; the case trains again.', case,
+                  (stored or 'none')[:12], fingerprint[:12], away)
+  return None
 
 
-def save_done(workdir, case, record):
-  report.write_json(done_path(workdir, case), record)
+def save_done(workdir, case, record, fingerprint):
+  """Writes a finished case's record with the fingerprint of the run that made it."""
+  report.write_json(done_path(workdir, case), dict(record, fingerprint=fingerprint))
   shutil.rmtree(case_dir(workdir, case), ignore_errors=True)
+
+
+def discard_stale_checkpoints(workdir, fingerprint):
+  """Removes in-case checkpoints that a run of another config or data left (they carry its
+  fingerprint in checkpoints/fingerprint.json); the rest are marked as this run's."""
+  root = os.path.join(workdir, 'checkpoints')
+  mark = os.path.join(root, 'fingerprint.json')
+  if os.path.isdir(root) and set(os.listdir(root)) - {'fingerprint.json'}:
+    try:
+      with open(mark) as f:
+        stored = json.load(f).get('fingerprint')
+    except (OSError, ValueError, AttributeError):
+      stored = None
+    if stored != fingerprint:
+      logging.warning('The checkpoints in %s were made by another config or data (fingerprint '
+                      '%s, this run %s): deleted; their cases start from step 0.', root,
+                      (stored or 'none')[:12], fingerprint[:12])
+      shutil.rmtree(root)
+  os.makedirs(root, exist_ok=True)
+  report.write_json(mark, {'fingerprint': fingerprint})
 
 
 class Checkpoints:

@@ -1,10 +1,13 @@
 """Command-line entry: runs train_and_evaluate and turns expected failures into one-line errors."""
 
+import signal
 import sys
 
 from absl import logging
 
+from tljax import console
 from tljax import data
+from tljax import interrupt
 from tljax import train
 from tljax import weights
 
@@ -14,9 +17,18 @@ USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
 
 
 def main(config, workdir):
+  console.quiet_libraries()
   try:
     summary = train.train_and_evaluate(config, workdir)
+  except interrupt.Interrupted as e:  # checkpointed: one line that says how to go on
+    sys.stderr.write(f'tljax: stopped by {signal.Signals(e.signum).name} ({e.detail}); finished '
+                     f'cases are kept in {workdir}. To resume, run the same command: '
+                     f'{interrupt.resume_command()}\n')
+    sys.exit(e.exit_code)
   except USER_ERRORS as e:
     logging.debug('Traceback', exc_info=True)
     sys.exit(f'tljax: error: {e}')
-  print(f'tljax: {len(summary["cases"])} cases written to {workdir}/summary.json')
+  print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
+        + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'
+        + console.table(summary) + f'\nWritten to {workdir}/ (summary.json, results.csv, '
+        'figure.png)')

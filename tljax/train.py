@@ -25,11 +25,13 @@ from tljax import backend
 from tljax import checks
 from tljax import data
 from tljax import freezing
+from tljax import interrupt
 from tljax import models
 from tljax import parallel
 from tljax import prefix_cache
 from tljax import report
 from tljax import resume
+from tljax import workdir_lock
 from tljax.steps import TrainState, eval_step, train_step
 
 # The fields that pretraining depends on: its cache key.
@@ -158,17 +160,18 @@ def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, c
   if config.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
   total = epochs * steps_per_epoch
-  steps, wall_before = 0, 0.0
+  steps, wall_before, pending = 0, 0.0, []
   if ckpt is not None and ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
     if mesh is not None:
       state = mesh.put_replicated(state)
     steps, wall_before = int(meta['step']), float(meta['wall_s'])
+    pending = _unpack_pending(meta.get('pending'))
     logging.info('%s: resuming from the checkpoint at step %d of %d', desc, steps, total)
   last_ckpt = steps
   bar = tqdm.tqdm(total=total, initial=steps, desc=desc, unit='step',
                   disable=not config.progress, dynamic_ncols=True)
-  pending, diverged_at = [], None
+  diverged_at = None
   t0 = time.perf_counter()
   t_log, steps_log = t0, steps
   for epoch in range(steps // steps_per_epoch, epochs):
@@ -178,6 +181,13 @@ def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, c
     for images, labels in data.prefetch(batches):
       if steps >= (epoch + 1) * steps_per_epoch:
         break
+      if interrupt.requested():  # SIGINT/SIGTERM: checkpoint this step (and pending metrics)
+        bar.close()
+        if ckpt is not None and steps > last_ckpt:
+          ckpt.save(state, {'step': steps, 'epoch': epoch, 'pending': _pack_pending(pending),
+                            'wall_s': wall_before + time.perf_counter() - t0})
+        interrupt.check(f'{desc}, step {steps} of {total}' + (
+            f', checkpoint saved in {ckpt.directory}' if ckpt is not None and steps else ''))
       if mesh is not None:
         images, labels = mesh.put_batch(images), mesh.put_batch(labels)
       state, m = train_c(state, images, labels)
@@ -211,6 +221,17 @@ def _fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, case, c
   jax.block_until_ready(state)
   bar.close()
   return state, steps, wall_before + time.perf_counter() - t0, diverged_at
+
+
+def _pack_pending(pending):
+  """Metrics of the steps since the last log line, as JSON for a checkpoint's metadata."""
+  vals = jax.device_get(pending)
+  return [{k: [float(v), np.asarray(v).dtype.name] for k, v in m.items()} for m in vals]
+
+
+def _unpack_pending(packed):
+  """The inverse of _pack_pending, with the same dtypes (so the next log line's means match)."""
+  return [{k: np.asarray(v, dtype) for k, (v, dtype) in m.items()} for m in packed or []]
 
 
 def _new_state(variables, tx, seed, mesh=None):
@@ -423,6 +444,7 @@ class Plan:
 
 
 def _plan_case(config, n, pretrained, num_classes, eval_batch, mesh=None):
+  interrupt.check(f'before compiling case {n}')
   case = make_case(config, n, num_classes, pretrained)
   train_c, eval_c, compile_s = compile_steps(case.model, case.tx, case.trainable, case.state,
                                              config, eval_batch, mesh)
@@ -559,9 +581,16 @@ def train_and_evaluate(config, workdir):
   Checks everything that can fail before training (config values, workdir, data, cases,
   compiled memory), then trains the cases. Rerun with the same workdir, it skips finished
   cases and resumes the interrupted one from its checkpoint. Returns the summary dict (also
-  written to workdir/summary.json).
+  written to workdir/summary.json). The workdir is locked for the run: a second run on it fails.
+  After SIGINT/SIGTERM (with interrupt.install()), it checkpoints and raises interrupt.Interrupted.
   """
   checks.validate(config)
+  with workdir_lock.held(workdir, config.process_id):
+    interrupt.check('before starting')
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
   run_config = _dry_run_config(config) if config.dry_run else config
   parallel.maybe_initialize(config)
   mesh = parallel.Mesh() if config.data_parallel else None
@@ -572,11 +601,15 @@ def train_and_evaluate(config, workdir):
   resume.check_data(workdir, identity)
   target = _load(run_config, 'target', 'train')
   target_test = _load(run_config, 'target', 'test')
+  checks.check_data(run_config, target)
+  # What makes the numbers: records and checkpoints of another fingerprint are never reused.
+  fingerprint = resume.run_fingerprint(config, data_identity=identity)
+  resume.discard_stale_checkpoints(workdir, fingerprint)
   num_classes = target.num_classes
   layers = _model(run_config, num_classes).keras_layers()
   for n in run_config.cases:  # every case is checked before hours are spent on the first
     freezing.case_layers(layers, n, run_config.case_counting)
-  done = {n: resume.load_done(workdir, n) for n in run_config.cases}
+  done = {n: resume.load_done(workdir, n, fingerprint) for n in run_config.cases}
   resumable = {}
   for n in ['pretrain'] + [n for n in run_config.cases if done[n] is None]:
     d = resume.case_dir(workdir, n)
@@ -606,12 +639,14 @@ def train_and_evaluate(config, workdir):
         target_dataset=config.target_dataset, num_classes=num_classes,
         train_examples=len(target), test_examples=len(target_test), data=identity,
         pretraining=pretrain_info, e_mac_j=config.e_mac_j, seed=config.seed,
-        config=config.to_dict(), environment=_environment(config), cases=cases)
+        fingerprint=fingerprint, config=config.to_dict(), environment=_environment(config),
+        cases=cases)
     for n in run_config.cases:
       if done[n] is None:
+        interrupt.check(f'before case {n}')
         done[n] = _run_case(run_config, plans.pop(n), target, target_test, metrics, workdir,
                             mesh)
-        resume.save_done(workdir, n, done[n])
+        resume.save_done(workdir, n, done[n], fingerprint)
       else:
         logging.info('Case %s finished in an earlier run: kept.', n)
       cases.append(done[n])
