@@ -61,7 +61,7 @@ def layer_macs(model, variables, input_shape):
   depthwise; SE blocks are 1x1 convolutions) and dense layers: output positions
   x kernel taps x input channels per group x output channels, SAME padding taps
   included. Normalisation, activations, pooling and elementwise ops count 0.
-  Returns [{'name', 'kind', 'macs'}].
+  Returns [{'name', 'kind', 'weighted', 'macs'}] ('weighted': the layer owns variables).
   """
   macs = {}
 
@@ -76,7 +76,8 @@ def layer_macs(model, variables, input_shape):
   x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
   with nn.intercept_methods(interceptor):
     jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  return [dict(name=l.name, kind=l.kind, macs=macs.get(l.name, 0)) for l in model.keras_layers()]
+  return [dict(name=l.name, kind=l.kind, weighted=l.weighted, macs=macs.get(l.name, 0))
+          for l in model.keras_layers()]
 
 
 def analytic_train_macs(per_layer, trainable_names):
@@ -84,11 +85,12 @@ def analytic_train_macs(per_layer, trainable_names):
 
   forward: every layer (frozen ones too: the input must reach the trainable ones);
   weight_grad: the trainable layers' weight gradients (= their forward MACs);
-  input_grad: the input gradients of every layer above the lowest trainable one
-    (the backward pass must reach that layer, not go below it).
+  input_grad: the input gradients of every layer above the lowest trainable layer with
+    weights (the backward pass must reach that layer's output, not go below it; a trainable
+    flatten, dropout or pooling layer below it needs no gradient, as in XLA's step).
   """
   trainable = set(trainable_names)
-  idx = [i for i, l in enumerate(per_layer) if l['name'] in trainable]
+  idx = [i for i, l in enumerate(per_layer) if l['name'] in trainable and l['weighted']]
   lowest = min(idx) if idx else len(per_layer)
   forward = sum(l['macs'] for l in per_layer)
   weight_grad = sum(l['macs'] for l in per_layer if l['name'] in trainable)
