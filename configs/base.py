@@ -32,7 +32,10 @@ def get_config():
   # BatchNorm moving-average momentum (Keras: 0.99). A few hundred steps on a tiny dataset
   # leave 0.99's averages far from the batch statistics: use 0.9 there.
   c.bn_momentum = 0.99
-  c.new_head = 'auto'  # re-init the classifier: 'auto' (class count differs), 'always', 'never'
+  # Re-initialise the classifier (the last Dense): 'auto' keeps the source's only when the target
+  # is the same dataset with the same classes (source_classes == target_classes), 'always',
+  # 'never' (keep it; an error if its shape changes).
+  c.new_head = 'auto'
   # Freeze cases: each the number of trainable layers in Keras order. counting 'model': the last
   # N layers of the whole model; 'base': the head plus the last N layers of the base.
   c.cases = (1, 4, 9, 11, 17, 23)

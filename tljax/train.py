@@ -359,20 +359,30 @@ def _merge(fresh, pretrained, layers, new_head_layers):
   return out
 
 
+def same_task(config):
+  """Whether the target task is the source task: the same dataset with the same classes, in the
+  same order. Only then may `new_head='auto'` keep the source classifier."""
+  return (config.pretrained == 'source' and config.source_dataset == config.target_dataset
+          and tuple(config.source_classes) == tuple(config.target_classes))
+
+
 def _head_to_reinit(config, layers, pretrained, fresh):
-  """Layers to re-initialise for the target task: the classifier when `new_head` says so."""
+  """Layers to re-initialise for the target task: the classifier, unless `new_head='never'` or
+  `'auto'` with the same task as the source (a 10-class classifier of digits is no classifier
+  of objects, whatever its shape)."""
   classifier = [l.name for l in layers if l.kind == 'Dense'][-1:]
   if pretrained is None:
     return set()
   src = pretrained['params']
-  if config.new_head == 'always':
+  if config.new_head == 'always' or (config.new_head == 'auto' and not same_task(config)):
     return set(classifier) | {l.name for l in layers if not l.base and l.name not in src}
   differs = {n for n in classifier if n in src and
              jax.tree.map(jnp.shape, src[n]) != jax.tree.map(jnp.shape, fresh['params'][n])}
-  if differs and config.new_head == 'never':
-    raise ValueError(f"config.new_head='never' but the classifier {sorted(differs)} changes "
-                     'shape for the target classes.')
-  return differs
+  if differs:
+    raise ValueError(f"config.new_head={config.new_head!r} keeps the source classifier, but "
+                     f'{sorted(differs)} changes shape for the target classes; use '
+                     "config.new_head='auto' or 'always'.")
+  return set()
 
 
 @dataclasses.dataclass
