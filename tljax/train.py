@@ -69,7 +69,7 @@ def _input_spec(config, batch):
 
 # Compiled once per process and shape, shared by every case: the random initial variables
 # (independent of which layers are frozen) and the evaluation step (inference mode everywhere,
-# so the same program for every case).
+# so the same program for every case), with the seconds its compilation took.
 _INIT_CACHE = {}
 _EVAL_CACHE = {}
 
@@ -92,9 +92,10 @@ def _init_variables(model, config, rng):
 def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None):
   """Compiles the train step of this case and (once per shape) the eval step.
 
-  Returns (train, eval, compile seconds). The FLOP count is read from exactly these
-  compiled executables, and training runs exactly them. With a `parallel.Mesh`, both run
-  data-parallel: batch sharded over the devices, state replicated.
+  Returns (train, eval, seconds to compile the train step). The eval step's compilation is
+  shared by every case and not in those seconds (`eval_compile_s`). The FLOP count is read
+  from exactly these compiled executables, and training runs exactly them. With a
+  `parallel.Mesh`, both run data-parallel: batch sharded over the devices, state replicated.
   """
   t0 = time.perf_counter()
   shard = {}
@@ -106,22 +107,35 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None):
   train_c = backend.compile(train_jit.lower(state, _input_spec(config, config.batch_size),
                                             jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)),
                             config)
+  train_s = time.perf_counter() - t0
+  return train_c, _eval_compiled(model, state, config, eval_batch, mesh)[0], train_s
+
+
+def eval_compile_s(model, state, config, eval_batch, mesh=None):
+  """Seconds it took to compile the eval step that `compile_steps` gave for these arguments."""
+  return _eval_compiled(model, state, config, eval_batch, mesh)[1]
+
+
+def _eval_compiled(model, state, config, eval_batch, mesh=None):
+  """(eval step, seconds its compilation took), compiled once per process and shape."""
   options = backend.compiler_options(config)
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
          getattr(model, 'depthwise_impl', None), jax.default_backend(),
          mesh is not None and mesh.num_devices, tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:
+    t0 = time.perf_counter()
     eval_model = model.clone(frozen=frozenset())
     shard = {}
     if mesh is not None:
       shard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
                    out_shardings=mesh.replicated)
     eval_jit = jax.jit(functools.partial(eval_step, model=eval_model), **shard)
-    _EVAL_CACHE[key] = backend.compile(eval_jit.lower(
+    compiled = backend.compile(eval_jit.lower(
         state.params, state.batch_stats, _input_spec(config, eval_batch),
         jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
         jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), config)
-  return train_c, _EVAL_CACHE[key], time.perf_counter() - t0
+    _EVAL_CACHE[key] = (compiled, time.perf_counter() - t0)
+  return _EVAL_CACHE[key]
 
 
 def _evaluate(eval_c, state, arrays, config, prep, mesh=None):
@@ -290,6 +304,7 @@ def _pretrain(config, metrics, workdir, source_identity, mesh=None):
   trainable = jax.tree.map(lambda _: True, variables['params'])
   train_c, eval_c, compile_s = compile_steps(model, tx, trainable, state, config,
                                               _eval_batch(config, src_test, mesh), mesh)
+  compile_s += eval_compile_s(model, state, config, _eval_batch(config, src_test, mesh), mesh)
   prep = _prep_fn(config, config.source_dataset)
   state, steps, wall, diverged = _fit(state, train_c, src, config, prep=prep,
                                       epochs=config.pretrain_epochs, desc='pretrain',
@@ -429,6 +444,7 @@ class Plan:
   train_cost: dict
   eval_cost: dict
   eval_batch: int
+  eval_compile_s: float  # the shared eval step's compilation: reported once, not per case
   cached: Any = None  # prefix_cache.Compiled when the case trains on cached prefix activations
 
 
@@ -436,6 +452,7 @@ def _plan_case(config, n, pretrained, num_classes, eval_batch, mesh=None):
   case = make_case(config, n, num_classes, pretrained)
   train_c, eval_c, compile_s = compile_steps(case.model, case.tx, case.trainable, case.state,
                                              config, eval_batch, mesh)
+  eval_s = eval_compile_s(case.model, case.state, config, eval_batch, mesh)
   cached = None
   cut = prefix_cache.cut_index(case.model, case.trainable_names)
   if config.prefix_cache and cut > 0 and jax.process_count() == 1:
@@ -444,7 +461,7 @@ def _plan_case(config, n, pretrained, num_classes, eval_batch, mesh=None):
   case.state = None  # built again when the case trains: no case holds memory while waiting
   devices = mesh.num_devices if mesh is not None else 1
   return Plan(case, train_c, eval_c, compile_s, accounting.xla_costs(train_c, devices),
-              accounting.xla_costs(eval_c, devices), eval_batch, cached)
+              accounting.xla_costs(eval_c, devices), eval_batch, eval_s, cached)
 
 
 def _check_memory(config, plans):
@@ -616,6 +633,7 @@ def train_and_evaluate(config, workdir):
         target_dataset=config.target_dataset, num_classes=num_classes,
         train_examples=len(target), test_examples=len(target_test), data=identity,
         pretraining=pretrain_info, e_mac_j=config.e_mac_j, seed=config.seed,
+        eval_compile_s=max((p.eval_compile_s for p in plans.values()), default=None),
         config=config.to_dict(), environment=_environment(config), cases=cases)
     for n in run_config.cases:
       if done[n] is None:
