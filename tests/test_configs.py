@@ -49,3 +49,13 @@ def test_reverse_directions():
           test1.get_config('reverse').target_dataset) == ('cifar10', 'cifar100')
   assert (test5.get_config('reverse').source_dataset,
           test5.get_config('reverse').target_dataset) == ('mnist', 'svhn_cropped')
+
+
+def test_thesis_configs_run_frozen_dropout_as_keras_did():
+  from configs import base, default
+  for name in ('test1', 'test2', 'test3', 'test4', 'test5'):
+    module = importlib.import_module(f'configs.{name}')
+    assert module.get_config().frozen_dropout == 'keras', name
+    if name in ('test1', 'test5'):
+      assert module.get_config('reverse').frozen_dropout == 'keras', name
+  assert base.get_config().frozen_dropout == default.get_config().frozen_dropout == 'off'

@@ -33,6 +33,12 @@ def validate(config):
                      f'{config.model!r}.')
   if config.new_head not in NEW_HEAD:
     raise ValueError(f'config.new_head={config.new_head!r}: must be one of {NEW_HEAD}.')
+  if config.frozen_dropout not in models.FROZEN_DROPOUT:
+    raise ValueError(f'config.frozen_dropout={config.frozen_dropout!r}: must be one of '
+                     f'{models.FROZEN_DROPOUT}.')
+  if config.depthwise_impl not in models.DEPTHWISE_IMPLS:
+    raise ValueError(f'config.depthwise_impl={config.depthwise_impl!r}: must be one of '
+                     f'{models.DEPTHWISE_IMPLS}.')
   if config.case_counting not in freezing.COUNTINGS:
     raise ValueError(f'config.case_counting={config.case_counting!r}: must be one of '
                      f'{freezing.COUNTINGS}.')

@@ -59,7 +59,8 @@ def _prep_fn(config, dataset_name):
 
 def _model(config, num_classes, frozen=frozenset()):
   return models.create(config.model, num_classes=num_classes, frozen=frozenset(frozen),
-                       bn_momentum=config.bn_momentum)
+                       bn_momentum=config.bn_momentum, frozen_dropout=config.frozen_dropout,
+                       depthwise_impl=config.depthwise_impl)
 
 
 def _input_spec(config, batch):
