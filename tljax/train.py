@@ -121,7 +121,7 @@ def _eval_compiled(model, state, config, eval_batch, mesh=None):
   """(eval step, seconds its compilation took), compiled once per process and shape."""
   options = backend.compiler_options(config)
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
-         getattr(model, 'depthwise_impl', None), jax.default_backend(),
+         accounting.depthwise_impls(model)[0], jax.default_backend(),
          mesh is not None and mesh.num_devices, tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:
     t0 = time.perf_counter()
@@ -454,15 +454,27 @@ def _plan_case(config, n, pretrained, num_classes, eval_batch, mesh=None):
   train_c, eval_c, compile_s = compile_steps(case.model, case.tx, case.trainable, case.state,
                                              config, eval_batch, mesh)
   eval_s = eval_compile_s(case.model, case.state, config, eval_batch, mesh)
+  devices = mesh.num_devices if mesh is not None else 1
+  train_cost = accounting.xla_costs(train_c, devices)
+  eval_cost = accounting.xla_costs(eval_c, devices)
   cached = None
   cut = prefix_cache.cut_index(case.model, case.trainable_names)
   if config.prefix_cache and cut > 0 and jax.process_count() == 1:
     cached = prefix_cache.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                         eval_batch, cut, mesh)
+  counting = accounting.counting_model(case.model)
+  if counting is not None:  # the FLOPs of the same steps with slices depthwise (compiled only)
+    twin_train, twin_eval, twin_s = compile_steps(counting, case.tx, case.trainable, case.state,
+                                                  config, eval_batch, mesh)
+    compile_s += twin_s
+    eval_s += eval_compile_s(counting, case.state, config, eval_batch, mesh)
+    train_cost = accounting.with_counted_flops(train_cost, accounting.xla_costs(twin_train, devices))
+    eval_cost = accounting.with_counted_flops(eval_cost, accounting.xla_costs(twin_eval, devices))
+    if cached is not None:
+      prefix_cache.count_on(cached, prefix_cache.compile_steps(
+          counting, case.tx, case.trainable, case.state, config, eval_batch, cut, mesh))
   case.state = None  # built again when the case trains: no case holds memory while waiting
-  devices = mesh.num_devices if mesh is not None else 1
-  return Plan(case, train_c, eval_c, compile_s, accounting.xla_costs(train_c, devices),
-              accounting.xla_costs(eval_c, devices), eval_batch, eval_s, cached)
+  return Plan(case, train_c, eval_c, compile_s, train_cost, eval_cost, eval_batch, eval_s, cached)
 
 
 def _check_memory(config, plans):
@@ -532,6 +544,9 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
       first_trainable_layer=trainable_names[0], last_trainable_layer=trainable_names[-1],
       trainable_conv_layers=sum(kinds[t] == 'Conv2D' for t in trainable_names),
       trainable_depthwise_layers=sum(kinds[t] == 'DepthwiseConv2D' for t in trainable_names),
+      # The depthwise formulation that ran, and the one whose compiled count the FLOP fields are.
+      depthwise_impl=accounting.depthwise_impls(model)[0],
+      depthwise_impl_counted=accounting.depthwise_impls(model)[1],
       reinitialised_layers=sorted(reinit),
       trainable_params=trainable_params, total_params=total_params,
       test_accuracy=acc, test_loss=loss, test_examples=len(target_test),
