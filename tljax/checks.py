@@ -82,3 +82,34 @@ def validate(config):
                        'trainable layers.')
   if len(set(config.cases)) != len(config.cases):
     raise ValueError(f'config.cases={tuple(config.cases)!r}: a case is listed twice.')
+  _validate_run_fields(config)
+
+
+def _validate_run_fields(config):
+  """Fields that would otherwise fail inside NumPy, JAX or jax.distributed."""
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not (
+      0 <= config.seed < 2**63):
+    raise ValueError(f'config.seed={config.seed!r}: must be an int in [0, 2**63) (NumPy shuffles '
+                     'with it, JAX keys it as a 64-bit int).')
+  if not 0 <= config.bn_momentum < 1:
+    raise ValueError(f'config.bn_momentum={config.bn_momentum!r}: must be in [0, 1) (Keras: '
+                     '0.99).')
+  _positive_int(config, 'num_processes')
+  if config.num_processes > 1:
+    if not 0 <= config.process_id < config.num_processes:
+      raise ValueError(f'config.process_id={config.process_id!r}: must be in '
+                       f'[0, config.num_processes={config.num_processes}).')
+    if not config.coordinator_address:
+      raise ValueError(f'config.num_processes={config.num_processes} needs '
+                       "config.coordinator_address='host:port' (process 0's).")
+
+
+def validate_cases(config, layers):
+  """Every case of `config.cases` against the model's Keras `layers`: in range, and training
+  at least one parameter. The error names the fields that chose the case."""
+  for n in config.cases:
+    try:
+      freezing.case_layers(layers, n, config.case_counting)
+    except ValueError as e:
+      raise ValueError(f'config.cases={tuple(config.cases)!r} with config.case_counting='
+                       f'{config.case_counting!r} and config.model={config.model!r}: {e}') from None

@@ -617,8 +617,7 @@ def train_and_evaluate(config, workdir):
   target_test = _load(run_config, 'target', 'test')
   num_classes = target.num_classes
   layers = _model(run_config, num_classes).keras_layers()
-  for n in run_config.cases:  # every case is checked before hours are spent on the first
-    freezing.case_layers(layers, n, run_config.case_counting)
+  checks.validate_cases(run_config, layers)  # every case, before hours go into the first
   done = {n: resume.load_done(workdir, n) for n in run_config.cases}
   resumable = {}
   for n in ['pretrain'] + [n for n in run_config.cases if done[n] is None]:
