@@ -33,8 +33,8 @@ def get_config():
   # leave 0.99's averages far from the batch statistics: use 0.9 there.
   c.bn_momentum = 0.99
   # Re-initialise the classifier (the last Dense): 'auto' keeps the source's only when the target
-  # is the same dataset with the same classes (source_classes == target_classes), 'always',
-  # 'never' (keep it; an error if its shape changes).
+  # is the same dataset (and data dir) with the same classes (source_classes == target_classes),
+  # 'always', 'never' (keep it; an error if its shape changes).
   c.new_head = 'auto'
   # Freeze cases: each the number of trainable layers in Keras order. counting 'model': the last
   # N layers of the whole model; 'base': the head plus the last N layers of the base.

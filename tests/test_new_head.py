@@ -52,6 +52,14 @@ def test_auto_keeps_the_classifier_for_the_same_dataset_and_classes(pretrained):
   assert not _classifier_kept(_config('cifar100', 'cifar100', classes, classes[::-1]), pretrained)
 
 
+def test_auto_gives_a_new_classifier_to_another_image_folder(pretrained):
+  other = _config('image_folder', 'image_folder')
+  other.source_data_dir, other.target_data_dir = '/data/a', '/data/b'
+  assert not _classifier_kept(other, pretrained)
+  other.target_data_dir = '/data/a'
+  assert _classifier_kept(other, pretrained)
+
+
 def test_always_and_never(pretrained):
   assert not _classifier_kept(_config('cifar10', 'cifar10', new_head='always'), pretrained)
   assert _classifier_kept(_config('mnist', 'cifar10', new_head='never'), pretrained)

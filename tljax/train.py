@@ -376,9 +376,11 @@ def _merge(fresh, pretrained, layers, new_head_layers):
 
 
 def same_task(config):
-  """Whether the target task is the source task: the same dataset with the same classes, in the
-  same order. Only then may `new_head='auto'` keep the source classifier."""
+  """Whether the target task is the source task: the same dataset (for image folders, the same
+  folder) with the same classes, in the same order. Only then may `new_head='auto'` keep the
+  source classifier."""
   return (config.pretrained == 'source' and config.source_dataset == config.target_dataset
+          and config.source_data_dir == config.target_data_dir
           and tuple(config.source_classes) == tuple(config.target_classes))
 
 
