@@ -32,11 +32,24 @@ def get_config():
   # BatchNorm moving-average momentum (Keras: 0.99). A few hundred steps on a tiny dataset
   # leave 0.99's averages far from the batch statistics: use 0.9 there.
   c.bn_momentum = 0.99
-  c.new_head = 'auto'  # re-init the classifier: 'auto' (class count differs), 'always', 'never'
+  # Re-initialise the classifier (the last Dense): 'auto' keeps the source's only when the target
+  # is the same dataset (and data dir) with the same classes (source_classes == target_classes),
+  # 'always', 'never' (keep it; an error if its shape changes).
+  c.new_head = 'auto'
   # Freeze cases: each the number of trainable layers in Keras order. counting 'model': the last
   # N layers of the whole model; 'base': the head plus the last N layers of the base.
   c.cases = (1, 4, 9, 11, 17, 23)
   c.case_counting = 'model'
+  # Frozen Dropout layers in training: 'keras' = they drop units, as Keras 3 runs a Dropout with
+  # trainable=False (the thesis's runs: configs test1-test5); 'off' = frozen layers wholly in
+  # inference mode, as Keras's base_model(x, training=False) and PyTorch's eval(). The prefix
+  # cache never reaches past a Dropout that drops units, so 'off' lets it cache deeper.
+  c.frozen_dropout = 'off'
+  # EfficientNet's depthwise convolutions: 'auto' (shifted slices on CPU, XLA grouped
+  # convolutions on GPU/TPU), 'slices' or 'grouped'. The same numbers up to float rounding; the
+  # reported FLOPs are always the slices formulation's compiled count (README "FLOPs"). Models
+  # without depthwise convolutions ignore it.
+  c.depthwise_impl = 'auto'
   c.epochs = 10
   c.steps_per_epoch = 0  # 0 = whole epochs; else at most this many steps per epoch
   c.batch_size = 64
@@ -66,6 +79,13 @@ def get_config():
   return c
 
 
+def as_the_thesis_ran(c):
+  """The thesis's Keras semantics (configs test1-test5): frozen Dropout layers drop units in
+  training, as Keras's trainable=False leaves them."""
+  c.frozen_dropout = 'keras'
+  return c
+
+
 def set_direction(c, name, direction, source, target):
   """A two-way thesis test: `forward` trains source -> target, `reverse` the other way."""
   if direction not in ('forward', 'reverse'):
@@ -73,4 +93,4 @@ def set_direction(c, name, direction, source, target):
   c.name = name if direction == 'forward' else f'{name}_reverse'
   c.source_dataset, c.target_dataset = (source, target) if direction == 'forward' else (
       target, source)
-  return c
+  return as_the_thesis_ran(c)

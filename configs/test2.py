@@ -4,7 +4,7 @@ from configs import base
 
 
 def get_config():
-  c = base.get_config()
+  c = base.as_the_thesis_ran(base.get_config())
   c.name = 'test2'
   c.model = 'efficientnet_b0'
   c.image_size = 224

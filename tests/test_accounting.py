@@ -72,12 +72,47 @@ def test_xla_count_agrees_with_the_analytic_count(costs):
 
 
 def test_analytic_train_count_terms():
-  layers = [dict(name='a', kind='Conv2D', macs=100), dict(name='b', kind='Dropout', macs=0),
-            dict(name='c', kind='Conv2D', macs=10), dict(name='d', kind='Dense', macs=1)]
+  layers = [dict(name='a', kind='Conv2D', weighted=True, macs=100),
+            dict(name='b', kind='Dropout', weighted=False, macs=0),
+            dict(name='c', kind='Conv2D', weighted=True, macs=10),
+            dict(name='d', kind='Dense', weighted=True, macs=1)]
   got = accounting.analytic_train_macs(layers, ('c', 'd'))
   assert got == dict(forward=111, weight_grad=11, input_grad=1, total=123, trainable_forward=11)
   full = accounting.analytic_train_macs(layers, ('a', 'b', 'c', 'd'))
   assert full['input_grad'] == 11 and full['total'] == 111 + 111 + 11
+  # A weightless lowest trainable layer needs no input gradient of the layer above it.
+  assert accounting.analytic_train_macs(layers, ('b', 'c', 'd')) == got
+
+
+def _small_cnn_analytic(n):
+  from configs import default
+  case = train.make_case(default.get_config(), n, num_classes=10)
+  per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
+  return accounting.analytic_train_macs(per_layer, case.trainable_names)
+
+
+def test_input_gradients_start_at_the_lowest_trainable_layer_with_weights():
+  """Case 5 adds only the weightless flatten to case 4: the same step, the same count (XLA's
+  compiled count is identical too). Before the fix case 5 counted dense's input gradient,
+  2048 x 128 = 262,144 MACs more."""
+  four, five = _small_cnn_analytic(4), _small_cnn_analytic(5)
+  assert five == four
+  assert four['input_grad'] == 128 * 10  # dense_1's input gradient only
+  assert four['weight_grad'] == 2048 * 128 + 128 * 10
+
+
+def test_efficientnet_head_only_input_gradients_start_at_dense():
+  import jax
+  import jax.numpy as jnp
+  from tljax import freezing, models
+  model = models.create('efficientnet_b0', num_classes=7)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  per_layer = accounting.layer_macs(model, variables, (32, 32, 3))
+  head = freezing.case_layers(model.keras_layers(), 0, 'base')
+  assert head[0] == 'global_average_pooling2d'
+  got = accounting.analytic_train_macs(per_layer, head)
+  assert got['weight_grad'] == 1280 * 128 + 128 * 7
+  assert got['input_grad'] == 128 * 7  # not dense's 1280 x 128 as well
 
 
 def test_energy_formulas():

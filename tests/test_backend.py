@@ -1,6 +1,8 @@
 """Per-backend compiler options: applied on CPU, recorded, overridable, FLOP count unchanged."""
 
+import collections
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +16,32 @@ from tljax import train
 from configs import base
 
 
+def _ynn_fusion_ops(hlo_text):
+  """Opcode counts inside the computations that YNNPACK custom fusions call."""
+  called = set()
+  for line in hlo_text.splitlines():
+    if 'kind=kCustom' in line and '__ynn_fusion' in line:
+      called.update(re.findall(r'calls=(%[\w.\-]+)', line))
+  ops, current = collections.Counter(), None
+  for line in hlo_text.splitlines():
+    header = re.match(r'\s*(%[\w.\-]+) .*\{\s*$', line)
+    if header:
+      current = header.group(1)
+    elif current in called:
+      op = re.search(r'= \S+ (\w[\w-]*)\(', line)
+      if op:
+        ops[op.group(1)] += 1
+  return ops
+
+
 def test_cpu_options_and_how_to_turn_them_off(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   assert backend.compiler_options() == backend.CPU_OPTIONS
+  # Other backends get no CPU options (the branch a CPU-only machine never takes by itself).
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert backend.compiler_options() == {}
+  monkeypatch.undo()
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
   off = ml_collections.ConfigDict({'xla_cpu_tuning': False})
   assert backend.compiler_options(off) == {}
   # An option the user set in XLA_FLAGS is theirs: tljax does not pass its own.
@@ -34,9 +59,13 @@ def test_tuned_and_default_compiles_count_the_same_flops_and_agree():
   y = jnp.arange(8) % 10
   lowered = step.lower(case.state, x, y)
   tuned, default = backend.compile(lowered), lowered.compile()
-  assert 'ynn_fusion_type' in str(backend.CPU_OPTIONS)
   assert accounting.xla_costs(tuned)['flops'] == accounting.xla_costs(default)['flops']
   assert tuned.as_text() != default.as_text()  # the options did change the program
+  # ...as intended: YNNPACK library fusions keep the reductions (BatchNorm statistics) and no
+  # convolution or matmul, which XLA's own emitters then run on every core.
+  ops = _ynn_fusion_ops(tuned.as_text())
+  assert ops['reduce'] > 0
+  assert ops['convolution'] == ops['dot'] == 0, ops
 
   # Same loss and gradients up to float rounding (Adam's first step would amplify
   # sign flips of near-zero gradients, so the gradients are compared, not the update).

@@ -67,7 +67,7 @@ def test_ranges_that_depend_on_other_fields_accept_their_values():
   c = base.get_config()
   c.pretrained, c.pretrain_epochs = 'none', 0  # no pretraining: 0 epochs is fine
   c.source_dataset = 'not_used'
-  c.num_processes, c.process_id = 2, 1
+  c.num_processes, c.process_id, c.coordinator_address = 2, 1, 'localhost:1234'
   checks.validate(c)
 
 

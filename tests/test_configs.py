@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from tljax import data
 from tljax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,12 +19,27 @@ def test_every_thesis_test_has_a_config():
   assert {'default', 'test1', 'test2', 'test3', 'test4', 'test5'} <= set(CONFIGS)
 
 
+def _tiny_folder(root, classes):
+  """A folder dataset with one 8x8 PNG per class and split (dry runs only list it)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for split in ('train', 'test'):
+    for name in classes:
+      os.makedirs(os.path.join(root, split, name))
+      Image.new('RGB', (8, 8)).save(os.path.join(root, split, name, '0.png'))
+  return str(root)
+
+
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_dry_run(name, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config()
   config.dry_run = True
   config.progress = False
   config.cache_dir = str(tmp_path / 'cache')
+  for role in ('source', 'target'):  # folder datasets: a tiny tree with the expected classes
+    dataset = config[f'{role}_dataset']
+    if dataset in data.FOLDER_DATASETS:
+      classes = data.FOLDER_DATASETS[dataset].get('classes', ('a', 'b', 'c'))
+      config[f'{role}_data_dir'] = _tiny_folder(tmp_path / role, classes)
   if name != 'default':  # shrunk for CI's 2 cores: the first and last cases, smaller images
     config.cases = (config.cases[0], config.cases[-1])
     if config.model != 'small_cnn':
@@ -49,3 +65,13 @@ def test_reverse_directions():
           test1.get_config('reverse').target_dataset) == ('cifar10', 'cifar100')
   assert (test5.get_config('reverse').source_dataset,
           test5.get_config('reverse').target_dataset) == ('mnist', 'svhn_cropped')
+
+
+def test_thesis_configs_run_frozen_dropout_as_keras_did():
+  from configs import base, default
+  for name in ('test1', 'test2', 'test3', 'test4', 'test5'):
+    module = importlib.import_module(f'configs.{name}')
+    assert module.get_config().frozen_dropout == 'keras', name
+    if name in ('test1', 'test5'):
+      assert module.get_config('reverse').frozen_dropout == 'keras', name
+  assert base.get_config().frozen_dropout == default.get_config().frozen_dropout == 'off'

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r'''
@@ -56,7 +58,11 @@ def test_data_parallel_matches_single_device(tmp_path):
     # Per example and per global step: the 4 device programs together do the single one's work
     # (plus the replicated optimiser update and the cross-device reductions).
     assert 0.99 < b['train_flops_per_example'] / a['train_flops_per_example'] < 1.05
-    assert b['energy_per_example_j'] / a['energy_per_example_j'] == \
-        b['train_flops_per_example'] / a['train_flops_per_example']
+    # Energies follow the global count: per example (J = FLOPs / 2 x 3.2 pJ), per global step of
+    # 16 examples, per run of the same 6 steps as the single device's.
+    assert b['energy_per_example_j'] == pytest.approx(b['train_flops_per_example'] / 2 * 3.2e-12)
+    assert b['energy_per_step_j'] == pytest.approx(16 * b['energy_per_example_j'])
+    assert b['steps'] == a['steps'] == 6
+    assert 0.99 < b['energy_total_j'] / a['energy_total_j'] < 1.05
     assert abs(b['test_accuracy'] - a['test_accuracy']) <= 0.02
     assert abs(b['test_loss'] - a['test_loss']) <= 2e-2 * a['test_loss']

@@ -195,3 +195,19 @@ def test_cached_step_keeps_the_whole_state_and_frozen_params(tmp_path):
     moved = any(not np.array_equal(a, b) for a, b in zip(
         jax.tree.leaves(after.params[layer]), jax.tree.leaves(before.params[layer])))
     assert moved == (layer in case.trainable_names), layer
+
+
+def test_keras_dropout_cache_stops_below_the_first_dropout_and_matches(tmp_path):
+  """frozen_dropout='keras': frozen Dropout layers drop units, so the head-only case caches
+  only conv2d..max_pooling2d (the cut at the lowest Dropout) and trains the same numbers."""
+  out, summary = {}, None
+  for cache in (True, False):
+    config = _config(tmp_path / 'c', cases=(1,), frozen_dropout='keras', prefix_cache=cache)
+    summary = train.train_and_evaluate(config, str(tmp_path / str(cache)))
+    out[cache] = summary['cases'][0]
+  assert out[True]['prefix_cache_cut_layer'] == 'dropout'
+  # conv2d .. max_pooling2d's 16x16x32 output, float32, for every train and test example.
+  examples = summary['train_examples'] + summary['test_examples']
+  assert out[True]['prefix_cache_bytes'] == examples * 16 * 16 * 32 * 4
+  assert out[True]['test_loss'] == pytest.approx(out[False]['test_loss'], rel=1e-4)
+  assert out[True]['train_flops_per_step'] == out[False]['train_flops_per_step']

@@ -226,11 +226,14 @@ def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
   timing = timing or spec['timing']
   case = train.make_case(config, n, spec['num_classes'])
   model = case.model if impl is None else case.model.clone(depthwise_impl=impl)
-  evals_before = len(train._EVAL_CACHE)  # pylint: disable=protected-access
   train_c, _, compile_s = train.compile_steps(model, case.tx, case.trainable, case.state, config,
                                               eval_batch=spec['batch_size'])
-  with_eval = len(train._EVAL_CACHE) > evals_before  # pylint: disable=protected-access
   cost = accounting.xla_costs(train_c)
+  twin = accounting.counting_model(model)
+  if twin is not None:  # the FLOPs of the slices formulation, whichever runs (README "FLOPs")
+    twin_c = train.compile_steps(twin, case.tx, case.trainable, case.state, config,
+                                 eval_batch=spec['batch_size'])[0]
+    cost = accounting.with_counted_flops(cost, accounting.xla_costs(twin_c))
   x, y = _random_batch(spec)
   x, y = jax.device_put(x), jax.device_put(y)
   holder = [case.state]
@@ -243,15 +246,12 @@ def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
   with CpuContention() as contention:
     step_s, samples = median_time(step, sync=jax.block_until_ready, **timing)
   flops = cost['flops']
-  resolved = None
-  if impl is not None:
-    from tljax.models.efficientnet import DepthwiseConv2D  # pylint: disable=g-import-not-at-top
-    resolved = DepthwiseConv2D((3, 3), impl=impl).resolved_impl()
+  resolved = accounting.depthwise_impls(model)[0] if impl is not None else None
   return dict(case=n, label=case_label(spec, n), depthwise_impl=resolved,
               trainable_layers=len(case.trainable_names), step_s=step_s, samples_s=samples,
               examples_per_s=spec['batch_size'] / step_s, train_flops_per_step=flops,
               gflops_per_s=flops / step_s / 1e9, compile_s=compile_s,
-              compile_includes_eval=with_eval, memory_bytes=cost.get('memory_bytes'),
+              memory_bytes=cost.get('memory_bytes'),
               timing=dict(timing), other_cpu_share=contention.result.get('other_cpu_share'),
               waited_for_idle_s=waited)
 

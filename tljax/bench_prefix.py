@@ -45,7 +45,7 @@ def run_case(config, spec, n_train, n_test, use_cache):
   train._EVAL_CACHE.clear()  # pylint: disable=protected-access
   train._INIT_CACHE.clear()  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir, mock.patch.object(
-      train, '_load_target', lambda config, split: splits[split]):
+      train, '_load', lambda config, role, split: splits[split]):
     t0 = time.perf_counter()
     summary = train.train_and_evaluate(c, workdir)
     run_s = time.perf_counter() - t0

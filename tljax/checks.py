@@ -110,6 +110,8 @@ FIELDS = {
     'bn_momentum': _number_in(0, 1, lo_open=False, hi_open=True,
                               what=' (BatchNorm moving-average momentum; Keras: 0.99)'),
     'new_head': _one_of(NEW_HEAD),
+    'frozen_dropout': _one_of(models.FROZEN_DROPOUT),
+    'depthwise_impl': _one_of(models.DEPTHWISE_IMPLS),
     'cases': Field((tuple, list), _cases, 'must be a non-empty tuple of distinct ints (numbers '
                    'of trainable layers)'),
     'case_counting': _one_of(freezing.COUNTINGS),
@@ -127,10 +129,11 @@ FIELDS = {
     'checkpoint_every_steps': _int_at_least(0, ' (0 = no periodic checkpoints)'),
     'restart': Field(bool, lambda v, c: True, 'must be True or False'),
     'data_parallel': Field(bool, lambda v, c: True, 'must be True or False'),
-    'coordinator_address': Field(str, None, "'host:port' of process 0 ('' for one process)"),
     'num_processes': _int_at_least(1),
     'process_id': Field(int, lambda v, c: 0 <= v < c.num_processes,
                         lambda c: f'must be an int in [0, num_processes) = [0, {c.num_processes})'),
+    'coordinator_address': Field(str, lambda v, c: c.num_processes <= 1 or bool(v),
+                                 "'host:port' of process 0 (needed when num_processes > 1)"),
     'xla_cpu_tuning': Field(bool, lambda v, c: True, 'must be True or False'),
     'dry_run': Field(bool, lambda v, c: True, 'must be True or False'),
 }
@@ -159,3 +162,14 @@ def check_data(config, train_arrays):
   if config.batch_size > len(train_arrays):
     raise ValueError(f'config.batch_size={config.batch_size}: must be at most the '
                      f'{len(train_arrays)} training examples of {train_arrays.name!r}.')
+
+
+def validate_cases(config, layers):
+  """Every case of `config.cases` against the model's Keras `layers`: in range, and training
+  at least one parameter. The error names the fields that chose the case."""
+  for n in config.cases:
+    try:
+      freezing.case_layers(layers, n, config.case_counting)
+    except ValueError as e:
+      raise ValueError(f'config.cases={tuple(config.cases)!r} with config.case_counting='
+                       f'{config.case_counting!r} and config.model={config.model!r}: {e}') from None

@@ -26,13 +26,21 @@ def case_layers(layers, n, counting='model'):
     if not 1 <= n <= len(layers):
       raise ValueError(f'Case {n} is out of range: the model has {len(layers)} layers, so a case '
                        f'trains the last 1..{len(layers)} of them.')
-    return tuple(l.name for l in layers[len(layers) - n:])
-  base = [l for l in layers if l.base]
-  head = [l for l in layers if not l.base]
-  if not 0 <= n <= len(base):
-    raise ValueError(f'Case {n} is out of range: the base model has {len(base)} layers, so a '
-                     f'case trains the head plus the last 0..{len(base)} base layers.')
-  return tuple(l.name for l in base[len(base) - n:]) + tuple(l.name for l in head)
+    chosen = layers[len(layers) - n:]
+  else:
+    base = [l for l in layers if l.base]
+    head = [l for l in layers if not l.base]
+    if not 0 <= n <= len(base):
+      raise ValueError(f'Case {n} is out of range: the base model has {len(base)} layers, so a '
+                       f'case trains the head plus the last 0..{len(base)} base layers.')
+    chosen = base[len(base) - n:] + head
+  if not any(l.weighted for l in chosen):
+    raise ValueError(f'Case {n} trains no parameter: its trainable layers '
+                     f'({", ".join(l.name for l in chosen) or "none"}) have no weights'
+                     + ('; this model has no separate head, so case 0 of counting '
+                        "'base' trains nothing" if not any(not l.base for l in layers) else '')
+                     + '.')
+  return tuple(l.name for l in chosen)
 
 
 def case_rules(trainable_names):

@@ -1,7 +1,9 @@
 """Frozen-prefix caching: the frozen layers below a case's trainable ones run once per example.
 
-Frozen layers are deterministic (inference-mode BatchNorm, Dropout off, no augmentation), so
-their output for an example never changes during a case. The model is split at a cut k (a
+Frozen layers are deterministic (inference-mode BatchNorm, no augmentation) up to the lowest
+Dropout layer that drops units in training (any Dropout with frozen_dropout='keras', none
+below the trainable layers with 'off'), so the output of the frozen layers below both never
+changes during a case. The model is split at a cut k (a
 layer index where one tensor crosses, `model.cut_points()`): layers [0, k) run once over every
 train and test example (the cache, float32, in memory or memory-mapped on disk), and training
 and evaluation run layers [k, end) on the cached activations. The train state keeps the whole
@@ -25,7 +27,7 @@ import psutil
 from tljax import accounting
 from tljax import backend
 from tljax import data
-from tljax.models.base import TRAIN_MODE_KINDS
+from tljax.models.base import TRAIN_MODE_KINDS, active_dropout_layers
 from tljax.steps import eval_step, train_step
 
 # Caches larger than this (or than a quarter of the available RAM) go to disk (np.memmap).
@@ -38,11 +40,13 @@ def memory_budget():
 
 
 def cut_index(model, trainable_names):
-  """The latest cut at or below the lowest trainable layer: layers [0, cut) are the prefix.
+  """The latest cut at or below the lowest trainable layer and the lowest active Dropout:
+  layers [0, cut) are the prefix.
 
   Leading trainable layers without weights or a training mode (pooling, flatten, activations)
   compute the same either way, so they join the prefix: head-only EfficientNet caches the
-  pooled 1280 features, not the 7x7x1280 map.
+  pooled 1280 features, not the 7x7x1280 map. A Dropout that drops units in training (a frozen
+  one with frozen_dropout='keras') is random per step, so the prefix stops below it.
   """
   layers = model.keras_layers()
   names = [l.name for l in layers]
@@ -50,6 +54,8 @@ def cut_index(model, trainable_names):
   while (lowest < len(layers) and not layers[lowest].weighted
          and layers[lowest].kind not in TRAIN_MODE_KINDS):
     lowest += 1
+  case_model = model.clone(frozen=frozenset(names) - set(trainable_names))
+  lowest = min((lowest,) + active_dropout_layers(case_model))
   return max(k for k in model.cut_points() if k <= lowest)
 
 
@@ -124,6 +130,15 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=Non
   return Compiled(cut, model.keras_layers()[cut].name, feature_shape, prefix_c, train_c, eval_c,
                   accounting.xla_costs(prefix_c, devices), accounting.xla_costs(train_c, devices),
                   accounting.xla_costs(eval_c, devices), time.perf_counter() - t0)
+
+
+def count_on(compiled, twin):
+  """Gives `compiled` the FLOPs of `twin`, the same steps in the counted formulation
+  (accounting.counting_model); memory and timings stay those of the steps that run."""
+  for name in ('prefix_cost', 'train_cost', 'eval_cost'):
+    setattr(compiled, name, accounting.with_counted_flops(getattr(compiled, name),
+                                                          getattr(twin, name)))
+  compiled.compile_s += twin.compile_s
 
 
 def identity_prep(features):

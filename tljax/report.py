@@ -12,17 +12,6 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-# Columns of results.csv, in order (every case record field that is a scalar).
-CSV_FIELDS = (
-    'case', 'status', 'trainable_layers', 'first_trainable_layer', 'last_trainable_layer',
-    'trainable_conv_layers', 'trainable_depthwise_layers', 'trainable_params', 'total_params',
-    'test_accuracy', 'test_loss', 'steps', 'train_flops_per_step', 'train_flops_per_example',
-    'forward_flops_per_example', 'analytic_train_flops_per_example',
-    'analytic_forward_flops_per_example', 'xla_to_analytic_train_flops',
-    'energy_per_example_j', 'energy_per_step_j', 'energy_total_j',
-    'thesis_energy_per_example_j', 'train_memory_bytes', 'compile_s', 'wall_s',
-    'examples_per_s', 'diverged_at_step')
-
 
 def atomic_write_bytes(path, data: bytes):
   """Writes to a temporary file in the same directory, fsyncs, then renames over `path`."""
@@ -65,12 +54,28 @@ def write_json(path, obj):
                                        allow_nan=False) + '\n').encode())
 
 
+def is_scalar(value):
+  """A value that fits one CSV cell: a number, string, boolean or null."""
+  return value is None or isinstance(value, (bool, int, float, str))
+
+
+def csv_columns(cases):
+  """results.csv's columns: every field of the case records whose values are all scalars, in the
+  records' order (the record is the one source of truth; lists and dicts stay in summary.json)."""
+  columns = {}
+  for c in cases:
+    for k, v in c.items():
+      columns[k] = columns.get(k, True) and is_scalar(v)
+  return [k for k, scalar in columns.items() if scalar]
+
+
 def write_csv(path, cases):
+  columns = csv_columns(cases)
   buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction='ignore', lineterminator='\n')
+  w = csv.DictWriter(buf, fieldnames=columns, lineterminator='\n')
   w.writeheader()
   for c in cases:
-    w.writerow({k: ('' if c.get(k) is None else c.get(k)) for k in CSV_FIELDS})
+    w.writerow({k: ('' if c.get(k) is None else c.get(k)) for k in columns})
   atomic_write_bytes(path, buf.getvalue().encode())
 
 

@@ -61,7 +61,8 @@ def _prep_fn(config, dataset_name):
 
 def _model(config, num_classes, frozen=frozenset()):
   return models.create(config.model, num_classes=num_classes, frozen=frozenset(frozen),
-                       bn_momentum=config.bn_momentum)
+                       bn_momentum=config.bn_momentum, frozen_dropout=config.frozen_dropout,
+                       depthwise_impl=config.depthwise_impl)
 
 
 def _input_spec(config, batch):
@@ -71,7 +72,7 @@ def _input_spec(config, batch):
 
 # Compiled once per process and shape, shared by every case: the random initial variables
 # (independent of which layers are frozen) and the evaluation step (inference mode everywhere,
-# so the same program for every case).
+# so the same program for every case), with the seconds its compilation took.
 _INIT_CACHE = {}
 _EVAL_CACHE = {}
 
@@ -94,9 +95,10 @@ def _init_variables(model, config, rng):
 def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None):
   """Compiles the train step of this case and (once per shape) the eval step.
 
-  Returns (train, eval, compile seconds). The FLOP count is read from exactly these
-  compiled executables, and training runs exactly them. With a `parallel.Mesh`, both run
-  data-parallel: batch sharded over the devices, state replicated.
+  Returns (train, eval, seconds to compile the train step). The eval step's compilation is
+  shared by every case and not in those seconds (`eval_compile_s`). The FLOP count is read
+  from exactly these compiled executables, and training runs exactly them. With a
+  `parallel.Mesh`, both run data-parallel: batch sharded over the devices, state replicated.
   """
   t0 = time.perf_counter()
   shard = {}
@@ -108,22 +110,35 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None):
   train_c = backend.compile(train_jit.lower(state, _input_spec(config, config.batch_size),
                                             jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)),
                             config)
+  train_s = time.perf_counter() - t0
+  return train_c, _eval_compiled(model, state, config, eval_batch, mesh)[0], train_s
+
+
+def eval_compile_s(model, state, config, eval_batch, mesh=None):
+  """Seconds it took to compile the eval step that `compile_steps` gave for these arguments."""
+  return _eval_compiled(model, state, config, eval_batch, mesh)[1]
+
+
+def _eval_compiled(model, state, config, eval_batch, mesh=None):
+  """(eval step, seconds its compilation took), compiled once per process and shape."""
   options = backend.compiler_options(config)
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
-         getattr(model, 'depthwise_impl', None), jax.default_backend(),
+         accounting.depthwise_impls(model)[0], jax.default_backend(),
          mesh is not None and mesh.num_devices, tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:
+    t0 = time.perf_counter()
     eval_model = model.clone(frozen=frozenset())
     shard = {}
     if mesh is not None:
       shard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
                    out_shardings=mesh.replicated)
     eval_jit = jax.jit(functools.partial(eval_step, model=eval_model), **shard)
-    _EVAL_CACHE[key] = backend.compile(eval_jit.lower(
+    compiled = backend.compile(eval_jit.lower(
         state.params, state.batch_stats, _input_spec(config, eval_batch),
         jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
         jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), config)
-  return train_c, _EVAL_CACHE[key], time.perf_counter() - t0
+    _EVAL_CACHE[key] = (compiled, time.perf_counter() - t0)
+  return _EVAL_CACHE[key]
 
 
 def _evaluate(eval_c, state, arrays, config, prep, mesh=None):
@@ -311,6 +326,7 @@ def _pretrain(config, metrics, workdir, source_identity, mesh=None):
   trainable = jax.tree.map(lambda _: True, variables['params'])
   train_c, eval_c, compile_s = compile_steps(model, tx, trainable, state, config,
                                               _eval_batch(config, src_test, mesh), mesh)
+  compile_s += eval_compile_s(model, state, config, _eval_batch(config, src_test, mesh), mesh)
   prep = _prep_fn(config, config.source_dataset)
   state, steps, wall, diverged = _fit(state, train_c, src, config, prep=prep,
                                       epochs=config.pretrain_epochs, desc='pretrain',
@@ -380,20 +396,32 @@ def _merge(fresh, pretrained, layers, new_head_layers):
   return out
 
 
+def same_task(config):
+  """Whether the target task is the source task: the same dataset (for image folders, the same
+  folder) with the same classes, in the same order. Only then may `new_head='auto'` keep the
+  source classifier."""
+  return (config.pretrained == 'source' and config.source_dataset == config.target_dataset
+          and config.source_data_dir == config.target_data_dir
+          and tuple(config.source_classes) == tuple(config.target_classes))
+
+
 def _head_to_reinit(config, layers, pretrained, fresh):
-  """Layers to re-initialise for the target task: the classifier when `new_head` says so."""
+  """Layers to re-initialise for the target task: the classifier, unless `new_head='never'` or
+  `'auto'` with the same task as the source (a 10-class classifier of digits is no classifier
+  of objects, whatever its shape)."""
   classifier = [l.name for l in layers if l.kind == 'Dense'][-1:]
   if pretrained is None:
     return set()
   src = pretrained['params']
-  if config.new_head == 'always':
+  if config.new_head == 'always' or (config.new_head == 'auto' and not same_task(config)):
     return set(classifier) | {l.name for l in layers if not l.base and l.name not in src}
   differs = {n for n in classifier if n in src and
              jax.tree.map(jnp.shape, src[n]) != jax.tree.map(jnp.shape, fresh['params'][n])}
-  if differs and config.new_head == 'never':
-    raise ValueError(f"config.new_head='never' but the classifier {sorted(differs)} changes "
-                     'shape for the target classes.')
-  return differs
+  if differs:
+    raise ValueError(f"config.new_head={config.new_head!r} keeps the source classifier, but "
+                     f'{sorted(differs)} changes shape for the target classes; use '
+                     "config.new_head='auto' or 'always'.")
+  return set()
 
 
 @dataclasses.dataclass
@@ -440,6 +468,7 @@ class Plan:
   train_cost: dict
   eval_cost: dict
   eval_batch: int
+  eval_compile_s: float  # the shared eval step's compilation: reported once, not per case
   cached: Any = None  # prefix_cache.Compiled when the case trains on cached prefix activations
 
 
@@ -448,15 +477,28 @@ def _plan_case(config, n, pretrained, num_classes, eval_batch, mesh=None):
   case = make_case(config, n, num_classes, pretrained)
   train_c, eval_c, compile_s = compile_steps(case.model, case.tx, case.trainable, case.state,
                                              config, eval_batch, mesh)
+  eval_s = eval_compile_s(case.model, case.state, config, eval_batch, mesh)
+  devices = mesh.num_devices if mesh is not None else 1
+  train_cost = accounting.xla_costs(train_c, devices)
+  eval_cost = accounting.xla_costs(eval_c, devices)
   cached = None
   cut = prefix_cache.cut_index(case.model, case.trainable_names)
   if config.prefix_cache and cut > 0 and jax.process_count() == 1:
     cached = prefix_cache.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                         eval_batch, cut, mesh)
+  counting = accounting.counting_model(case.model)
+  if counting is not None:  # the FLOPs of the same steps with slices depthwise (compiled only)
+    twin_train, twin_eval, twin_s = compile_steps(counting, case.tx, case.trainable, case.state,
+                                                  config, eval_batch, mesh)
+    compile_s += twin_s
+    eval_s += eval_compile_s(counting, case.state, config, eval_batch, mesh)
+    train_cost = accounting.with_counted_flops(train_cost, accounting.xla_costs(twin_train, devices))
+    eval_cost = accounting.with_counted_flops(eval_cost, accounting.xla_costs(twin_eval, devices))
+    if cached is not None:
+      prefix_cache.count_on(cached, prefix_cache.compile_steps(
+          counting, case.tx, case.trainable, case.state, config, eval_batch, cut, mesh))
   case.state = None  # built again when the case trains: no case holds memory while waiting
-  devices = mesh.num_devices if mesh is not None else 1
-  return Plan(case, train_c, eval_c, compile_s, accounting.xla_costs(train_c, devices),
-              accounting.xla_costs(eval_c, devices), eval_batch, cached)
+  return Plan(case, train_c, eval_c, compile_s, train_cost, eval_cost, eval_batch, eval_s, cached)
 
 
 def _check_memory(config, plans):
@@ -526,6 +568,9 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
       first_trainable_layer=trainable_names[0], last_trainable_layer=trainable_names[-1],
       trainable_conv_layers=sum(kinds[t] == 'Conv2D' for t in trainable_names),
       trainable_depthwise_layers=sum(kinds[t] == 'DepthwiseConv2D' for t in trainable_names),
+      # The depthwise formulation that ran, and the one whose compiled count the FLOP fields are.
+      depthwise_impl=accounting.depthwise_impls(model)[0],
+      depthwise_impl_counted=accounting.depthwise_impls(model)[1],
       reinitialised_layers=sorted(reinit),
       trainable_params=trainable_params, total_params=total_params,
       test_accuracy=acc, test_loss=loss, test_examples=len(target_test),
@@ -607,8 +652,7 @@ def _train_and_evaluate(config, workdir):
   resume.discard_stale_checkpoints(workdir, fingerprint)
   num_classes = target.num_classes
   layers = _model(run_config, num_classes).keras_layers()
-  for n in run_config.cases:  # every case is checked before hours are spent on the first
-    freezing.case_layers(layers, n, run_config.case_counting)
+  checks.validate_cases(run_config, layers)  # every case, before hours go into the first
   done = {n: resume.load_done(workdir, n, fingerprint) for n in run_config.cases}
   resumable = {}
   for n in ['pretrain'] + [n for n in run_config.cases if done[n] is None]:
@@ -639,6 +683,7 @@ def _train_and_evaluate(config, workdir):
         target_dataset=config.target_dataset, num_classes=num_classes,
         train_examples=len(target), test_examples=len(target_test), data=identity,
         pretraining=pretrain_info, e_mac_j=config.e_mac_j, seed=config.seed,
+        eval_compile_s=max((p.eval_compile_s for p in plans.values()), default=None),
         fingerprint=fingerprint, config=config.to_dict(), environment=_environment(config),
         cases=cases)
     for n in run_config.cases:

@@ -1,6 +1,6 @@
 """Model registry: `create(name, num_classes)` returns a Flax linen module."""
 
-from tljax.models.base import KerasLayer, TRAIN_MODE_KINDS
+from tljax.models.base import FROZEN_DROPOUT, KerasLayer, TRAIN_MODE_KINDS, active_dropout_layers
 from tljax.models.small_cnn import SmallCNN
 
 # name -> (constructor, default input shape (H, W, C))
@@ -22,12 +22,24 @@ def _entry(name):
   return _MODELS[name]
 
 
-def create(name: str, num_classes=None, **kwargs):
-  """The linen module for `name`; `num_classes=None` gives the base model alone."""
+def create(name: str, num_classes=None, depthwise_impl=None, **kwargs):
+  """The linen module for `name`; `num_classes=None` gives the base model alone.
+
+  depthwise_impl: 'auto', 'slices' or 'grouped' for models with depthwise convolutions
+  (EfficientNet); ignored by models without them.
+  """
   constructor, _ = _entry(name)
   if num_classes is None and name == 'small_cnn':
     raise ValueError('small_cnn has no separate base model; pass num_classes.')
+  if depthwise_impl is not None and has_depthwise(name):
+    kwargs['depthwise_impl'] = depthwise_impl
   return constructor(num_classes=num_classes, **kwargs)
+
+
+def has_depthwise(name: str) -> bool:
+  """Whether model `name` has depthwise convolutions (and so a `depthwise_impl`)."""
+  _entry(name)
+  return name.startswith('efficientnet')
 
 
 def default_input_shape(name: str) -> tuple[int, int, int]:
@@ -62,7 +74,7 @@ def min_image_size(name: str) -> int:
 
 # EfficientNets (tljax/models/efficientnet.py); the thesis fed 224x224 to both.
 import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tljax.models.efficientnet import EfficientNet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tljax.models.efficientnet import DEPTHWISE_IMPLS, EfficientNet, resolve_depthwise_impl  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 register('efficientnet_b0', functools.partial(EfficientNet, variant='b0'), (224, 224, 3))
 register('efficientnet_b2', functools.partial(EfficientNet, variant='b2'), (224, 224, 3))

@@ -22,3 +22,22 @@ class KerasLayer:
 
 # Keras layer kinds whose behaviour differs between training and inference.
 TRAIN_MODE_KINDS = ('BatchNormalization', 'Dropout')
+
+# What a frozen Dropout layer does in training (`frozen_dropout` of the models and the config):
+# 'keras': drops units, as Keras 3 runs a Dropout layer with trainable=False when the model is
+#   called with training=True (only BatchNormalization switches to inference when frozen);
+# 'off': inference mode, as Keras's `base_model(x, training=False)` and PyTorch's eval().
+FROZEN_DROPOUT = ('off', 'keras')
+
+
+def dropout_on(model, name: str, train: bool) -> bool:
+  """Whether `model`'s Dropout layer `name` drops units in this call."""
+  if model.frozen_dropout not in FROZEN_DROPOUT:
+    raise ValueError(f'frozen_dropout={model.frozen_dropout!r}: must be one of {FROZEN_DROPOUT}.')
+  return train and (model.frozen_dropout == 'keras' or name not in model.frozen)
+
+
+def active_dropout_layers(model) -> tuple[int, ...]:
+  """Indices of the Dropout layers that drop units when `model` trains (random per step)."""
+  return tuple(i for i, l in enumerate(model.keras_layers())
+               if l.kind == 'Dropout' and dropout_on(model, l.name, True))

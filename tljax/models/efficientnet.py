@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tljax.models.base import KerasLayer
+from tljax.models.base import KerasLayer, dropout_on
 from tljax.models.small_cnn import layer_range
 
 BN_EPSILON = 1e-3
@@ -174,6 +174,19 @@ def _depthwise_slices(x, kernel, strides, pads):
   return out
 
 
+DEPTHWISE_IMPLS = ('auto', 'slices', 'grouped')
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """'slices' or 'grouped': 'auto' is 'slices' on XLA:CPU (several times faster there), else
+  'grouped' (the native path on GPU/TPU)."""
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f"DepthwiseConv2D impl must be 'auto', 'slices' or 'grouped', got {impl!r}.")
+  if impl == 'auto':
+    return 'slices' if jax.default_backend() == 'cpu' else 'grouped'
+  return impl
+
+
 class DepthwiseConv2D(nn.Module):
   """Keras DepthwiseConv2D (depth multiplier 1); 'kernel' is (kh, kw, 1, C).
 
@@ -190,11 +203,7 @@ class DepthwiseConv2D(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
   def resolved_impl(self) -> str:
-    if self.impl not in ('auto', 'slices', 'grouped'):
-      raise ValueError(f"DepthwiseConv2D impl must be 'auto', 'slices' or 'grouped', got {self.impl!r}.")
-    if self.impl == 'auto':
-      return 'slices' if jax.default_backend() == 'cpu' else 'grouped'
-    return self.impl
+    return resolve_depthwise_impl(self.impl)
 
   def analytic_macs(self, in_shape, out_shape) -> int:
     """Multiply-accumulates per example: out_h * out_w * kh * kw * C."""
@@ -239,7 +248,9 @@ class EfficientNet(nn.Module):
 
   Input (N, H, W, 3) RGB floats in [0, 255]. num_classes=None: output is
   top_activation's feature map; otherwise the tljax head's logits. `frozen`
-  names Keras layers that run in inference mode even when `train=True`.
+  names Keras layers whose BatchNorm runs in inference mode even when `train=True`;
+  their Dropout (drop-connect, the head's dropout) drops units in training with
+  frozen_dropout='keras' (as Keras does) and is off with 'off' (models/base.py).
   Stride-2 padding follows Keras's correct_pad for the static input size, as
   in a Keras model built with a known input_shape.
   """
@@ -251,6 +262,7 @@ class EfficientNet(nn.Module):
   head_units: int = 128
   depthwise_impl: str = 'auto'
   bn_momentum: float = BN_MOMENTUM
+  frozen_dropout: str = 'off'
 
   def keras_layers(self) -> tuple[KerasLayer, ...]:
     return layer_list(self.variant, self.num_classes, self.drop_connect_rate)
@@ -317,7 +329,7 @@ class EfficientNet(nn.Module):
             nn.Dense(self.head_units, kernel_init=_DENSE_INIT, name='dense')(x)),
         'batch_normalization': lambda x: self._bn('batch_normalization', x, train),
         'dropout': lambda x: nn.Dropout(
-            self.head_dropout, deterministic=not self._train('dropout', train),
+            self.head_dropout, deterministic=not dropout_on(self, 'dropout', train),
             name='dropout')(x),
         'dense_1': lambda x: nn.Dense(self.num_classes, kernel_init=_DENSE_INIT,
                                       name='dense_1')(x).astype(jnp.float32),
@@ -358,7 +370,7 @@ class EfficientNet(nn.Module):
         n + 'project_bn': on_x(lambda x: self._bn(n + 'project_bn', x, train)),
         n + 'drop': on_x(lambda x: nn.Dropout(
             s.drop_rate, broadcast_dims=(1, 2, 3),
-            deterministic=not self._train(n + 'drop', train), name=n + 'drop')(x)),
+            deterministic=not dropout_on(self, n + 'drop', train), name=n + 'drop')(x)),
         n + 'add': lambda c: {**c, 'x': c['x'] + c['inputs'], 'inputs': None},
     }
     first = _block_layers(s)[0].name

@@ -5,7 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tljax.models.base import KerasLayer
+from tljax.models.base import KerasLayer, dropout_on
 
 # Keras defaults mirrored: glorot-uniform kernels, zero biases, BN eps 1e-3, momentum 0.99.
 _KERNEL_INIT = nn.initializers.glorot_uniform()
@@ -47,7 +47,8 @@ class SmallCNN(nn.Module):
 
   `frozen` names layers that run in inference mode even when `train=True`
   (Keras `trainable=False`): their BatchNorm uses and keeps its moving
-  statistics, their Dropout is off.
+  statistics. Their Dropout drops units in training with frozen_dropout='keras'
+  (as Keras does) and is off with 'off' (models/base.py).
   """
   num_classes: int = 10
   filters: Sequence[int] = (32, 64, 128)
@@ -55,6 +56,7 @@ class SmallCNN(nn.Module):
   dense_dropout: float = 0.5
   bn_momentum: float = BN_MOMENTUM
   frozen: frozenset = frozenset()
+  frozen_dropout: str = 'off'
 
   def keras_layers(self) -> tuple[KerasLayer, ...]:
     return _layer_list(self.num_classes)
@@ -67,7 +69,7 @@ class SmallCNN(nn.Module):
                         momentum=self.bn_momentum, epsilon=BN_EPSILON, name=name)(x)
 
   def _dropout(self, name, rate, x, train):
-    return nn.Dropout(rate, deterministic=not self._train(name, train), name=name)(x)
+    return nn.Dropout(rate, deterministic=not dropout_on(self, name, train), name=name)(x)
 
   def cut_points(self) -> tuple[int, ...]:
     """Layer indices k where layers [0, k) and [k, end) meet in one tensor: all of them."""

@@ -1,0 +1,131 @@
+"""Every field of a produced summary against its formula, and results.csv against the record."""
+
+import csv
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from tljax import report
+from tljax import train
+
+CASES = (1, 9, 23)
+# Forward MACs per example of the small CNN's weighted layers (digits 5-9: 5 classes), by the
+# textbook formula: conv H*W*9*Cin*Cout (SAME padding), dense in*out.
+MACS = {
+    'conv2d': 32 * 32 * 9 * 1 * 32, 'conv2d_1': 32 * 32 * 9 * 32 * 32,
+    'conv2d_2': 16 * 16 * 9 * 32 * 64, 'conv2d_3': 16 * 16 * 9 * 64 * 64,
+    'conv2d_4': 8 * 8 * 9 * 64 * 128, 'conv2d_5': 8 * 8 * 9 * 128 * 128,
+    'dense': 2048 * 128, 'dense_1': 128 * 5,
+}
+# Per-example float32 bytes of the cached prefix output: case 1 caches dense's 128 features
+# (after batch_normalization_6 and dropout_3), case 9 conv2d_5's input, 8x8x128.
+PREFIX_FEATURES = {1: 128, 9: 8 * 8 * 128}
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  from configs import default
+  c = default.get_config()
+  c.pretrain_epochs = 1
+  c.epochs = 1
+  c.steps_per_epoch = 3
+  c.batch_size = 16
+  c.eval_batch_size = 128
+  c.progress = False
+  c.cases = CASES
+  tmp = tmp_path_factory.mktemp('fields')
+  c.cache_dir = str(tmp / 'cache')
+  summary = train.train_and_evaluate(c, str(tmp / 'w'))
+  with open(tmp / 'w' / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  return c, summary, rows
+
+
+def _sizes(tree):
+  return {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in tree.items()}
+
+
+def test_params_counts_from_the_variables(run):
+  config, summary, _ = run
+  model = train._model(config, summary['num_classes'])
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 1))))
+  params, stats = _sizes(shapes['params']), _sizes(shapes['batch_stats'])
+  assert sum(params.values()) + sum(stats.values()) == 552_298 - (128 * 10 + 10) + (128 * 5 + 5)  # 5 classes
+  for c in summary['cases']:
+    assert c['trainable_params'] == sum(params.get(n, 0) for n in c['trainable_layer_names'])
+    assert c['total_params'] == sum(params.values()) + sum(stats.values())
+  assert summary['cases'][0]['trainable_params'] == 128 * 5 + 5
+
+
+def test_thesis_energy_from_the_trainable_layers_forward_macs(run):
+  config, summary, _ = run
+  for c in summary['cases']:
+    macs = sum(MACS.get(n, 0) for n in c['trainable_layer_names'])
+    assert c['thesis_energy_per_example_j'] == pytest.approx(macs * config.e_mac_j, rel=1e-12)
+    assert c['analytic_macs_per_example']['trainable_forward'] == macs
+  assert summary['cases'][0]['thesis_energy_per_example_j'] == pytest.approx(128 * 5 * 3.2e-12)
+
+
+def test_flops_and_energy_fields_from_their_formulas(run):
+  config, summary, _ = run
+  e = config.e_mac_j
+  for c in summary['cases']:
+    b, steps = c['batch_size'], c['steps']
+    assert (b, steps) == (16, 3)
+    assert c['train_flops_per_step'] == c['train_memory']['flops'] > 0
+    assert c['train_flops_per_example'] == pytest.approx(c['train_flops_per_step'] / b)
+    assert c['energy_per_example_j'] == pytest.approx(c['train_flops_per_example'] / 2 * e)
+    assert c['energy_per_step_j'] == pytest.approx(c['train_flops_per_step'] / 2 * e)
+    assert c['energy_total_j'] == pytest.approx(c['train_flops_per_step'] / 2 * e * steps)
+    a = c['analytic_macs_per_example']
+    assert a['total'] == a['forward'] + a['weight_grad'] + a['input_grad']
+    assert a['forward'] == sum(MACS.values())
+    assert c['analytic_train_flops_per_example'] == 2 * a['total']
+    assert c['analytic_forward_flops_per_example'] == 2 * sum(MACS.values())
+    assert c['xla_to_analytic_train_flops'] == pytest.approx(
+        c['train_flops_per_example'] / c['analytic_train_flops_per_example'])
+    assert c['examples_per_s'] == pytest.approx(steps * b / c['wall_s'])
+    assert c['train_memory_bytes'] == c['train_memory']['memory_bytes'] > 0
+
+
+def test_prefix_cache_and_compute_fields(run):
+  _, summary, _ = run
+  n_examples = summary['train_examples'] + summary['test_examples']
+  for c in summary['cases']:
+    eval_batch = min(128, c['test_examples'])
+    eval_calls = math.ceil(c['test_examples'] / eval_batch)
+    assert c['test_examples'] == summary['test_examples']
+    if not c['prefix_cache']:
+      assert c['case'] == 23 and c['prefix_cache_cut_layer'] is None
+      assert c['prefix_flops_total'] == 0 and c['cached_train_flops_per_step'] is None
+      assert c['compute_flops_total'] == pytest.approx(
+          c['train_flops_per_step'] * c['steps']
+          + c['forward_flops_per_example'] * eval_batch * eval_calls)
+      continue
+    assert c['prefix_cache_bytes'] == n_examples * PREFIX_FEATURES[c['case']] * 4
+    assert c['prefix_cache_location'] == 'memory'
+    assert 0 < c['cached_train_flops_per_step'] < c['train_flops_per_step']
+    suffix_eval = (c['compute_flops_total'] - c['prefix_flops_total']
+                   - c['cached_train_flops_per_step'] * c['steps'])
+    assert 0 < suffix_eval < c['forward_flops_per_example'] * eval_batch * eval_calls
+    # The prefix ran over every train and test example in batches of the train batch.
+    calls = math.ceil(summary['train_examples'] / 16) + math.ceil(summary['test_examples'] / 16)
+    assert c['prefix_flops_total'] / calls < c['forward_flops_per_example'] * 16
+
+
+def test_results_csv_holds_every_scalar_field_of_the_record(run):
+  _, summary, rows = run
+  record = summary['cases'][0]
+  scalars = [k for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))]
+  assert list(rows[0]) == scalars == report.csv_columns(summary['cases'])
+  for f in ('batch_size', 'test_examples', 'prefix_cache', 'prefix_cache_cut_layer',
+            'cached_train_flops_per_step', 'prefix_flops_total', 'compute_flops_total',
+            'prefix_cache_bytes', 'prefix_cache_location'):
+    assert f in rows[0]
+  for row, c in zip(rows, summary['cases']):
+    for k in scalars:
+      v = c[k]
+      assert row[k] == ('' if v is None else str(v)), k
+  assert 'trainable_layer_names' not in rows[0] and 'train_memory' not in rows[0]
