@@ -11,8 +11,7 @@ sys.path.insert(0, ROOT)
 import pytest  # pylint: disable=g-import-not-at-top
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
+def shrunk_default(cache_dir):
   """The default experiment, shrunk to seconds: few steps, small batches, a private cache."""
   from configs import default  # pylint: disable=g-import-not-at-top
   c = default.get_config()
@@ -23,5 +22,10 @@ def tiny_config(tmp_path):
   c.eval_batch_size = 128
   c.log_every_steps = 1
   c.progress = False
-  c.cache_dir = str(tmp_path / 'cache')
+  c.cache_dir = str(cache_dir)
   return c
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+  return shrunk_default(tmp_path / 'cache')

@@ -14,6 +14,7 @@ def test_measure_prepares_then_reuses(tmp_path):
   assert first['examples'] == second['examples'] == 50
   assert first['prepared_bytes'] == 50 * 32 * 32 * 1
   assert first['peak_above_baseline_bytes'] >= 0 and first['input_examples_per_s'] > 0
+  assert second['seconds'] < first['seconds']  # nothing decoded the second time
   assert len(os.listdir(os.path.join(cache, 'prepared'))) == 2  # train and test, once
   row = bench_data.format_row('tiny', dict(model='small_cnn', train=40, test=10, first=first,
                                            second=second, train_step_case=1,

@@ -204,6 +204,7 @@ def test_the_resume_command_is_the_same_one_without_restart():
 
 def test_changed_config_is_refused_unless_restart(tiny_config, tmp_path):
   tiny_config.cases = (1,)
+  tiny_config.pretrained = 'none'  # the config check is the point, not pretraining
   train.train_and_evaluate(tiny_config, str(tmp_path))
   tiny_config.learning_rate = 0.01
   tiny_config.progress = True  # safe: changes no number
@@ -271,6 +272,7 @@ def test_full_disk_fails_before_training(tiny_config, tmp_path, monkeypatch):
 
 def test_too_little_memory_suggests_a_batch(tiny_config, tmp_path, monkeypatch):
   tiny_config.cases = (1, 23)
+  tiny_config.pretrained = 'none'
   monkeypatch.setattr(resume, 'available_memory_bytes', lambda: 12 * 2**20)
   with pytest.raises(MemoryError, match=r'Case 23 needs \d+ MiB .* Try --config.batch_size=\d+'):
     train.train_and_evaluate(tiny_config, str(tmp_path))

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import shrunk_default
 from tljax import report
 from tljax import train
 
@@ -26,17 +27,10 @@ PREFIX_FEATURES = {1: 128, 9: 8 * 8 * 128}
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  from configs import default
-  c = default.get_config()
-  c.pretrain_epochs = 1
-  c.epochs = 1
-  c.steps_per_epoch = 3
-  c.batch_size = 16
-  c.eval_batch_size = 128
-  c.progress = False
-  c.cases = CASES
   tmp = tmp_path_factory.mktemp('fields')
-  c.cache_dir = str(tmp / 'cache')
+  c = shrunk_default(tmp / 'cache')
+  c.log_every_steps = 10  # the default config's
+  c.cases = CASES
   summary = train.train_and_evaluate(c, str(tmp / 'w'))
   with open(tmp / 'w' / 'results.csv') as f:
     rows = list(csv.DictReader(f))

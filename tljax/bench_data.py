@@ -87,7 +87,8 @@ def measure(root, model, image_size, cache_dir, input_seconds=3.0):
   splits = [data.load('image_folder', s, root=root, model_input=model_input)
             for s in ('train', 'test')]
   seconds = time.perf_counter() - t0
-  peak = _rss_bytes('VmHWM')
+  # The kernel folds per-thread RSS counts in lazily (up to 64 pages each): never below 0.
+  peak = max(_rss_bytes('VmHWM'), base)
   prepared = sum(a.images.nbytes for a in splits)
   prep = functools.partial(data.preprocess, image_size=image_size, channels=channels,
                            pixel_scale=models.pixel_scale(model))

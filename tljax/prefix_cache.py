@@ -27,6 +27,7 @@ import psutil
 from tljax import accounting
 from tljax import backend
 from tljax import data
+from tljax import report
 from tljax.models.base import TRAIN_MODE_KINDS, active_dropout_layers
 from tljax.steps import eval_step, train_step
 
@@ -178,11 +179,8 @@ def build(compiled, state, splits, *, batch, prep, directory, budget=None, mesh=
   if on_disk:
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
-    free = shutil.disk_usage(directory).free
-    if free < nbytes:
-      raise OSError(f'The prefix cache needs {nbytes / 2**20:.0f} MiB, but only '
-                    f'{free / 2**20:.0f} MiB are free in {directory}; pass '
-                    '--config.prefix_cache=False to train without it.')
+    report.require_free_disk(directory, nbytes, 'The prefix cache',
+                             'pass --config.prefix_cache=False to train without it.')
   put = mesh.put_batch if mesh is not None else (lambda x: x)
   out, calls = [], 0
   for a in splits:

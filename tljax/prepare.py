@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from tljax import report
+
 # TensorFlow only feeds the input pipeline; keep it off the accelerators JAX uses.
 try:
   tf.config.set_visible_devices([], 'GPU')
@@ -105,11 +107,8 @@ def _write(directory, paths, fit, in_memory):
   shape = (len(paths), fit.image_size, fit.image_size, fit.channels)
   nbytes = int(np.prod(shape))
   os.makedirs(directory)
-  free = shutil.disk_usage(directory).free
-  if free < nbytes:
-    raise OSError(f'Preparing {len(paths)} images needs {nbytes / 2**20:.0f} MiB in '
-                  f'{directory}, but only {free / 2**20:.0f} MiB are free; pass '
-                  '--config.cache_dir=DIR on a larger disk.')
+  report.require_free_disk(directory, nbytes, f'Preparing {len(paths)} images',
+                           'pass --config.cache_dir=DIR on a larger disk.')
   file = os.path.join(directory, 'images.npy')
   if in_memory:
     images = np.empty(shape, np.uint8)

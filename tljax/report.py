@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 
 import matplotlib
@@ -131,3 +132,11 @@ def write_figure(path, cases, title):
   fig.savefig(buf, format='png', dpi=100)
   plt.close(fig)
   atomic_write_bytes(path, buf.getvalue())
+
+
+def require_free_disk(directory, nbytes, what, hint):
+  """OSError naming `what`, the sizes and `hint` when `directory`'s disk has under `nbytes`."""
+  free = shutil.disk_usage(directory).free
+  if free < nbytes:
+    raise OSError(f'{what} needs {nbytes / 2**20:.0f} MiB, but only {free / 2**20:.0f} MiB are '
+                  f'free in {directory}; {hint}')
