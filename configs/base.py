@@ -38,6 +38,13 @@ def get_config():
   c.new_head = 'auto'
   # Freeze cases: each the number of trainable layers in Keras order. counting 'model': the last
   # N layers of the whole model; 'base': the head plus the last N layers of the base.
+  # Freeze cases, each a string (README "Case families"): 'last:N' (the last N layers; a bare
+  # int N means the same), 'bias:N' (the biases of the last N layers, plus the head), 'norm:N'
+  # (the BatchNorm scale and shift of the last N layers, plus the head), 'block:NAME' or
+  # 'layers:A..B' (one contiguous range of layers, plus the head), or a tuple of (regex, label)
+  # rules over parameter paths 'layer/param' (labels 'trainable', 'frozen'; fullmatch, first wins).
+  # counting 'model': N counts the last layers of the whole model; 'base': the head plus the
+  # last N layers of the base.
   c.cases = (1, 4, 9, 11, 17, 23)
   c.case_counting = 'model'
   # Frozen Dropout layers in training: 'keras' = they drop units, as Keras 3 runs a Dropout with
@@ -59,6 +66,18 @@ def get_config():
   # Frozen-prefix caching: run the frozen layers below the lowest trainable one once per example
   # and train the rest on their cached output (same numbers up to float rounding; much faster).
   c.prefix_cache = True
+  # The device memory model (README "Device memory"): an edge device training at this batch, its
+  # frozen weights stored as this dtype ('float32', 'float16', 'bfloat16', 'int8').
+  c.device_batch_size = 1
+  c.device_frozen_dtype = 'float32'
+  # A budget for the recommendation (0 = no limit): the summary then names the most accurate
+  # case within it (python -m tljax.recommend reads an existing workdir the same way).
+  # budget_memory picks the memory the budget limits: 'xla' (train_memory_bytes, XLA's analysis
+  # of the compiled step at batch_size) or 'device' (device_train_memory_bytes).
+  c.max_energy_per_example_j = 0.0
+  c.max_train_memory_mb = 0.0
+  c.min_accuracy = 0.0
+  c.budget_memory = 'xla'
   c.e_mac_j = 3.2e-12  # J per multiply-accumulate (45 nm, the thesis's 3.2 pJ)
   c.log_every_steps = 20
   c.progress = True  # a tqdm bar per case

@@ -13,6 +13,8 @@ NEW_HEAD = ('auto', 'always', 'never')
 MAX_SEED = 2**32 - 1
 # A multiply-accumulate costs picojoules; more than this is a mistyped unit (3.2 for 3.2e-12).
 MAX_E_MAC_J = 1e-6
+DEVICE_DTYPES = ('float32', 'float16', 'bfloat16', 'int8')
+BUDGET_MEMORY = ('xla', 'device')
 
 
 class Field(NamedTuple):
@@ -124,6 +126,15 @@ FIELDS = {
     'prefix_cache': Field(bool, lambda v, c: True, 'must be True or False'),
     'e_mac_j': _number_in(0, MAX_E_MAC_J, lo_open=True, hi_open=False,
                           what=' (J per multiply-accumulate; 3.2 pJ = 3.2e-12)'),
+    'device_batch_size': _int_at_least(1, ' (examples per step on the edge device)'),
+    'device_frozen_dtype': _one_of(DEVICE_DTYPES),
+    'max_energy_per_example_j': _number_in(0, math.inf, lo_open=False, hi_open=True,
+                                           what=' (J per training example; 0 = no limit)'),
+    'max_train_memory_mb': _number_in(0, math.inf, lo_open=False, hi_open=True,
+                                      what=' (MiB; 0 = no limit)'),
+    'min_accuracy': _number_in(0, 1, lo_open=False, hi_open=False,
+                               what=' (a fraction: 0.9 = 90 %; 0 = no limit)'),
+    'budget_memory': _one_of(BUDGET_MEMORY),
     'log_every_steps': _int_at_least(1),
     'progress': Field(bool, lambda v, c: True, 'must be True or False'),
     'checkpoint_every_steps': _int_at_least(0, ' (0 = no periodic checkpoints)'),
