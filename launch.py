@@ -8,6 +8,8 @@ from absl import flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# TensorFlow (the input pipeline) prints C++ INFO lines at import; warnings and errors stay.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, ROOT)  # config files import `configs.base`
 
 from tljax import interrupt  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -62,7 +62,10 @@ def get_config():
   c.batch_size = 64
   c.eval_batch_size = 256
   c.learning_rate = 1e-3  # Adam (Keras defaults otherwise)
-  c.seed = 0
+  # Every case trains once per seed (data order, initial head, dropout, and the source
+  # pretraining, cached per seed); the summary gives each case's mean and 95 % confidence
+  # interval over the seeds (README "Choosing a case").
+  c.seeds = (0,)
   # Frozen-prefix caching: run the frozen layers below the lowest trainable one once per example
   # and train the rest on their cached output (same numbers up to float rounding; much faster).
   c.prefix_cache = True

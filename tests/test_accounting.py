@@ -3,7 +3,8 @@
 import pytest
 
 from tljax import accounting
-from tljax import train
+from tljax import case as case_lib
+from tljax import compiled
 
 CASES = (1, 4, 9, 11, 17, 23)
 BATCH = 16
@@ -25,8 +26,8 @@ def costs():
   config.batch_size = BATCH
   out = {}
   for n in CASES:
-    case = train.make_case(config, n, num_classes=10)
-    train_c, eval_c, _ = train.compile_steps(case.model, case.tx, case.trainable, case.state,
+    case = case_lib.make_case(config, n, num_classes=10)
+    train_c, eval_c, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state,
                                              config, eval_batch=BATCH)
     per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
     out[n] = dict(train=accounting.xla_costs(train_c), eval=accounting.xla_costs(eval_c),
@@ -86,7 +87,7 @@ def test_analytic_train_count_terms():
 
 def _small_cnn_analytic(n):
   from configs import default
-  case = train.make_case(default.get_config(), n, num_classes=10)
+  case = case_lib.make_case(default.get_config(), n, num_classes=10)
   per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
   return accounting.analytic_train_macs(per_layer, case.trainable_names)
 

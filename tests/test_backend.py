@@ -12,7 +12,7 @@ import numpy as np
 from tljax import accounting
 from tljax import backend
 from tljax.steps import train_step
-from tljax import train
+from tljax import case as case_lib
 from configs import base
 
 
@@ -52,7 +52,7 @@ def test_cpu_options_and_how_to_turn_them_off(monkeypatch):
 def test_tuned_and_default_compiles_count_the_same_flops_and_agree():
   config = base.get_config()
   config.batch_size = 8
-  case = train.make_case(config, 23, 10)
+  case = case_lib.make_case(config, 23, 10)
   step = jax.jit(functools.partial(train_step, model=case.model, tx=case.tx,
                                    trainable=case.trainable))
   x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 1))

@@ -5,7 +5,8 @@ import pytest
 
 from configs import base
 from tljax import checks
-from tljax import train
+from tljax import case as case_lib
+from tljax import sweep
 
 
 @pytest.mark.parametrize('prefix_cache', [True, False])
@@ -17,21 +18,22 @@ def test_a_case_that_trains_no_parameter_is_an_error(tiny_config, tmp_path, pref
   with pytest.raises(ValueError, match=(
       r"config.cases=\(1, 0\) with config.case_counting='base' and config.model='small_cnn': "
       r'Case 0 trains no parameter')):
-    train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+    sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   with pytest.raises(ValueError, match='Case 0 trains no parameter'):
-    train.make_case(tiny_config, 0, num_classes=5)
+    case_lib.make_case(tiny_config, 0, num_classes=5)
 
 
 def test_out_of_range_case_names_its_fields(tiny_config, tmp_path):
   tiny_config.cases = (4, 24)
   with pytest.raises(ValueError, match=(r"config.cases=\(4, 24\) with config.case_counting="
                                         r"'model' and config.model='small_cnn': Case 24 is out")):
-    train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+    sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
 
 
 @pytest.mark.parametrize('fields, message', [
-    (dict(seed=-1), r'config.seed=-1: must be an int in \[0, 4294967295\]'),  # was NumPy's error
-    (dict(seed=2**63), r'config.seed=9223372036854775808: must be'),  # was an OverflowError
+    (dict(seeds=(-1,)), r'config.seeds=\(-1,\): must be a non-empty tuple of distinct ints in '
+                        r'\[0, 4294967295\]'),  # was NumPy's error
+    (dict(seeds=(2**63,)), r'config.seeds=\(9223372036854775808,\): must be'),  # was an OverflowError
     (dict(bn_momentum=1.5), r'config.bn_momentum=1.5: must be a number in \[0, 1\)'),
     (dict(num_processes=0), r'config.num_processes=0: must be an int >= 1'),
     (dict(num_processes=2, process_id=2, coordinator_address='h:1'),

@@ -27,8 +27,11 @@ def test_every_shipped_config_passes(name):
 @pytest.mark.parametrize('changes, message', [
     (dict(bn_momentum=1.5), 'config.bn_momentum=1.5: must be a number in [0, 1) (BatchNorm'),
     (dict(bn_momentum=-0.1), 'config.bn_momentum=-0.1: must be a number in [0, 1)'),
-    (dict(seed=-1), 'config.seed=-1: must be an int in [0, 4294967295]'),
-    (dict(seed=2**32), 'config.seed=4294967296: must be an int in [0, 4294967295]'),
+    (dict(seeds=(-1,)), 'config.seeds=(-1,): must be a non-empty tuple of distinct ints in '
+                        '[0, 4294967295]'),
+    (dict(seeds=(2**32,)), 'config.seeds=(4294967296,): must be a non-empty tuple'),
+    (dict(seeds=(0, 0)), 'config.seeds=(0, 0): must be a non-empty tuple of distinct ints'),
+    (dict(seeds=()), 'config.seeds=(): must be a non-empty tuple of distinct ints'),
     (dict(learning_rate=0.0), 'config.learning_rate=0.0: must be a number in (0, 10)'),
     (dict(pretrain_learning_rate=float('nan')),
      'config.pretrain_learning_rate=nan: must be a number in (0, 10)'),
@@ -74,7 +77,7 @@ def test_ranges_that_depend_on_other_fields_accept_their_values():
 @pytest.mark.parametrize('arg, message', [
     ('--config.bn_momentum=1.5', 'tljax: error: config.bn_momentum=1.5: must be a number in '
                                  '[0, 1)'),
-    ('--config.seed=-1', 'tljax: error: config.seed=-1: must be an int in [0, 4294967295]'),
+    ('--config.seeds=(-1,)', 'tljax: error: config.seeds=(-1,): must be a non-empty tuple'),
 ])
 def test_launch_refuses_a_bad_range_before_any_work(tmp_path, arg, message):
   r = subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={tmp_path}/w',

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tljax import data
-from tljax import train
+from tljax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -45,10 +45,11 @@ def test_config_dry_run(name, tmp_path):
     if config.model != 'small_cnn':  # EfficientNet: the cheapest case at the smallest input
       config.cases = config.cases[:1]  # (trainable depthwise layers: test_depthwise_flops.py)
       config.image_size = 32
-  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  summary = sweep.train_and_evaluate(config, str(tmp_path / 'w'))
   on_disk = json.loads((tmp_path / 'w' / 'summary.json').read_text())
   assert on_disk['dry_run'] is True
-  assert [c['case'] for c in on_disk['cases']] == list(config.cases)
+  assert [c['case'] for c in on_disk['cases']] == [
+      c if isinstance(c, str) else f'last:{c}' for c in config.cases]
   flops = [c['train_flops_per_example'] for c in summary['cases']]
   assert all(f > 0 for f in flops)
   assert flops == sorted(flops)

@@ -6,7 +6,7 @@ import os
 
 from configs import base
 from tljax import resume
-from tljax import train
+from tljax import sweep
 
 
 def test_the_fingerprint_covers_every_field_that_changes_numbers_and_the_data():
@@ -18,7 +18,7 @@ def test_the_fingerprint_covers_every_field_that_changes_numbers_and_the_data():
     d[field] = not d[field] if isinstance(d[field], bool) else d[field] + 1 if isinstance(
         d[field], int) else d[field] + '/x'
     assert resume.run_fingerprint(d, {}) == fp, field
-  for field, value in [('learning_rate', 0.01), ('seed', 1), ('cases', (1,)), ('dry_run', True)]:
+  for field, value in [('learning_rate', 0.01), ('seeds', (1,)), ('cases', (1,)), ('dry_run', True)]:
     d = c.to_dict()
     d[field] = value
     assert resume.run_fingerprint(d, {}) != fp, field
@@ -53,14 +53,14 @@ def test_checkpoints_of_another_fingerprint_are_deleted(tmp_path):
 
 def test_without_config_json_a_changed_config_retrains_instead_of_reusing(tiny_config, tmp_path):
   tiny_config.cases = (1,)
-  first = train.train_and_evaluate(tiny_config, str(tmp_path))
+  first = sweep.train_and_evaluate(tiny_config, str(tmp_path))
   os.remove(tmp_path / 'config.json')  # the workdir-level check is gone; the record's remains
   tiny_config.learning_rate = 0.05
-  second = train.train_and_evaluate(tiny_config, str(tmp_path))
+  second = sweep.train_and_evaluate(tiny_config, str(tmp_path))
   assert second['fingerprint'] != first['fingerprint']
   assert second['cases'][0]['test_loss'] != first['cases'][0]['test_loss']  # trained again
   assert os.listdir(tmp_path / 'cases' / 'discarded') == [f'case_1_{first["fingerprint"][:12]}.json']
   record = json.loads((tmp_path / 'cases' / 'case_1.json').read_text())
   assert record['fingerprint'] == second['fingerprint']
-  third = train.train_and_evaluate(tiny_config, str(tmp_path))  # same config: the record is kept
+  third = sweep.train_and_evaluate(tiny_config, str(tmp_path))  # same config: the record is kept
   assert third['cases'][0] == second['cases'][0]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tljax import train
+from tljax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE_FIELDS = ('case', 'trainable_layers', 'trainable_params', 'total_params', 'test_accuracy',
@@ -35,9 +35,10 @@ def test_launch_default_experiment_end_to_end(tmp_path):
   assert summary['dry_run'] is False
   assert summary['name'] == 'default'
   assert summary['environment']['backend'] == 'cpu'
-  assert summary['pretraining']['dataset'] == 'digits'
-  assert summary['pretraining']['cached'] is False
-  assert [c['case'] for c in summary['cases']] == [1, 4, 9, 11, 17, 23]
+  assert summary['pretraining']['0']['dataset'] == 'digits'
+  assert summary['pretraining']['0']['cached'] is False
+  names = ['last:1', 'last:4', 'last:9', 'last:11', 'last:17', 'last:23']
+  assert [c['case'] for c in summary['cases']] == names
   for c in summary['cases']:
     for f in CASE_FIELDS:
       assert c[f] is not None, f
@@ -49,10 +50,10 @@ def test_launch_default_experiment_end_to_end(tmp_path):
     assert c['energy_total_j'] == pytest.approx(3 * c['energy_per_step_j'])
   with open(workdir / 'results.csv') as f:
     rows = list(csv.DictReader(f))
-  assert [int(r['case']) for r in rows] == [1, 4, 9, 11, 17, 23]
+  assert [r['case'] for r in rows] == names
   assert float(rows[0]['train_flops_per_example']) == summary['cases'][0]['train_flops_per_example']
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  assert {m['case'] for m in metrics} == {'pretrain', 1, 4, 9, 11, 17, 23}
+  assert {m['case'] for m in metrics} == {'pretrain', *names}
   assert json.loads((workdir / 'config.json').read_text())['epochs'] == 1
   assert (workdir / 'figure.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert not [p for p in os.listdir(workdir) if p.endswith('.tmp')]
@@ -65,11 +66,11 @@ def test_launch_default_experiment_end_to_end(tmp_path):
 
 def test_pretraining_is_cached(tiny_config, tmp_path):
   tiny_config.cases = (1,)
-  first = train.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
-  second = train.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
-  assert first['pretraining']['cached'] is False
-  assert second['pretraining']['cached'] is True
-  assert second['pretraining']['path'] == first['pretraining']['path']
+  first = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
+  second = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
+  assert first['pretraining']['0']['cached'] is False
+  assert second['pretraining']['0']['cached'] is True
+  assert second['pretraining']['0']['path'] == first['pretraining']['0']['path']
   assert second['cases'][0]['test_accuracy'] == first['cases'][0]['test_accuracy']
   assert second['cases'][0]['test_loss'] == first['cases'][0]['test_loss']
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from tljax import train
+from tljax import case as case_lib
+from tljax import compiled
 
 
 def _config(source, target, source_classes=(), target_classes=(), new_head='auto'):
@@ -20,12 +21,12 @@ def _config(source, target, source_classes=(), target_classes=(), new_head='auto
 def pretrained():
   """A 10-class 'source' model whose weights differ from every case's fresh initialisation."""
   c = base.get_config()
-  model = train._model(c, 10)
-  return jax.tree.map(np.asarray, train._init_variables(model, c, jax.random.key(123)))
+  model = compiled.model_for(c, 10)
+  return jax.tree.map(np.asarray, compiled.init_variables(model, c, jax.random.key(123)))
 
 
 def _classifier_kept(config, pretrained):
-  case = train.make_case(config, 4, num_classes=10, pretrained=pretrained)
+  case = case_lib.make_case(config, 4, num_classes=10, pretrained=pretrained)
   kept = np.array_equal(case.variables['params']['dense_1']['kernel'],
                         pretrained['params']['dense_1']['kernel'])
   # The rest of the network always comes from the source model.
@@ -64,5 +65,5 @@ def test_always_and_never(pretrained):
   assert not _classifier_kept(_config('cifar10', 'cifar10', new_head='always'), pretrained)
   assert _classifier_kept(_config('mnist', 'cifar10', new_head='never'), pretrained)
   with pytest.raises(ValueError, match=r"config.new_head='never' keeps the source classifier"):
-    train.make_case(_config('cifar10', 'cifar100', new_head='never'), 4, num_classes=100,
+    case_lib.make_case(_config('cifar10', 'cifar100', new_head='never'), 4, num_classes=100,
                     pretrained=pretrained)

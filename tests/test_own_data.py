@@ -10,7 +10,9 @@ import pytest
 from tljax import bench_data
 from tljax import prefix_cache
 from tljax import resume
-from tljax import train
+from tljax import inputs
+from tljax import pretrain
+from tljax import sweep
 
 
 @pytest.fixture(scope='module')
@@ -33,33 +35,33 @@ def _folder_config(tiny_config, folders):
 
 def test_folder_to_folder_run_records_identity_and_keys_pretraining(tiny_config, folders, tmp_path):
   c = _folder_config(tiny_config, folders)
-  s = train.train_and_evaluate(c, str(tmp_path / 'w1'))
+  s = sweep.train_and_evaluate(c, str(tmp_path / 'w1'))
   assert s['num_classes'] == 3 and s['train_examples'] == 72 and s['test_examples'] == 24
-  assert s['pretraining']['num_classes'] == 4 and s['pretraining']['train_examples'] == 96
+  assert s['pretraining']['0']['num_classes'] == 4 and s['pretraining']['0']['train_examples'] == 96
   for role, root in zip(('source', 'target'), folders):
     ident = s['data'][role]
     assert ident['root'] == os.path.abspath(root) and len(ident['train']['fingerprint']) == 64
   assert [case['status'] for case in s['cases']] == ['ok', 'ok']
-  key = lambda: train._pretrain_key(c, train.data_identity(c)['source'])  # pylint: disable=protected-access
-  assert s['pretraining']['path'].endswith(key())
+  key = lambda: pretrain.key(c, inputs.data_identity(c)['source'])  # pylint: disable=protected-access
+  assert s['pretraining']['0']['path'].endswith(key())
   # A copy with the same files (same mtimes) elsewhere: the same pretrained model.
   moved = str(tmp_path / 'moved_source')
   shutil.copytree(folders[0], moved, copy_function=shutil.copy2)
   c.source_data_dir = moved
-  assert s['pretraining']['path'].endswith(key())
+  assert s['pretraining']['0']['path'].endswith(key())
   # Another folder of the same layout (new mtimes): not the first folder's pretrained model.
   other = str(tmp_path / 'other_source')
   shutil.copytree(folders[0], other, copy_function=shutil.copy)
   c.source_data_dir = other
-  assert not s['pretraining']['path'].endswith(key())
+  assert not s['pretraining']['0']['path'].endswith(key())
 
 
 def test_non_folder_source_with_a_folder_target(tiny_config, folders, tmp_path):
   c = _folder_config(tiny_config, folders)
   c.source_dataset, c.source_classes, c.source_data_dir = 'digits', (0, 1, 2, 3, 4), ''
   c.cases = (1,)
-  s = train.train_and_evaluate(c, str(tmp_path / 'w'))
-  assert s['pretraining']['dataset'] == 'digits' and s['num_classes'] == 3
+  s = sweep.train_and_evaluate(c, str(tmp_path / 'w'))
+  assert s['pretraining']['0']['dataset'] == 'digits' and s['num_classes'] == 3
   assert s['data']['source'] == {'dataset': 'digits', 'scikit_learn': s['data']['source'][
       'scikit_learn']} and 'train' in s['data']['target']
 
@@ -72,17 +74,17 @@ def test_resume_against_changed_data_is_refused(tiny_config, folders, tmp_path):
   shutil.copytree(folders[1], target, copy_function=shutil.copy2)
   c.target_data_dir = target
   work = str(tmp_path / 'w')
-  train.train_and_evaluate(c, work)
+  sweep.train_and_evaluate(c, work)
   moved = str(tmp_path / 'moved')
   shutil.copytree(target, moved, copy_function=shutil.copy2)
   c.target_data_dir = moved  # the same files elsewhere: same data, resumes
-  train.train_and_evaluate(c, work)
+  sweep.train_and_evaluate(c, work)
   os.remove(os.path.join(moved, 'test', 'class 0', '000000.jpg'))
   with pytest.raises(resume.ConfigChangedError, match=r'target_data_dir .*test'):
-    train.train_and_evaluate(c, work)
+    sweep.train_and_evaluate(c, work)
   c.target_data_dir = ''
   with pytest.raises(ValueError, match='config.target_data_dir'):
-    train.train_and_evaluate(c, work)
+    sweep.train_and_evaluate(c, work)
 
 
 def test_dry_run_of_a_folder_config_decodes_nothing(tiny_config, folders, tmp_path, monkeypatch):
@@ -90,11 +92,11 @@ def test_dry_run_of_a_folder_config_decodes_nothing(tiny_config, folders, tmp_pa
   monkeypatch.setattr(prepare, 'decode_into', lambda *a, **k: pytest.fail('decoded'))
   c = _folder_config(tiny_config, folders)
   c.dry_run = True
-  s = train.train_and_evaluate(c, str(tmp_path / 'dry'))
+  s = sweep.train_and_evaluate(c, str(tmp_path / 'dry'))
   assert s['dry_run'] and s['num_classes'] == 3 and len(s['cases']) == 2
   c.target_data_dir = str(tmp_path / 'missing')
   with pytest.raises(ValueError, match=r'config.target_data_dir=.*missing.*not a directory'):
-    train.train_and_evaluate(c, str(tmp_path / 'dry2'))
+    sweep.train_and_evaluate(c, str(tmp_path / 'dry2'))
 
 
 def _accounting(case):
@@ -109,14 +111,14 @@ def test_dry_run_accounting_equals_a_real_run_at_the_configured_batch(tiny_confi
   c.cases = (23,)
   c.batch_size = 128  # above the mock data's 64 examples
   c.steps_per_epoch = 1
-  real = train.train_and_evaluate(c, str(tmp_path / 'real'))
+  real = sweep.train_and_evaluate(c, str(tmp_path / 'real'))
   c.dry_run = True
-  dry = train.train_and_evaluate(c, str(tmp_path / 'dry'))
+  dry = sweep.train_and_evaluate(c, str(tmp_path / 'dry'))
   for r, d in zip(real['cases'], dry['cases']):
     assert _accounting(r) == _accounting(d)
     assert d['batch_size'] == 128
   c.target_dataset, c.target_classes = 'cifar10', (5, 6, 7, 8, 9)  # mock TFDS data
-  mock = train.train_and_evaluate(c, str(tmp_path / 'mock'))
+  mock = sweep.train_and_evaluate(c, str(tmp_path / 'mock'))
   assert [_accounting(m) for m in mock['cases']] == [_accounting(r) for r in real['cases']]
 
 
@@ -136,7 +138,7 @@ def test_no_thread_or_array_outlives_its_case(tiny_config, tmp_path, monkeypatch
   c.steps_per_epoch = 2  # leaves each epoch early
   c.epochs = 2
   before = {t.ident for t in threading.enumerate()}
-  train.train_and_evaluate(c, str(tmp_path / 'w'))
+  sweep.train_and_evaluate(c, str(tmp_path / 'w'))
   import gc  # pylint: disable=g-import-not-at-top
   gc.collect()
   # tqdm's monitor thread is tqdm's own, once per process; anything else is a leak (the old

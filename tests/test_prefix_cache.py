@@ -9,7 +9,8 @@ import pytest
 from configs import default
 from tljax import models
 from tljax import prefix_cache
-from tljax import train
+from tljax import case as case_lib
+from tljax import sweep
 
 
 def _names(model):
@@ -124,14 +125,14 @@ def runs(tmp_path_factory):
   """The same tiny sweep with the cache in memory, on disk, and without it."""
   root = tmp_path_factory.mktemp('prefix_cache')
   out = {}
-  out['memory'] = train.train_and_evaluate(_config(root / 'c'), str(root / 'memory'))
+  out['memory'] = sweep.train_and_evaluate(_config(root / 'c'), str(root / 'memory'))
   budget = prefix_cache.MEMORY_BUDGET_BYTES
   prefix_cache.MEMORY_BUDGET_BYTES = 0
   try:
-    out['disk'] = train.train_and_evaluate(_config(root / 'c'), str(root / 'disk'))
+    out['disk'] = sweep.train_and_evaluate(_config(root / 'c'), str(root / 'disk'))
   finally:
     prefix_cache.MEMORY_BUDGET_BYTES = budget
-  out['off'] = train.train_and_evaluate(_config(root / 'c', prefix_cache=False),
+  out['off'] = sweep.train_and_evaluate(_config(root / 'c', prefix_cache=False),
                                         str(root / 'off'))
   out['root'] = root
   return out
@@ -181,7 +182,7 @@ def test_prefix_cache_false_is_the_old_path(runs):
 
 def test_cached_step_keeps_the_whole_state_and_frozen_params(tmp_path):
   config = _config(tmp_path)
-  case = train.make_case(config, 9, num_classes=5)
+  case = case_lib.make_case(config, 9, num_classes=5)
   cut = prefix_cache.cut_index(case.model, case.trainable_names)
   compiled = prefix_cache.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                         eval_batch=16, cut=cut)
@@ -203,7 +204,7 @@ def test_keras_dropout_cache_stops_below_the_first_dropout_and_matches(tmp_path)
   out, summary = {}, None
   for cache in (True, False):
     config = _config(tmp_path / 'c', cases=(1,), frozen_dropout='keras', prefix_cache=cache)
-    summary = train.train_and_evaluate(config, str(tmp_path / str(cache)))
+    summary = sweep.train_and_evaluate(config, str(tmp_path / str(cache)))
     out[cache] = summary['cases'][0]
   assert out[True]['prefix_cache_cut_layer'] == 'dropout'
   # conv2d .. max_pooling2d's 16x16x32 output, float32, for every train and test example.

@@ -6,7 +6,8 @@ import pytest
 
 from configs import test2
 from tljax import convert
-from tljax import train
+from tljax import case as case_lib
+from tljax import sweep
 from tljax import weights
 
 
@@ -33,16 +34,16 @@ def test_cached_converted_weights_are_the_frozen_base(tmp_path):
   fake['batch_stats'] = jax.tree.map(np.abs, fake['batch_stats'])
   convert.save_converted(fake, weights.checkpoint_dir('efficientnet_b0', config.cache_dir),
                          {'model': 'efficientnet_b0'})
-  case = train.make_case(config, 0, num_classes=3,
+  case = case_lib.make_case(config, 0, num_classes=3,
                          pretrained=weights.imagenet_variables('efficientnet_b0', config.cache_dir))
   for layer in ('stem_conv', 'block1a_dwconv', 'top_conv'):
     assert np.asarray(case.variables['params'][layer]['kernel']).tobytes() == \
         fake['params'][layer]['kernel'].tobytes()
   assert case.trainable_names == ('global_average_pooling2d', 'dense', 'batch_normalization',
                                   'dropout', 'dense_1')
-  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  summary = sweep.train_and_evaluate(config, str(tmp_path / 'w'))
   c = summary['cases'][0]
-  assert summary['pretraining']['source'] == 'imagenet'
+  assert summary['pretraining']['0']['source'] == 'imagenet'
   assert c['status'] == 'ok' and c['trainable_conv_layers'] == 0
   assert c['trainable_params'] == 1280 * 128 + 128 + 2 * 128 + 128 * 3 + 3
 
@@ -53,7 +54,7 @@ def test_offline_imagenet_weights_name_the_url_and_the_path(tmp_path, monkeypatc
   monkeypatch.setattr(weights.urllib.request, 'urlopen', refuse)
   config = _config(tmp_path)
   with pytest.raises(weights.WeightsUnavailableError) as e:
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
+    sweep.train_and_evaluate(config, str(tmp_path / 'w'))
   msg = str(e.value)
   assert 'https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5' in msg
   assert str(tmp_path / 'cache') in msg

@@ -17,17 +17,19 @@ from tljax import backend
 from tljax import data
 from tljax import interrupt
 from tljax import resume
-from tljax import train
+from tljax import case as case_lib
+from tljax import compiled
+from tljax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = {'wall_s', 'compile_s', 'examples_per_s'}
 
 
 def _strip_timing(summary):
-  cases = [{k: v for k, v in c.items() if k not in TIMING} for c in summary['cases']]
-  pre = {k: v for k, v in summary['pretraining'].items()
-         if k not in TIMING | {'cached', 'path'}}  # the path names the cache folder
-  return cases, pre
+  runs = [{k: v for k, v in c.items() if k not in TIMING} for c in summary['runs']]
+  pre = {seed: {k: v for k, v in info.items() if k not in TIMING | {'cached', 'path'}}
+         for seed, info in summary['pretraining'].items()}  # the path names the cache folder
+  return runs, pre
 
 
 def _metrics(workdir, pretrain=False):
@@ -84,7 +86,7 @@ def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path, reference
   again = subprocess.run(_cmd(killed, cache), env=env, capture_output=True, text=True,
                          timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert 'Case 1 finished in an earlier run' in again.stderr
+  assert 'Case last:1, seed 0 finished in an earlier run' in again.stderr
   assert 'resuming from the checkpoint at step' in again.stderr
   a = json.loads((ref_dir / 'summary.json').read_text())
   b = json.loads((killed / 'summary.json').read_text())
@@ -137,7 +139,8 @@ def test_a_signal_checkpoints_and_exits_with_how_to_resume(tmp_path, reference, 
   assert again_cmd == shlex.join([os.path.basename(sys.executable), *cmd[1:]])
   assert not (work / 'cases' / 'case_9.json').exists()
   if case == 9:  # case 1 finished before the signal: its record and the summary are written
-    assert [c['case'] for c in json.loads((work / 'summary.json').read_text())['cases']] == [1]
+    assert [c['case'] for c in json.loads((work / 'summary.json').read_text())['cases']] == [
+        'last:1']
   again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'resuming from the checkpoint at step {saved}' in again.stderr
@@ -151,20 +154,20 @@ def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp
                                                                  monkeypatch):
   tiny_config.cases = (1, 9)
   tiny_config.pretrained = 'none'  # the first compilation is case 1's
-  real = train.compile_steps
-  monkeypatch.setattr(train, 'compile_steps', lambda *a, **k: (
+  real = compiled.compile_steps
+  monkeypatch.setattr(compiled, 'compile_steps', lambda *a, **k: (
       interrupt.request(signal.SIGTERM), real(*a, **k))[1])  # arrives while case 1 compiles
   try:
     with pytest.raises(interrupt.Interrupted) as e:
-      train.train_and_evaluate(tiny_config, str(tmp_path))
+      sweep.train_and_evaluate(tiny_config, str(tmp_path))
   finally:
     interrupt.reset()
   assert e.value.signum == signal.SIGTERM and e.value.detail == 'before compiling case 9'
   assert e.value.exit_code == 143
   assert not list(tmp_path.glob('cases/*.json'))  # no case trained
-  monkeypatch.setattr(train, 'compile_steps', real)
-  summary = train.train_and_evaluate(tiny_config, str(tmp_path))  # the rerun: lock released
-  assert [c['case'] for c in summary['cases']] == [1, 9]
+  monkeypatch.setattr(compiled, 'compile_steps', real)
+  summary = sweep.train_and_evaluate(tiny_config, str(tmp_path))  # the rerun: lock released
+  assert [c['case'] for c in summary['cases']] == ['last:1', 'last:9']
 
 
 def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, tmp_path,
@@ -173,7 +176,7 @@ def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, 
   tiny_config.pretrained = 'none'
   tiny_config.epochs, tiny_config.steps_per_epoch, tiny_config.log_every_steps = 2, 5, 4
   tiny_config.checkpoint_every_steps = 0
-  ref = train.train_and_evaluate(tiny_config, str(tmp_path / 'ref'))
+  ref = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'ref'))
   real, calls = interrupt.requested, []
 
   def signal_before_step_7():  # checked once before each step: steps 5 and 6 are not logged yet
@@ -185,35 +188,35 @@ def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, 
   monkeypatch.setattr(interrupt, 'requested', signal_before_step_7)
   try:
     with pytest.raises(interrupt.Interrupted) as e:
-      train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+      sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   finally:
     interrupt.reset()
   assert e.value.detail.startswith('case 9, step 6 of 10, checkpoint saved in')
   monkeypatch.setattr(interrupt, 'requested', real)
-  again = train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  again = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   assert _strip_timing(again) == _strip_timing(ref)
   assert _metrics(tmp_path / 'ref') == _metrics(tmp_path / 'w')  # step 8 averages steps 5-8
 
 
 def test_the_resume_command_is_the_same_one_without_restart():
-  argv = ['launch.py', '--workdir=w', '--config.restart=True', '--config.seed=3',
+  argv = ['launch.py', '--workdir=w', '--config.restart=True', '--config.batch_size=3',
           '--config.name=a b']
   assert interrupt.resume_command(argv).endswith(
-      "launch.py --workdir=w --config.seed=3 '--config.name=a b'")
+      "launch.py --workdir=w --config.batch_size=3 '--config.name=a b'")
 
 
 def test_changed_config_is_refused_unless_restart(tiny_config, tmp_path):
   tiny_config.cases = (1,)
   tiny_config.pretrained = 'none'  # the config check is the point, not pretraining
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  sweep.train_and_evaluate(tiny_config, str(tmp_path))
   tiny_config.learning_rate = 0.01
   tiny_config.progress = True  # safe: changes no number
   with pytest.raises(resume.ConfigChangedError, match=r'learning_rate: 0.001 -> 0.01'):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    sweep.train_and_evaluate(tiny_config, str(tmp_path))
   summary = json.loads((tmp_path / 'summary.json').read_text())
   assert summary['config']['learning_rate'] == 0.001  # the earlier results are untouched
   tiny_config.restart = True
-  again = train.train_and_evaluate(tiny_config, str(tmp_path))
+  again = sweep.train_and_evaluate(tiny_config, str(tmp_path))
   assert again['config']['learning_rate'] == 0.01
 
 
@@ -228,7 +231,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path, mon
     return optax.chain(real_adam(lr), optax.scale(np.nan)) if len(made) == 1 else real_adam(lr)
 
   monkeypatch.setattr(optax, 'adam', adam_that_blows_up_first_case)
-  summary = train.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = sweep.train_and_evaluate(tiny_config, str(tmp_path))
   first, second = summary['cases']
   # Step 1's loss is finite (computed before the NaN update); step 2's is NaN.
   assert first['status'] == 'diverged' and first['diverged_at_step'] == 2
@@ -242,10 +245,10 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path, mon
 
 def test_same_config_and_seed_same_summary(tiny_config, tmp_path):
   tiny_config.cases = (9,)
-  a = train.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
-  b = train.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
+  a = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
+  b = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
   assert _strip_timing(a) == _strip_timing(b)
-  assert a['seed'] == 0
+  assert a['seeds'] == [0]
   assert {'jax', 'flax', 'optax', 'xla_flags', 'backend', 'xla_compiler_options'} <= set(a['environment'])
   assert a['environment']['xla_compiler_options'] == backend.compiler_options(tiny_config)
 
@@ -253,20 +256,20 @@ def test_same_config_and_seed_same_summary(tiny_config, tmp_path):
 def test_wrong_image_size_for_the_model(tiny_config, tmp_path):
   tiny_config.image_size = 64
   with pytest.raises(ValueError, match=r"config.image_size=64: model 'small_cnn' takes exactly 32x32"):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    sweep.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_unwritable_workdir_fails_before_training(tiny_config, tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   with pytest.raises(PermissionError, match='is not writable'):
-    train.train_and_evaluate(tiny_config, str(blocker / 'w'))
+    sweep.train_and_evaluate(tiny_config, str(blocker / 'w'))
 
 
 def test_full_disk_fails_before_training(tiny_config, tmp_path, monkeypatch):
   monkeypatch.setattr(resume.shutil, 'disk_usage', lambda p: type('U', (), {'free': 10 * 2**20})())
   with pytest.raises(OSError, match=r'Only 10 MiB free on the disk of'):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    sweep.train_and_evaluate(tiny_config, str(tmp_path))
   assert not (tmp_path / 'summary.json').exists()
 
 
@@ -275,7 +278,7 @@ def test_too_little_memory_suggests_a_batch(tiny_config, tmp_path, monkeypatch):
   tiny_config.pretrained = 'none'
   monkeypatch.setattr(resume, 'available_memory_bytes', lambda: 12 * 2**20)
   with pytest.raises(MemoryError, match=r'Case 23 needs \d+ MiB .* Try --config.batch_size=\d+'):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    sweep.train_and_evaluate(tiny_config, str(tmp_path))
   assert not (tmp_path / 'summary.json').exists()  # nothing trained
 
 
@@ -285,11 +288,11 @@ def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
   tiny_config.checkpoint_every_steps = 1
   tiny_config.steps_per_epoch = 4
   tiny_config.log_every_steps = 1
-  train.train_and_evaluate(tiny_config, str(tmp_path))
+  sweep.train_and_evaluate(tiny_config, str(tmp_path))
   # Make case 1 look unfinished with a damaged checkpoint.
   os.remove(tmp_path / 'cases' / 'case_1.json')
   ck = resume.Checkpoints(resume.case_dir(str(tmp_path), 1))
-  case = train.make_case(tiny_config, 1, num_classes=5)
+  case = case_lib.make_case(tiny_config, 1, num_classes=5)
   ck.save(case.state, {'step': 2, 'epoch': 0, 'wall_s': 0.0})
   for root, _, files in os.walk(resume.case_dir(str(tmp_path), 1)):
     for f in files:
@@ -297,7 +300,7 @@ def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
         with open(os.path.join(root, f), 'wb') as fh:
           fh.write(b'garbage')
   with pytest.raises(ValueError, match=r'checkpoint .*case_1/2 cannot be read'):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    sweep.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):

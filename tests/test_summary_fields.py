@@ -9,7 +9,8 @@ import pytest
 
 from conftest import shrunk_default
 from tljax import report
-from tljax import train
+from tljax import compiled
+from tljax import sweep
 
 CASES = (1, 9, 23)
 # Forward MACs per example of the small CNN's weighted layers (digits 5-9: 5 classes), by the
@@ -31,7 +32,7 @@ def run(tmp_path_factory):
   c = shrunk_default(tmp / 'cache')
   c.log_every_steps = 10  # the default config's
   c.cases = CASES
-  summary = train.train_and_evaluate(c, str(tmp / 'w'))
+  summary = sweep.train_and_evaluate(c, str(tmp / 'w'))
   with open(tmp / 'w' / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   return c, summary, rows
@@ -43,7 +44,7 @@ def _sizes(tree):
 
 def test_params_counts_from_the_variables(run):
   config, summary, _ = run
-  model = train._model(config, summary['num_classes'])
+  model = compiled.model_for(config, summary['num_classes'])
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 1))))
   params, stats = _sizes(shapes['params']), _sizes(shapes['batch_stats'])
   assert sum(params.values()) + sum(stats.values()) == 552_298 - (128 * 10 + 10) + (128 * 5 + 5)  # 5 classes

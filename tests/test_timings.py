@@ -5,7 +5,8 @@ import types
 import pytest
 
 from tljax import backend
-from tljax import train
+from tljax import case as case_lib
+from tljax import sweep
 
 TRAIN_S, EVAL_S = 1.0, 10.0
 
@@ -21,14 +22,14 @@ def fake_compile_clock(monkeypatch):
     return real_compile(lowered, config)
 
   monkeypatch.setattr(backend, 'compile', compile_)
-  monkeypatch.setattr(train, 'time', types.SimpleNamespace(perf_counter=lambda: clock[0]))
-  monkeypatch.setattr(train, '_EVAL_CACHE', {})  # the eval step is compiled in this test
+  monkeypatch.setattr(compiled, 'time', types.SimpleNamespace(perf_counter=lambda: clock[0]))
+  monkeypatch.setattr(compiled, '_EVAL_CACHE', {})  # the eval step is compiled in this test
   return clock
 
 
 def test_each_case_compile_s_is_its_own(tiny_config, fake_compile_clock):
   tiny_config.prefix_cache = False
-  plans = [train._plan_case(tiny_config, n, None, 5, 128) for n in (1, 23)]
+  plans = [case_lib.plan_case(tiny_config, n, 5, 128) for n in (1, 23)]
   # Before: the first case to compile the shared eval step counted it (11 s, then 1 s).
   assert [p.compile_s for p in plans] == [TRAIN_S, TRAIN_S]
   assert [p.eval_compile_s for p in plans] == [EVAL_S, EVAL_S]
@@ -39,6 +40,6 @@ def test_summary_reports_the_eval_compilation_once(tiny_config, fake_compile_clo
   tiny_config.prefix_cache = False
   tiny_config.pretrained = 'none'
   tiny_config.cases = (1, 4)
-  summary = train.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  summary = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   assert summary['eval_compile_s'] == EVAL_S
   assert [c['compile_s'] for c in summary['cases']] == [TRAIN_S, TRAIN_S]

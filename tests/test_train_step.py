@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from tljax import train
+from tljax import case as case_lib
+from tljax import compiled
 
 
 def _batch(config, seed):
@@ -17,9 +18,9 @@ def _batch(config, seed):
 @pytest.mark.parametrize('n', [4, 9])
 def test_frozen_bit_identical_trainable_moves(tiny_config, n):
   config = tiny_config
-  case = train.make_case(config, n, num_classes=5)
+  case = case_lib.make_case(config, n, num_classes=5)
   before = jax.device_get(case.state)
-  train_c, _, _ = train.compile_steps(case.model, case.tx, case.trainable, case.state, config,
+  train_c, _, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                       eval_batch=16)
   state = case.state
   for i in range(4):
@@ -47,8 +48,8 @@ def test_frozen_bit_identical_trainable_moves(tiny_config, n):
 def test_same_seed_same_numbers(tiny_config):
   outs = []
   for _ in range(2):
-    case = train.make_case(tiny_config, 9, num_classes=5)
-    train_c, _, _ = train.compile_steps(case.model, case.tx, case.trainable, case.state,
+    case = case_lib.make_case(tiny_config, 9, num_classes=5)
+    train_c, _, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state,
                                         tiny_config, eval_batch=16)
     state = case.state
     losses = []

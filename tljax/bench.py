@@ -184,7 +184,7 @@ def case_label(spec, n):
 
 
 def _config(spec):
-  """configs/base.py's defaults (every field train.make_case may read) with the spec's shape."""
+  """configs/base.py's defaults (every field case_lib.make_case may read) with the spec's shape."""
   try:
     from configs import base  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -218,20 +218,21 @@ def _random_batch(spec, seed=0):
 
 
 def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
-  """Compiles case `n` with train.compile_steps and times its train step."""
+  """Compiles case `n` with compiled.compile_steps and times its train step."""
   import jax  # pylint: disable=g-import-not-at-top
   from tljax import accounting  # pylint: disable=g-import-not-at-top
-  from tljax import train  # pylint: disable=g-import-not-at-top
+  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax import compiled  # pylint: disable=g-import-not-at-top
   config = _config(spec)
   timing = timing or spec['timing']
-  case = train.make_case(config, n, spec['num_classes'])
+  case = case_lib.make_case(config, n, spec['num_classes'])
   model = case.model if impl is None else case.model.clone(depthwise_impl=impl)
-  train_c, _, compile_s = train.compile_steps(model, case.tx, case.trainable, case.state, config,
+  train_c, _, compile_s = compiled.compile_steps(model, case.tx, case.trainable, case.state, config,
                                               eval_batch=spec['batch_size'])
   cost = accounting.xla_costs(train_c)
   twin = accounting.counting_model(model)
   if twin is not None:  # the FLOPs of the slices formulation, whichever runs (README "FLOPs")
-    twin_c = train.compile_steps(twin, case.tx, case.trainable, case.state, config,
+    twin_c = compiled.compile_steps(twin, case.tx, case.trainable, case.state, config,
                                  eval_batch=spec['batch_size'])[0]
     cost = accounting.with_counted_flops(cost, accounting.xla_costs(twin_c))
   x, y = _random_batch(spec)

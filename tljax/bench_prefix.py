@@ -8,7 +8,9 @@ import jax
 import numpy as np
 
 from tljax import data
-from tljax import train
+from tljax import inputs
+from tljax import compiled
+from tljax import sweep
 
 # Train/test examples of the synthetic target per model (full run, --quick run).
 SIZES = {'small_cnn': {'full': (10000, 2000), 'quick': (3000, 600)},
@@ -42,12 +44,12 @@ def run_case(config, spec, n_train, n_test, use_cache):
   splits = {'train': synthetic(spec, n_train, 'train', 1), 'test': synthetic(spec, n_test, 'test', 2)}
   # Both runs start cold: no compiled step of an earlier run is reused.
   jax.clear_caches()
-  train._EVAL_CACHE.clear()  # pylint: disable=protected-access
-  train._INIT_CACHE.clear()  # pylint: disable=protected-access
+  compiled._EVAL_CACHE.clear()  # pylint: disable=protected-access
+  compiled._INIT_CACHE.clear()  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir, mock.patch.object(
-      train, '_load', lambda config, role, split: splits[split]):
+      inputs, 'load', lambda config, role, split: splits[split]):
     t0 = time.perf_counter()
-    summary = train.train_and_evaluate(c, workdir)
+    summary = sweep.train_and_evaluate(c, workdir)
     run_s = time.perf_counter() - t0
   case = summary['cases'][0]
   return dict(prefix_cache=case['prefix_cache'], cut_layer=case['prefix_cache_cut_layer'],

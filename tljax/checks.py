@@ -122,7 +122,9 @@ FIELDS = {
     'batch_size': _int_at_least(1),
     'eval_batch_size': _int_at_least(1),
     'learning_rate': _number_in(0, 10, lo_open=True, hi_open=True),
-    'seed': Field(int, lambda v, c: 0 <= v <= MAX_SEED, f'must be an int in [0, {MAX_SEED}]'),
+    'seeds': Field((tuple, list), lambda v, c: len(v) > 0 and len(set(v)) == len(v) and all(
+        _is(int, s) and 0 <= s <= MAX_SEED for s in v),
+                   f'must be a non-empty tuple of distinct ints in [0, {MAX_SEED}]'),
     'prefix_cache': Field(bool, lambda v, c: True, 'must be True or False'),
     'e_mac_j': _number_in(0, MAX_E_MAC_J, lo_open=True, hi_open=False,
                           what=' (J per multiply-accumulate; 3.2 pJ = 3.2e-12)'),

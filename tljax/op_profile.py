@@ -85,12 +85,13 @@ def main(argv=None):
   args = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from tljax import bench  # pylint: disable=g-import-not-at-top
-  from tljax import train  # pylint: disable=g-import-not-at-top
+  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax import compiled  # pylint: disable=g-import-not-at-top
   spec = bench.model_specs(True, models=(args.model,))[0]
   spec['xla_cpu_tuning'] = not args.no_xla_cpu_tuning
   config = bench._config(spec)  # pylint: disable=protected-access
-  case = train.make_case(config, args.case, spec['num_classes'])
-  train_c, _, _ = train.compile_steps(case.model, case.tx, case.trainable, case.state, config,
+  case = case_lib.make_case(config, args.case, spec['num_classes'])
+  train_c, _, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                       eval_batch=spec['batch_size'])
   names = op_names(train_c.as_text())
   x, y = (jax.device_put(a) for a in bench._random_batch(spec))  # pylint: disable=protected-access

@@ -15,11 +15,13 @@ from tljax import report
 # Config fields that change no number in the summary: a workdir may be resumed with them changed.
 # The data folders' paths are among them because their contents are checked instead
 # (check_data: a fingerprint of every file), so a moved copy resumes and a changed folder does not.
+# The budget fields only choose the recommendation, which every run recomputes from the records.
 SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_data_dir',
-               'data_memory_mb', 'restart', 'checkpoint_every_steps')
+               'data_memory_mb', 'restart', 'checkpoint_every_steps', 'max_energy_per_example_j',
+               'max_train_memory_mb', 'min_accuracy', 'budget_memory')
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
-OUTPUTS = ('summary.json', 'results.csv', 'metrics.jsonl', 'figure.png', 'config.json',
-           'data.json')
+OUTPUTS = ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl', 'figure.png',
+           'pareto.png', 'config.json', 'data.json')
 DIRS = ('cases', 'checkpoints')
 # Free disk space required before training starts, besides the checkpoints themselves.
 MIN_FREE_BYTES = 200 * 2**20
@@ -126,12 +128,13 @@ def check_data(workdir, identity):
   report.write_json(path, identity)
 
 
-def case_dir(workdir, case):
-  return os.path.join(workdir, 'checkpoints', f'case_{case}')
+def case_dir(workdir, run):
+  """The checkpoints of one run (`run`: a (case, seed) key, case.run_key, or a pretraining's)."""
+  return os.path.join(workdir, 'checkpoints', str(run))
 
 
-def done_path(workdir, case):
-  return os.path.join(workdir, 'cases', f'case_{case}.json')
+def done_path(workdir, run):
+  return os.path.join(workdir, 'cases', f'{run}.json')
 
 
 def load_done(workdir, case, fingerprint):
@@ -152,7 +155,7 @@ def load_done(workdir, case, fingerprint):
   stored = record.pop('fingerprint', None)
   if stored == fingerprint:
     return record
-  away = os.path.join(workdir, 'cases', 'discarded', f'case_{case}_{(stored or "none")[:12]}.json')
+  away = os.path.join(workdir, 'cases', 'discarded', f'{case}_{(stored or "none")[:12]}.json')
   os.makedirs(os.path.dirname(away), exist_ok=True)
   os.replace(path, away)
   logging.warning('Case %s: its record was made by another config or data (fingerprint %s, this '
@@ -233,10 +236,11 @@ def _from_tree(like_state, tree):
                             rng=jax.random.wrap_key_data(tree['rng']))
 
 
-def filter_metrics(path, keep_cases, resume_steps):
-  """Rewrites metrics.jsonl keeping the lines of `keep_cases` (finished) and those of the cases
+def filter_metrics(path, keep_runs, resume_steps):
+  """Rewrites metrics.jsonl keeping the lines of `keep_runs` (finished) and those of the runs
   in `resume_steps` up to their checkpoint's step; lines written after a checkpoint (or by a
-  case that left none) are dropped, since the resumed run writes them again."""
+  run that left none) are dropped, since the resumed run writes them again. A line's run is
+  its 'run' field (case.run_key)."""
   if not os.path.exists(path):
     return
   keep = []
@@ -246,8 +250,8 @@ def filter_metrics(path, keep_cases, resume_steps):
         rec = json.loads(line)
       except json.JSONDecodeError:  # a line cut by the kill
         continue
-      case = rec.get('case')
-      if case in keep_cases or (case in resume_steps and rec.get('step', 0) <= resume_steps[case]):
+      run = rec.get('run')
+      if run in keep_runs or (run in resume_steps and rec.get('step', 0) <= resume_steps[run]):
         keep.append(line if line.endswith('\n') else line + '\n')
   report.atomic_write_bytes(path, ''.join(keep).encode())
 

@@ -8,7 +8,7 @@ from absl import logging
 from tljax import console
 from tljax import data
 from tljax import interrupt
-from tljax import train
+from tljax import sweep
 from tljax import weights
 
 # Failures caused by the user's input or environment: shown as a message, not a traceback.
@@ -19,7 +19,7 @@ USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
 def main(config, workdir):
   console.quiet_libraries()
   try:
-    summary = train.train_and_evaluate(config, workdir)
+    summary = sweep.train_and_evaluate(config, workdir)
   except interrupt.Interrupted as e:  # checkpointed: one line that says how to go on
     sys.stderr.write(f'tljax: stopped by {signal.Signals(e.signum).name} ({e.detail}); finished '
                      f'cases are kept in {workdir}. To resume, run the same command: '

@@ -1,0 +1,218 @@
+"""One freeze case: its model, variables and freeze labels, its compiled steps, its training."""
+
+import dataclasses
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import optax
+
+from tljax import accounting
+from tljax import compiled
+from tljax import fit
+from tljax import freezing
+from tljax import inputs
+from tljax import interrupt
+from tljax import prefix_cache
+from tljax import record
+from tljax import resume
+from tljax.steps import TrainState
+
+
+@dataclasses.dataclass
+class Case:
+  """Everything one freeze case trains with, for one seed."""
+  spec: freezing.CaseSpec
+  model: Any
+  layers: tuple
+  trainable_names: tuple  # the layers in training mode (spec.active_layers)
+  variables: dict
+  labels: Any
+  trainable: Any  # static tree of bools over params
+  tx: Any
+  state: TrainState
+  reinit: set
+
+  @property
+  def name(self):
+    return self.spec.name
+
+
+def make_case(config, case, num_classes, pretrained=None):
+  """The model, variables, freeze labels, optimiser and initial state of `case` (an int, a case
+  string or rules; freezing.case_spec) at the seed of `config`."""
+  layers = compiled.model_for(config, num_classes).keras_layers()
+  spec = case if isinstance(case, freezing.CaseSpec) else freezing.case_spec(
+      case, layers, config.case_counting)
+  frozen = {l.name for l in layers} - set(spec.active_layers)
+  model = compiled.model_for(config, num_classes, frozen)
+  fresh = compiled.init_variables(model, config,
+                                  jax.random.fold_in(jax.random.key(compiled.seed_of(config)), 2))
+  reinit = head_to_reinit(config, layers, pretrained, fresh)
+  variables = fresh if pretrained is None else merge(fresh, pretrained, layers, reinit)
+  labels = freezing.label_tree(variables['params'], spec.rules)
+  logging.info('Case %s: %d layers in training mode: %s', spec.name, len(spec.active_layers),
+               ', '.join(spec.active_layers))
+  tx = freezing.make_optimizer(optax.adam(config.learning_rate), labels)
+  state = compiled.new_state(variables, tx, compiled.seed_of(config))
+  trainable = jax.tree.map(lambda l: l == freezing.TRAINABLE, labels)
+  return Case(spec, model, layers, spec.active_layers, variables, labels, trainable, tx, state,
+              reinit)
+
+
+def merge(fresh, pretrained, layers, new_head_layers):
+  """Fresh variables overwritten by pretrained ones, strictly: every base layer must come from
+  `pretrained` with the same shapes; layers in `new_head_layers` keep their fresh init."""
+  out = {}
+  base = {l.name for l in layers if l.base}
+  for col, tree in fresh.items():
+    out[col] = {}
+    src = pretrained.get(col, {})
+    for name, sub in tree.items():
+      if name in new_head_layers or (name not in src and name not in base):
+        out[col][name] = sub
+        continue
+      if name not in src:
+        raise ValueError(f'Pretrained weights lack {col}/{name}.')
+      fs, ps = jax.tree.map(jnp.shape, sub), jax.tree.map(jnp.shape, src[name])
+      if fs != ps:
+        raise ValueError(f'Pretrained {col}/{name} has shapes {ps}, the model needs {fs}.')
+      out[col][name] = src[name]
+    extra = set(src) - set(tree)
+    if extra:
+      raise ValueError(f'Pretrained weights have layers the model lacks: {sorted(extra)}.')
+  return out
+
+
+def same_task(config):
+  """Whether the target task is the source task: the same dataset (for image folders, the same
+  folder) with the same classes, in the same order. Only then may `new_head='auto'` keep the
+  source classifier."""
+  return (config.pretrained == 'source' and config.source_dataset == config.target_dataset
+          and config.source_data_dir == config.target_data_dir
+          and tuple(config.source_classes) == tuple(config.target_classes))
+
+
+def head_to_reinit(config, layers, pretrained, fresh):
+  """Layers to re-initialise for the target task: the classifier, unless `new_head='never'` or
+  `'auto'` with the same task as the source (a 10-class classifier of digits is no classifier
+  of objects, whatever its shape)."""
+  classifier = [l.name for l in layers if l.kind == 'Dense'][-1:]
+  if pretrained is None:
+    return set()
+  src = pretrained['params']
+  if config.new_head == 'always' or (config.new_head == 'auto' and not same_task(config)):
+    return set(classifier) | {l.name for l in layers if not l.base and l.name not in src}
+  differs = {n for n in classifier if n in src and
+             jax.tree.map(jnp.shape, src[n]) != jax.tree.map(jnp.shape, fresh['params'][n])}
+  if differs:
+    raise ValueError(f"config.new_head={config.new_head!r} keeps the source classifier, but "
+                     f'{sorted(differs)} changes shape for the target classes; use '
+                     "config.new_head='auto' or 'always'.")
+  return set()
+
+
+@dataclasses.dataclass
+class Plan:
+  """A case compiled, with its costs, before any case trains (the same for every seed)."""
+  case: Case
+  train_c: Any
+  eval_c: Any
+  compile_s: float
+  train_cost: dict
+  eval_cost: dict
+  eval_batch: int
+  eval_compile_s: float  # the shared eval step's compilation: reported once, not per case
+  cached: Any = None  # prefix_cache.Compiled when the case trains on cached prefix activations
+
+
+def plan_case(config, case, num_classes, eval_batch, mesh=None):
+  """Makes `case` (random weights: compiling needs only shapes) and compiles its steps."""
+  c = make_case(config, case, num_classes)
+  interrupt.check(f'before compiling case {c.name}')
+  train_c, eval_c, compile_s = compiled.compile_steps(c.model, c.tx, c.trainable, c.state,
+                                                      config, eval_batch, mesh)
+  eval_s = compiled.eval_compile_s(c.model, c.state, config, eval_batch, mesh)
+  devices = mesh.num_devices if mesh is not None else 1
+  train_cost = accounting.xla_costs(train_c, devices)
+  eval_cost = accounting.xla_costs(eval_c, devices)
+  cached = None
+  cut = prefix_cache.cut_index(c.model, c.trainable_names)
+  if config.prefix_cache and cut > 0 and jax.process_count() == 1:
+    cached = prefix_cache.compile_steps(c.model, c.tx, c.trainable, c.state, config,
+                                        eval_batch, cut, mesh)
+  counting = accounting.counting_model(c.model)
+  if counting is not None:  # the FLOPs of the same steps with slices depthwise (compiled only)
+    twin_train, twin_eval, twin_s = compiled.compile_steps(counting, c.tx, c.trainable, c.state,
+                                                           config, eval_batch, mesh)
+    compile_s += twin_s
+    eval_s += compiled.eval_compile_s(counting, c.state, config, eval_batch, mesh)
+    train_cost = accounting.with_counted_flops(train_cost, accounting.xla_costs(twin_train, devices))
+    eval_cost = accounting.with_counted_flops(eval_cost, accounting.xla_costs(twin_eval, devices))
+    if cached is not None:
+      prefix_cache.count_on(cached, prefix_cache.compile_steps(
+          counting, c.tx, c.trainable, c.state, config, eval_batch, cut, mesh))
+  c.state = None  # built again when the case trains: no case holds memory while waiting
+  return Plan(c, train_c, eval_c, compile_s, train_cost, eval_cost, eval_batch, eval_s, cached)
+
+
+def check_memory(config, plans):
+  """Fails before training when a compiled step needs more memory than the device has."""
+  available = resume.available_memory_bytes()
+  for p in plans:
+    need = p.train_cost.get('memory_bytes')
+    if need and need > available:
+      fixed = p.train_cost['argument_bytes']
+      per_example = max(need - fixed, 1) / config.batch_size
+      fits = int(max(available * 0.9 - fixed, 0) // per_example)
+      raise MemoryError(
+          f'Case {p.case.name} needs {need / 2**20:.0f} MiB for its train step at '
+          f'config.batch_size={config.batch_size} (XLA memory analysis), but only '
+          f'{available / 2**20:.0f} MiB are available. Try --config.batch_size={max(fits, 1)}'
+          + ('' if fits else ' or a smaller model/image size') + '.')
+
+
+def run_key(name, seed):
+  """The name of one (case, seed) run in the workdir: checkpoints, records, metrics."""
+  return f'{freezing.case_slug(name)}_seed{seed}'
+
+
+def run_case(config, plan, case, target, target_test, metrics, workdir, mesh=None):
+  """Trains `case` (this seed's weights) with the compiled steps of `plan`; its record."""
+  key = run_key(case.name, compiled.seed_of(config))
+  state = compiled.new_state(case.variables, case.tx, compiled.seed_of(config), mesh)
+  ckpt = None if config.dry_run else resume.Checkpoints(resume.case_dir(workdir, key))
+  try:
+    out = _train(config, plan, state, (target, target_test), metrics,
+                 dict(case=case.name, seed=compiled.seed_of(config), run=key),
+                 os.path.join(workdir, f'cache_{key}'), ckpt, mesh)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+  return record.run_record(config, plan, case, out)
+
+
+def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):
+  """Fits and evaluates one run, on cached prefix activations when the plan has them."""
+  prep = inputs.prep_fn(config, config.target_dataset)
+  train_c, eval_c, (train_arrays, test_arrays) = plan.train_c, plan.eval_c, splits
+  cache = None
+  try:
+    if plan.cached is not None:  # frozen prefix once per example; train and evaluate the suffix
+      cache = prefix_cache.build(plan.cached, state, splits, batch=config.batch_size, prep=prep,
+                                 directory=cache_dir, mesh=mesh)
+      train_c, eval_c = plan.cached.train, plan.cached.eval
+      train_arrays, test_arrays, prep = cache.train, cache.test, prefix_cache.identity_prep
+    desc = f'{tags["case"]} (seed {tags["seed"]})'
+    state, steps, wall, diverged_at = fit.fit(
+        state, train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
+        metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh)
+    acc = loss = None
+    if diverged_at is None:
+      acc, loss = fit.evaluate(eval_c, state, test_arrays, config, prep, mesh)
+  finally:
+    if cache is not None:
+      cache.delete()
+  return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache)

@@ -1,0 +1,158 @@
+"""The loop of one training run: compiled steps over epochs, checkpoints, logs; and evaluation."""
+
+import dataclasses
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from tljax import compiled
+from tljax import data
+from tljax import interrupt
+
+
+@dataclasses.dataclass
+class _Progress:
+  """Where a run stands: steps done, seconds trained before this process, metrics not logged."""
+  steps: int = 0
+  wall_before: float = 0.0
+  pending: list = dataclasses.field(default_factory=list)
+  last_ckpt: int = 0
+  t0: float = 0.0
+  t_log: float = 0.0
+  steps_log: int = 0
+  diverged_at: Any = None
+
+  def wall(self):
+    return self.wall_before + time.perf_counter() - self.t0
+
+
+def steps_per_epoch(config, arrays):
+  """Train steps per epoch: whole batches, at most config.steps_per_epoch when it is set."""
+  n = len(arrays) // config.batch_size
+  if n == 0:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
+                     f'{len(arrays)} training examples of {arrays.name!r}.')
+  return min(n, config.steps_per_epoch) if config.steps_per_epoch else n
+
+
+def fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, tags, ckpt=None,
+        mesh=None):
+  """Runs the compiled step over `epochs` epochs, from the latest checkpoint in `ckpt` if any.
+
+  Checkpoints (every config.checkpoint_every_steps, at logging steps so no metric is pending)
+  hold the whole train state; the data position follows from its step, since batches depend
+  only on (seed, epoch, index). `tags` ({'case', 'seed', 'run'}) label the metrics lines.
+  Returns (state, steps, wall_s, diverged_at).
+  """
+  per_epoch = steps_per_epoch(config, arrays)
+  total = epochs * per_epoch
+  state, p = _restore(state, ckpt, mesh, desc, total)
+  bar = tqdm.tqdm(total=total, initial=p.steps, desc=desc, unit='step',
+                  disable=not config.progress, dynamic_ncols=True)
+  p.t0 = p.t_log = time.perf_counter()
+  p.steps_log = p.steps
+  for epoch in range(p.steps // per_epoch, epochs):
+    batches = data.train_batches(arrays, config.batch_size, seed=compiled.seed_of(config), epoch=epoch,
+                                 start_step=p.steps - epoch * per_epoch, prep=prep)
+    for images, labels in data.prefetch(batches):
+      if p.steps >= (epoch + 1) * per_epoch:
+        break
+      if interrupt.requested():  # SIGINT/SIGTERM: checkpoint this step (and pending metrics)
+        bar.close()
+        _stop(state, p, ckpt, epoch, f'{desc}, step {p.steps} of {total}')
+      if mesh is not None:
+        images, labels = mesh.put_batch(images), mesh.put_batch(labels)
+      state, m = train_c(state, images, labels)
+      p.pending.append(m)
+      p.steps += 1
+      bar.update(1)
+      if p.steps % config.log_every_steps and p.steps != total:
+        continue
+      if _log(p, config, metrics, tags, epoch, bar, desc):
+        bar.close()
+        return state, p.steps, p.wall(), p.diverged_at
+      if (ckpt is not None and config.checkpoint_every_steps and p.steps < total
+          and p.steps - p.last_ckpt >= config.checkpoint_every_steps):
+        ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'wall_s': p.wall()})
+        p.last_ckpt = p.steps
+  jax.block_until_ready(state)
+  bar.close()
+  return state, p.steps, p.wall(), p.diverged_at
+
+
+def _restore(state, ckpt, mesh, desc, total):
+  """(state, progress) from the latest checkpoint of `ckpt`, or the fresh ones."""
+  p = _Progress()
+  if ckpt is not None and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    if mesh is not None:
+      state = mesh.put_replicated(state)
+    p.steps, p.wall_before = int(meta['step']), float(meta['wall_s'])
+    p.pending = _unpack_pending(meta.get('pending'))
+    logging.info('%s: resuming from the checkpoint at step %d of %d', desc, p.steps, total)
+  p.last_ckpt = p.steps
+  return state, p
+
+
+def _stop(state, p, ckpt, epoch, where):
+  """Checkpoints the state (with its pending metrics) and raises interrupt.Interrupted."""
+  if ckpt is not None and p.steps > p.last_ckpt:
+    ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'pending': _pack_pending(p.pending),
+                      'wall_s': p.wall()})
+  interrupt.check(where + (f', checkpoint saved in {ckpt.directory}'
+                           if ckpt is not None and p.steps else ''))
+
+
+def _log(p, config, metrics, tags, epoch, bar, desc):
+  """Writes the metrics line of the pending steps; True when a loss was not finite."""
+  vals = jax.device_get(p.pending)
+  p.pending = []
+  loss = float(np.mean([v['loss'] for v in vals]))
+  acc = float(np.mean([v['accuracy'] for v in vals]))
+  now = time.perf_counter()
+  rate = (p.steps - p.steps_log) * config.batch_size / max(now - p.t_log, 1e-9)
+  p.t_log, p.steps_log = now, p.steps
+  metrics.write(**tags, step=p.steps, epoch=epoch, train_loss=loss, train_accuracy=acc,
+                examples_per_s=rate)
+  bar.set_postfix(loss=f'{loss:.4f}', ex_per_s=f'{rate:.0f}')
+  bad = [j for j, v in enumerate(vals) if not np.isfinite(v['loss'])]
+  if bad:
+    p.diverged_at = p.steps - len(vals) + bad[0] + 1
+    logging.warning('%s: loss is not finite at step %d; stopping this run.', desc, p.diverged_at)
+  return bool(bad)
+
+
+def _pack_pending(pending):
+  """Metrics of the steps since the last log line, as JSON for a checkpoint's metadata."""
+  vals = jax.device_get(pending)
+  return [{k: [float(v), np.asarray(v).dtype.name] for k, v in m.items()} for m in vals]
+
+
+def _unpack_pending(packed):
+  """The inverse of _pack_pending, with the same dtypes (so the next log line's means match)."""
+  return [{k: np.asarray(v, dtype) for k, (v, dtype) in m.items()} for m in packed or []]
+
+
+def evaluate(eval_c, state, arrays, config, prep, mesh=None):
+  """(accuracy, mean loss) of `state` over every example of `arrays`."""
+  sums = None
+  put = mesh.put_batch if mesh is not None else (lambda x: x)
+  for images, labels, mask in data.prefetch(
+      data.eval_batches(arrays, eval_batch(config, arrays, mesh), prep=prep)):
+    out = eval_c(state.params, state.batch_stats, put(images), put(labels), put(mask))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  return float(sums['correct'] / sums['count']), float(sums['loss'] / sums['count'])
+
+
+def eval_batch(config, arrays, mesh=None):
+  """The eval batch: at most the split's size, a multiple of the mesh's devices."""
+  b = min(config.eval_batch_size, len(arrays))
+  if mesh is not None:
+    b = -(-b // mesh.num_devices) * mesh.num_devices
+  return b

@@ -1,0 +1,62 @@
+"""A sweep's outputs in its workdir: the summary with per-case statistics, CSVs and figures."""
+
+import os
+
+from tljax import figures
+from tljax import pareto
+from tljax import recommend
+from tljax import report
+from tljax import stats
+
+# The config fields of the recommendation's budget, as recommend.recommend's keyword arguments.
+BUDGET_FIELDS = ('max_energy_per_example_j', 'max_train_memory_mb', 'min_accuracy')
+
+
+def budget(config):
+  """The config's budget as recommend() arguments, or None when no limit is set."""
+  limits = {f: config[f] for f in BUDGET_FIELDS}
+  return limits if any(limits.values()) else None
+
+
+def finish(workdir, summary, config, runs):
+  """Fills the summary's runs, per-case statistics, Pareto marks and recommendation."""
+  del workdir
+  summary['runs'] = runs
+  cases = stats.aggregate(runs)
+  front = pareto.front(cases, memory=config.budget_memory)
+  for c in cases:
+    c['on_pareto_front'] = c['case'] in front
+  summary['cases'] = cases
+  limits = budget(config)
+  summary.pop('recommendation', None)
+  if limits is not None and cases:
+    rec = recommend.recommend(cases, memory=config.budget_memory, **limits)
+    summary['recommendation'] = rec
+    for c in cases:
+      c['recommended'] = c['case'] == rec.get('pick')
+
+
+def write(workdir, summary):
+  """summary.json, results.csv (a row per case), runs.csv (a row per case and seed), figures."""
+  report.write_json(os.path.join(workdir, 'summary.json'), summary)
+  report.write_csv(os.path.join(workdir, 'results.csv'), summary['cases'])
+  report.write_csv(os.path.join(workdir, 'runs.csv'), summary['runs'])
+  title = _title(summary)
+  figures.write_figure(os.path.join(workdir, 'figure.png'), summary['cases'], title)
+  figures.write_pareto(os.path.join(workdir, 'pareto.png'), summary['cases'], title,
+                       memory=summary['config']['budget_memory'])
+
+
+def _title(summary):
+  cfg = summary['config']
+
+  def named(dataset, classes):
+    return f"{dataset} {','.join(map(str, classes))}" if classes else dataset
+
+  seeds = summary.get('seeds') or []
+  return (f"{summary['name']}: {summary['model']} "
+          + (f"{named(summary['source_dataset'], cfg['source_classes'])} -> "
+             if summary['source_dataset'] else '')
+          + named(summary['target_dataset'], cfg['target_classes'])
+          + (f', {len(seeds)} seeds' if len(seeds) > 1 else '')
+          + (' (dry run)' if summary['dry_run'] else ''))

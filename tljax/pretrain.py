@@ -1,0 +1,121 @@
+"""The weights every case starts from: source pretraining (cached per seed), ImageNet or none."""
+
+import hashlib
+import json
+import os
+import shutil
+
+from absl import logging
+import jax
+import optax
+import orbax.checkpoint as ocp
+
+from tljax import compiled
+from tljax import fit
+from tljax import freezing
+from tljax import inputs
+from tljax import report
+from tljax import resume
+
+# The fields that pretraining depends on: its cache key. `seed` is the run's one seed
+# (sweep.seed_config), not the config's `seeds`.
+PRETRAIN_FIELDS = ('model', 'image_size', 'channels', 'source_dataset', 'source_classes',
+                   'pretrain_epochs', 'pretrain_learning_rate', 'batch_size', 'seed',
+                   'steps_per_epoch', 'bn_momentum', 'data_parallel', 'xla_cpu_tuning')
+
+
+def key(config, source_identity):
+  """Cache key of the pretrained model: PRETRAIN_FIELDS and the source data's identity (for a
+  folder its fingerprint, not its path: a moved copy is the same data)."""
+  fields = {f: compiled.seed_of(config) if f == 'seed' else config[f] for f in PRETRAIN_FIELDS}
+  fields['source_data'] = {k: v for k, v in source_identity.items() if k != 'root'}
+  blob = json.dumps(fields, sort_keys=True, default=list)
+  return f'{config.model}_{config.source_dataset}_' + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def path(config, source_identity):
+  return os.path.abspath(os.path.join(config.cache_dir, 'pretrained', key(config, source_identity)))
+
+
+def is_cached(config, identity):
+  """Whether the variables every case of this seed starts from need no training."""
+  return config.pretrained != 'source' or os.path.exists(
+      os.path.join(path(config, identity['source']), 'pretrain.json'))
+
+
+def run_key(config):
+  return f'pretrain_seed{compiled.seed_of(config)}'
+
+
+def variables(config, metrics, workdir, identity, mesh=None):
+  """(variables or None, info): the weights every case of this seed starts from."""
+  if config.dry_run or config.pretrained == 'none':
+    return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
+  if config.pretrained == 'imagenet':
+    from tljax import weights  # pylint: disable=g-import-not-at-top
+    return weights.imagenet_variables(config.model, config.cache_dir), {
+        'source': 'imagenet', 'model': config.model}
+  return _pretrain(config, metrics, workdir, identity['source'], mesh)
+
+
+def _pretrain(config, metrics, workdir, source_identity, mesh=None):
+  """Source pretraining with every layer trainable, cached as an orbax checkpoint."""
+  where = path(config, source_identity)
+  src = inputs.load(config, 'source', 'train')
+  model = compiled.model_for(config, src.num_classes)
+  init = compiled.init_variables(model, config, jax.random.key(compiled.seed_of(config)))
+  ckptr = ocp.StandardCheckpointer()
+  if os.path.exists(os.path.join(where, 'pretrain.json')):
+    logging.info('Reusing the pretrained model in %s', where)
+    with open(os.path.join(where, 'pretrain.json')) as f:
+      info = dict(json.load(f), cached=True)
+    return ckptr.restore(os.path.join(where, 'variables'), init), info
+  state, info = _train(config, model, init, src, metrics, workdir, mesh)
+  info['path'] = where
+  out = {'params': state.params, 'batch_stats': state.batch_stats}
+  _save(ckptr, where, out, info)
+  shutil.rmtree(resume.case_dir(workdir, run_key(config)), ignore_errors=True)
+  return out, info
+
+
+def _train(config, model, init, src, metrics, workdir, mesh):
+  """Trains every layer on the source data; (state, info)."""
+  src_test = inputs.load(config, 'source', 'test')
+  labels = jax.tree.map(lambda _: freezing.TRAINABLE, init['params'])
+  tx = freezing.make_optimizer(optax.adam(config.pretrain_learning_rate), labels)
+  state = compiled.new_state(init, tx, compiled.seed_of(config), mesh)
+  trainable = jax.tree.map(lambda _: True, init['params'])
+  eval_batch = fit.eval_batch(config, src_test, mesh)
+  train_c, eval_c, compile_s = compiled.compile_steps(model, tx, trainable, state, config,
+                                                      eval_batch, mesh)
+  compile_s += compiled.eval_compile_s(model, state, config, eval_batch, mesh)
+  prep = inputs.prep_fn(config, config.source_dataset)
+  tags = {'case': 'pretrain', 'seed': compiled.seed_of(config), 'run': run_key(config)}
+  state, steps, wall, diverged = fit.fit(
+      state, train_c, src, config, prep=prep, epochs=config.pretrain_epochs,
+      desc=f'pretrain (seed {compiled.seed_of(config)})', metrics=metrics, tags=tags,
+      ckpt=resume.Checkpoints(resume.case_dir(workdir, run_key(config))), mesh=mesh)
+  if diverged:
+    raise FloatingPointError(f'Pretraining on {config.source_dataset!r} diverged at step '
+                             f'{diverged}; lower config.pretrain_learning_rate.')
+  acc, loss = fit.evaluate(eval_c, state, src_test, config, prep, mesh)
+  logging.info('Pretrained on %s (seed %d): test accuracy %.4f, loss %.4f',
+               config.source_dataset, compiled.seed_of(config), acc, loss)
+  return state, dict(dataset=config.source_dataset, classes=list(config.source_classes),
+                     num_classes=src.num_classes, seed=compiled.seed_of(config), train_examples=len(src),
+                     test_examples=len(src_test), epochs=config.pretrain_epochs, steps=steps,
+                     wall_s=wall, compile_s=compile_s, test_accuracy=acc, test_loss=loss,
+                     cached=False)
+
+
+def _save(ckptr, where, variables_, info):
+  """Writes the pretrained variables and info atomically (a temporary dir renamed into place)."""
+  tmp = where + f'.tmp{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  ckptr.save(os.path.join(tmp, 'variables'), variables_)
+  ckptr.wait_until_finished()
+  report.write_json(os.path.join(tmp, 'pretrain.json'), info)
+  shutil.rmtree(where, ignore_errors=True)
+  os.makedirs(os.path.dirname(where), exist_ok=True)
+  os.replace(tmp, where)

@@ -1,0 +1,112 @@
+"""The record of one (case, seed) run: what trained, accuracy, exact FLOPs, energy, memory, time."""
+
+import dataclasses
+from typing import Any
+
+from absl import logging
+
+from tljax import accounting
+from tljax import compiled
+from tljax import freezing
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What training one run gave."""
+  test_accuracy: Any  # None when it diverged
+  test_loss: Any
+  steps: int
+  train_wall_s: float  # the fit loop, without filling the prefix cache
+  diverged_at: Any
+  test_examples: int
+  cache: Any = None  # the prefix_cache.Cache it trained on, or None
+
+
+def run_record(config, plan, case, out):
+  """The run's record: identity, costs from the compiled steps, results, time."""
+  rec = dict(case=case.name, family=case.spec.family, seed=compiled.seed_of(config),
+             status='ok' if out.diverged_at is None else 'diverged',
+             diverged_at_step=out.diverged_at)
+  rec.update(_what_trains(case))
+  rec.update(test_accuracy=out.test_accuracy, test_loss=out.test_loss,
+             test_examples=out.test_examples, steps=out.steps, batch_size=config.batch_size)
+  rec.update(_flops(config, plan, case))
+  rec.update(_run_costs(config, plan, out))
+  logging.info('Case %s, seed %d: accuracy %s, train %.4g FLOPs/example, %.4g J/example, '
+               'memory %s B', case.name, compiled.seed_of(config), out.test_accuracy,
+               rec['train_flops_per_example'], rec['energy_per_example_j'],
+               rec['train_memory_bytes'])
+  return rec
+
+
+def _what_trains(case):
+  """Which layers and parameters train."""
+  kinds = {l.name: l.kind for l in case.layers}
+  names = case.trainable_names
+  by_layer = freezing.trainable_params_by_layer(case.labels)
+  trainable_params, total_params = accounting.param_counts(case.variables, case.labels)
+  return dict(
+      trainable_layers=len(names), trainable_layer_names=list(names),
+      first_trainable_layer=names[0], last_trainable_layer=names[-1],
+      layers_with_trainable_params=len(by_layer),
+      trainable_param_names=sorted(f'{l}/{p}' for l, ps in by_layer.items() for p in ps),
+      trainable_conv_layers=sum(kinds[t] == 'Conv2D' for t in by_layer),
+      trainable_depthwise_layers=sum(kinds[t] == 'DepthwiseConv2D' for t in by_layer),
+      # The depthwise formulation that ran, and the one whose compiled count the FLOP fields are.
+      depthwise_impl=accounting.depthwise_impls(case.model)[0],
+      depthwise_impl_counted=accounting.depthwise_impls(case.model)[1],
+      reinitialised_layers=sorted(case.reinit),
+      trainable_params=trainable_params, total_params=total_params)
+
+
+def _flops(config, plan, case):
+  """FLOPs from XLA's compiled steps beside the analytic count, and the energy they cost."""
+  per_layer = accounting.layer_macs(case.model, case.variables,
+                                    (config.image_size, config.image_size, config.channels))
+  analytic = accounting.analytic_train_macs(
+      per_layer, freezing.trainable_params_by_layer(case.labels))
+  flops_step = plan.train_cost['flops']
+  flops_ex = flops_step / config.batch_size
+  analytic_train = 2 * analytic['total']
+  return dict(
+      train_flops_per_step=flops_step, train_flops_per_example=flops_ex,
+      forward_flops_per_example=plan.eval_cost['flops'] / plan.eval_batch,
+      analytic_train_flops_per_example=analytic_train,
+      analytic_forward_flops_per_example=2 * analytic['forward'],
+      analytic_macs_per_example=analytic,
+      xla_to_analytic_train_flops=flops_ex / analytic_train if analytic_train else None,
+      energy_per_example_j=accounting.energy_j(flops_ex, config.e_mac_j),
+      energy_per_step_j=accounting.energy_j(flops_step, config.e_mac_j),
+      thesis_energy_per_example_j=analytic['trainable_forward'] * config.e_mac_j)
+
+
+def _run_costs(config, plan, out):
+  """Memory, compute over the whole run (prefix cache included), compile and wall time."""
+  cached, cache = plan.cached, out.cache
+  flops_step = plan.train_cost['flops']
+  eval_calls = -(-out.test_examples // plan.eval_batch)
+  if cached is None:
+    compute = flops_step * out.steps + plan.eval_cost['flops'] * eval_calls
+  else:
+    compute = (cached.prefix_cost['flops'] * cache.batches
+               + cached.train_cost['flops'] * out.steps + cached.eval_cost['flops'] * eval_calls)
+  wall_s = out.train_wall_s + (cache.seconds if cached else 0.0)
+  if cached:
+    logging.info('Prefix cache up to %s: %.2f s to compile, %.2f s to fill, %.2f s of training',
+                 cached.cut_layer, cached.compile_s, cache.seconds, out.train_wall_s)
+  return dict(
+      energy_total_j=accounting.energy_j(flops_step, config.e_mac_j) * out.steps,
+      train_memory_bytes=plan.train_cost.get('memory_bytes'),
+      train_memory=plan.train_cost, eval_cost=plan.eval_cost,
+      # With the cache, compile_s includes compiling the prefix and suffix steps and wall_s
+      # filling the cache.
+      compile_s=plan.compile_s + (cached.compile_s if cached else 0.0),
+      wall_s=wall_s,
+      examples_per_s=out.steps * config.batch_size / wall_s if wall_s > 0 else None,
+      prefix_cache=cached is not None,
+      prefix_cache_cut_layer=cached.cut_layer if cached else None,
+      cached_train_flops_per_step=cached.train_cost['flops'] if cached else None,
+      prefix_flops_total=cached.prefix_cost['flops'] * cache.batches if cached else 0.0,
+      compute_flops_total=compute,
+      prefix_cache_bytes=cache.nbytes if cached else 0,
+      prefix_cache_location=cache.location if cached else None)

@@ -1,0 +1,198 @@
+"""The sweep: every freeze case once per seed, resumable per (case, seed), into one summary."""
+
+import os
+import platform
+import time
+
+from absl import logging
+import flax
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from tljax import backend
+from tljax import case as case_lib
+from tljax import checks
+from tljax import compiled
+from tljax import fit
+from tljax import freezing
+from tljax import inputs
+from tljax import interrupt
+from tljax import outputs
+from tljax import parallel
+from tljax import pretrain
+from tljax import report
+from tljax import resume
+from tljax import workdir_lock
+
+
+def train_and_evaluate(config, workdir):
+  """Runs the whole experiment of `config`, writing its outputs into `workdir`.
+
+  Checks everything that can fail before training (config values, workdir, data, cases,
+  compiled memory), then trains every case once per seed. Rerun with the same workdir, it skips
+  finished (case, seed) runs and resumes the interrupted one from its checkpoint. Returns the
+  summary dict (also written to workdir/summary.json). The workdir is locked for the run: a
+  second run on it fails. After SIGINT/SIGTERM (with interrupt.install()), it checkpoints and
+  raises interrupt.Interrupted.
+  """
+  checks.validate(config)
+  with workdir_lock.held(workdir, config.process_id):
+    interrupt.check('before starting')
+    return _train_and_evaluate(config, workdir)
+
+
+def seed_config(config, seed):
+  """The config of one seed's runs: `config` with the field `seed` (data order, initial head,
+  dropout, pretraining) set to `seed`."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.seed = int(seed)
+  return c
+
+
+def dry_run_config(config):
+  """One step per case on mock data with random weights; batches and accounting unchanged
+  (the mock splits hold at least a train and an eval batch)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.epochs = 1
+    c.steps_per_epoch = 1
+  return c
+
+
+class _Sweep:
+  """The state of one sweep between its phases."""
+
+  def __init__(self, config, workdir):
+    self.config, self.workdir = config, workdir
+    self.run_config = dry_run_config(config) if config.dry_run else config
+    parallel.maybe_initialize(config)
+    self.mesh = parallel.Mesh() if config.data_parallel else None
+    if self.mesh is not None:
+      self.mesh.check_batch('batch_size', self.run_config.batch_size)
+    self.identity = inputs.data_identity(self.run_config)
+    resume.prepare_workdir(workdir, config)
+    resume.check_data(workdir, self.identity)
+    self.target = inputs.load(self.run_config, 'target', 'train')
+    self.target_test = inputs.load(self.run_config, 'target', 'test')
+    checks.check_data(self.run_config, self.target)
+    # What makes the numbers: records and checkpoints of another fingerprint are never reused.
+    self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
+    resume.discard_stale_checkpoints(workdir, self.fingerprint)
+    self.num_classes = self.target.num_classes
+    layers = compiled.model_for(self.run_config, self.num_classes).keras_layers()
+    checks.validate_cases(self.run_config, layers)  # every case, before hours go into the first
+    self.specs = [freezing.case_spec(c, layers, config.case_counting) for c in config.cases]
+    self.seeds = [int(s) for s in config.seeds]
+    self.done = {(s.name, seed): resume.load_done(workdir, case_lib.run_key(s.name, seed),
+                                                  self.fingerprint)
+                 for seed in self.seeds for s in self.specs}
+
+  def todo(self, seed):
+    return [s for s in self.specs if self.done[(s.name, seed)] is None]
+
+  def filter_metrics(self):
+    """Keeps the metrics of finished runs and of resumable ones up to their checkpoint."""
+    keys = {case_lib.run_key(n, s): r for (n, s), r in self.done.items()}
+    keys.update({pretrain.run_key(seed_config(self.run_config, s)): (
+        {} if pretrain.is_cached(seed_config(self.run_config, s), self.identity) else None)
+                 for s in self.seeds})
+    resumable = {}
+    for k, r in keys.items():
+      d = resume.case_dir(self.workdir, k)
+      if r is None and os.path.isdir(d):
+        step = resume.Checkpoints(d).latest_step()
+        if step is not None:
+          resumable[k] = step
+    resume.filter_metrics(self.metrics_path, {k for k, r in keys.items() if r is not None},
+                          resumable)
+
+  @property
+  def metrics_path(self):
+    return os.path.join(self.workdir, 'metrics.jsonl')
+
+
+def _train_and_evaluate(config, workdir):
+  sw = _Sweep(config, workdir)
+  sw.filter_metrics()
+  metrics = report.MetricsWriter(sw.metrics_path)
+  try:
+    t0 = time.perf_counter()
+    plans = _plan(sw)
+    summary = _summary(sw, plans)
+    for seed in sw.seeds:
+      _run_seed(sw, seed, plans, metrics, summary, t0)
+    outputs.finish(workdir, summary, config, _runs(sw))
+    summary['wall_s'] = time.perf_counter() - t0
+    outputs.write(workdir, summary)
+  finally:
+    metrics.close()
+  return summary
+
+
+def _plan(sw):
+  """Every case that has a seed to run, compiled once (before any pretraining or training)."""
+  rc = seed_config(sw.run_config, sw.seeds[0])
+  eval_batch = fit.eval_batch(rc, sw.target_test, sw.mesh)
+  needed = [s for s in sw.specs if any(sw.done[(s.name, seed)] is None for seed in sw.seeds)]
+  plans = {s.name: case_lib.plan_case(rc, s, sw.num_classes, eval_batch, sw.mesh) for s in needed}
+  case_lib.check_memory(rc, plans.values())
+  return plans
+
+
+def _run_seed(sw, seed, plans, metrics, summary, t0):
+  """Pretraining of this seed (cached), then its unfinished cases."""
+  rc = seed_config(sw.run_config, seed)
+  todo = sw.todo(seed)
+  if todo:
+    pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
+    summary['pretraining'][str(seed)] = info
+  for spec in sw.specs:
+    key = (spec.name, seed)
+    if sw.done[key] is None:
+      interrupt.check(f'before case {spec.name}, seed {seed}')
+      c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
+      rec = case_lib.run_case(rc, plans[spec.name], c, sw.target, sw.target_test, metrics,
+                              sw.workdir, sw.mesh)
+      sw.done[key] = rec
+      resume.save_done(sw.workdir, case_lib.run_key(*key), rec, sw.fingerprint)
+    else:
+      logging.info('Case %s, seed %d finished in an earlier run: kept.', *key)
+    outputs.finish(sw.workdir, summary, sw.config, _runs(sw))
+    summary['wall_s'] = time.perf_counter() - t0
+    outputs.write(sw.workdir, summary)
+
+
+def _runs(sw):
+  """The finished runs, case-major in config order, then seed order."""
+  return [sw.done[(s.name, seed)] for s in sw.specs for seed in sw.seeds
+          if sw.done[(s.name, seed)] is not None]
+
+
+def _summary(sw, plans):
+  config = sw.config
+  return dict(
+      name=config.name, dry_run=bool(config.dry_run), model=config.model,
+      source_dataset=config.source_dataset if config.pretrained == 'source' else None,
+      target_dataset=config.target_dataset, num_classes=sw.num_classes,
+      train_examples=len(sw.target), test_examples=len(sw.target_test), data=sw.identity,
+      pretraining={}, e_mac_j=config.e_mac_j, seeds=sw.seeds,
+      eval_compile_s=max((p.eval_compile_s for p in plans.values()), default=None),
+      fingerprint=sw.fingerprint, config=config.to_dict(), environment=environment(config),
+      cases=[], runs=[])
+
+
+def environment(config):
+  """Versions and the device the numbers were measured with."""
+  dev = jax.devices()[0]
+  return {
+      'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
+      'orbax_checkpoint': getattr(ocp, '__version__', 'unknown'),
+      'numpy': np.__version__, 'python': platform.python_version(),
+      'backend': jax.default_backend(), 'device': str(dev.device_kind),
+      'device_count': jax.device_count(), 'platform': platform.platform(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'xla_compiler_options': backend.compiler_options(config),
+  }
