@@ -16,7 +16,7 @@ def test_the_fingerprint_covers_every_field_that_changes_numbers_and_the_data():
   for field in resume.SAFE_FIELDS:  # these change no number
     d = c.to_dict()
     d[field] = not d[field] if isinstance(d[field], bool) else d[field] + 1 if isinstance(
-        d[field], int) else d[field] + '/x'
+        d[field], (int, float)) else d[field] + '/x'
     assert resume.run_fingerprint(d, {}) == fp, field
   for field, value in [('learning_rate', 0.01), ('seeds', (1,)), ('cases', (1,)), ('dry_run', True)]:
     d = c.to_dict()
