@@ -59,8 +59,10 @@ def test_launch_default_experiment_end_to_end(tmp_path):
   assert not [p for p in os.listdir(workdir) if p.endswith('.tmp')]
   # The console ends with the answer: a table with a row per case; no library INFO chatter.
   table = r.stdout.strip().splitlines()
-  assert table[-1].startswith('Written to') and 'test acc' in table[-9]
-  assert [row.split()[0] for row in table[-7:-1]] == ['1', '4', '9', '11', '17', '23']
+  assert table[-1].startswith('Written to') and table[-2] == (
+      f"Figures: {workdir / 'figure.png'}, {workdir / 'pareto.png'}")
+  head = next(i for i, line in enumerate(table) if 'test acc' in line)
+  assert [row.split()[0] for row in table[head + 2:head + 8]] == ['1', '4', '9', '11', '17', '23']
   assert 'checkpoint_manager.py' not in r.stderr and 'Case 1:' in r.stderr
 
 

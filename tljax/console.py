@@ -13,32 +13,83 @@ class _LibraryInfoFilter(logging.Filter):
         p in record.pathname for p in QUIET_BELOW_WARNING)
 
 
+def _verbose():
+  """Whether the user asked for absl's --verbosity >= 1 (FLAGS parsed); False otherwise."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
+  except (AttributeError, flags.Error):
+    return False
+
+
 def quiet_libraries():
-  """Drops INFO/DEBUG records that installed libraries send through absl's logger."""
+  """Drops INFO/DEBUG records that installed libraries send through absl's logger, unless the
+  user asked for --verbosity >= 1 (then they stay)."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   handler = absl_logging.get_absl_handler()
+  if _verbose():
+    return
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter())
 
 
-def _fmt(v, spec):
-  return '-' if v is None else format(v, spec)
+def _fmt(v, spec, scale=None):
+  return '-' if v is None else format(v if scale is None else v / scale, spec)
 
 
-def table(summary):
-  """The sweep's answer: one row per case, units in the header."""
-  rows = [('case', 'trainable layers', 'test acc', 'test loss', 'train GFLOP/example',
-           'energy uJ/example', 'thesis energy nJ/example', 'train memory MiB', 'wall s')]
-  for c in summary['cases']:
-    status = '' if c.get('status', 'ok') == 'ok' else f" ({c['status']})"
-    rows.append((str(c['case']) + status, str(c['trainable_layers']),
-                 _fmt(c['test_accuracy'], '.4f'), _fmt(c['test_loss'], '.4f'),
-                 _fmt(c['train_flops_per_example'] / 1e9, '.4g'),
-                 _fmt(c['energy_per_example_j'] * 1e6, '.4g'),
-                 _fmt(c['thesis_energy_per_example_j'] * 1e9, '.4g'),
-                 _fmt((c.get('train_memory_bytes') or 0) / 2**20, '.1f'),
-                 _fmt(c.get('wall_s'), '.1f')))
+def _accuracy(c):
+  """'98.67 ± 0.52 (3)': mean test accuracy in %, the 95 % CI half-width, seeds ('(2/3)' when
+  one of 3 seeds has no accuracy)."""
+  mean, low, high = c.get('test_accuracy_mean'), c.get('test_accuracy_ci95_low'), c.get(
+      'test_accuracy_ci95_high')
+  if mean is None:
+    return '-'
+  half = '' if low is None or high is None else f' ± {100 * (high - low) / 2:.2f}'
+  n = c.get('n_seeds', 1)
+  counted = sum(v is not None for v in c.get('test_accuracy_values', [mean]))
+  return f"{100 * mean:.2f}{half} ({n if counted == n else f'{counted}/{n}'})"
+
+
+def _pick(summary):
+  rec = summary.get('recommendation') or {}
+  return (rec.get('pick') or {}).get('case')
+
+
+def _row(c, pick, energy_scale):
+  status = '' if c.get('status', 'ok') == 'ok' else f": {c['status']}"
+  wall = c.get('wall_s_total', c.get('wall_s'))
+  return (str(c['case']) + status, _fmt(c.get('trainable_params'), ','),
+          _accuracy(c), _fmt(c.get('test_loss_mean', c.get('test_loss')), '.4f'),
+          _fmt(c.get('energy_per_example_j'), '.4g', energy_scale),
+          _fmt(c.get('train_memory_bytes'), '.1f', 2**20),
+          _fmt(c.get('device_train_memory_bytes'), '.1f', 2**20), _fmt(wall, '.1f'),
+          '*' if c.get('on_pareto_front') else '',
+          '<- pick' if pick is not None and c['case'] == pick else '')
+
+
+def table(summary, workdir=None):
+  """The sweep's answer: one row per case (means over seeds, units in the header), '*' on the
+  Pareto front, '<- pick' at the recommendation; then the recommendation's text, and with
+  `workdir` the paths of the figures."""
+  from tljax import recommend  # pylint: disable=g-import-not-at-top
+  from tljax import stats  # pylint: disable=g-import-not-at-top
+  memory = (summary.get('config') or {}).get('budget_memory', 'xla')
+  cases = stats.cases_of(summary, memory=memory)
+  energies = [c['energy_per_example_j'] for c in cases if c.get('energy_per_example_j')]
+  scale, unit = recommend.energy_unit(energies or [1.0])
+  rows = [('case', 'trainable params', 'test acc % ± 95% CI (seeds)', 'test loss',
+           f'energy {unit}/example', 'XLA train MiB', 'device MiB', 'wall s (all seeds)',
+           'Pareto', 'pick')]
+  rows += [_row(c, _pick(summary), scale) for c in cases]
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-  lines = ['  '.join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+  lines = ['  '.join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])])
+           .rstrip() for r in rows]
   lines.insert(1, '  '.join('-' * w for w in widths))
+  lines.append(f"'*': on the Pareto front (mean test accuracy up, energy and {memory.upper()} "
+               'train memory down).')
+  if summary.get('recommendation'):
+    lines += ['', recommend.format_recommendation(summary['recommendation'])]
+  if workdir is not None:
+    lines.append(f"Figures: {os.path.join(workdir, 'figure.png')}, "
+                 f"{os.path.join(workdir, 'pareto.png')}")
   return '\n'.join(lines)

@@ -1,4 +1,4 @@
-"""Outputs in the workdir: summary.json, results.csv, metrics.jsonl, config.json, figure.png (atomic)."""
+"""Outputs in the workdir: summary.json, results.csv, metrics.jsonl, config.json (atomic writes)."""
 
 import csv
 import io
@@ -7,11 +7,6 @@ import math
 import os
 import shutil
 import tempfile
-
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 
 def atomic_write_bytes(path, data: bytes):
@@ -96,42 +91,9 @@ class MetricsWriter:
 
 
 def write_figure(path, cases, title):
-  """The thesis's figure: accuracy, loss and energy per example (log) over the cases."""
-  labels = [str(c['trainable_layers']) for c in cases]
-  x = range(len(cases))
-  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-  acc = [c.get('test_accuracy') or 0.0 for c in cases]
-  loss = [c.get('test_loss') or 0.0 for c in cases]
-  axes[0].bar(x, [100 * a for a in acc], color='tab:blue')
-  axes[0].set_ylabel('test accuracy (%)')
-  axes[1].bar(x, loss, color='tab:orange')
-  axes[1].set_ylabel('test loss (cross-entropy)')
-  w = 0.4
-  step_e = [c['energy_per_example_j'] * 1e9 for c in cases]
-  thesis_e = [c['thesis_energy_per_example_j'] * 1e9 for c in cases]
-  axes[2].bar([i - w / 2 for i in x], step_e, w, label='train step (XLA FLOPs / 2 x E_mac)')
-  axes[2].bar([i + w / 2 for i in x], thesis_e, w, label="thesis (trainable fwd MACs x E_mac)")
-  axes[2].set_yscale('log')
-  positive = [e for e in step_e + thesis_e if e > 0]
-  if positive:  # head-room above the bars for the legend
-    axes[2].set_ylim(min(positive) / 3, max(positive) * 1e3)
-  axes[2].set_ylabel('energy per example (nJ)')
-  axes[2].legend(fontsize=7, loc='upper left')
-  for i, c in enumerate(cases):
-    if c.get('status') != 'ok':
-      for ax in axes[:2]:
-        ax.annotate(c.get('status', '?'), (i, 0), ha='center', va='bottom', color='red',
-                    rotation=90)
-  for ax in axes:
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(labels)
-    ax.set_xlabel('trainable layers')
-  fig.suptitle(title)
-  fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png', dpi=100)
-  plt.close(fig)
-  atomic_write_bytes(path, buf.getvalue())
+  """Moved to tljax.figures (kept only until train._write_outputs calls figures directly)."""
+  from tljax import figures  # pylint: disable=g-import-not-at-top
+  figures.write_figure(path, cases, title)
 
 
 def require_free_disk(directory, nbytes, what, hint):

@@ -30,5 +30,5 @@ def main(config, workdir):
     sys.exit(f'tljax: error: {e}')
   print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
         + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'
-        + console.table(summary) + f'\nWritten to {workdir}/ (summary.json, results.csv, '
-        'figure.png)')
+        + console.table(summary, workdir) + f'\nWritten to {workdir}/ (summary.json, '
+        'results.csv)')

@@ -1,0 +1,49 @@
+"""The Pareto front of the cases: mean test accuracy up, training energy and memory down."""
+
+# memory= names the field the front (and a budget) reads memory from, in bytes.
+MEMORY_FIELDS = {'xla': 'train_memory_bytes', 'device': 'device_train_memory_bytes'}
+
+
+def memory_field(memory):
+  """The record field of `memory` ('xla' or 'device')."""
+  if memory not in MEMORY_FIELDS:
+    raise ValueError(f"memory={memory!r}: must be one of {', '.join(map(repr, MEMORY_FIELDS))} "
+                     '(XLA\'s analysis of the compiled step, or the device memory model)')
+  return MEMORY_FIELDS[memory]
+
+
+def accuracy(case):
+  """The case's mean test accuracy (a fraction; a one-seed record's own test_accuracy)."""
+  return case.get('test_accuracy_mean', case.get('test_accuracy'))
+
+
+def is_ok(case):
+  """A case whose every seed finished and has a test accuracy."""
+  return case.get('status', 'ok') == 'ok' and accuracy(case) is not None
+
+
+def costs(case, memory='xla'):
+  """(mean accuracy, energy_per_example_j, memory bytes) of an ok case; ValueError naming the
+  case and field when one is missing."""
+  field = memory_field(memory)
+  values = (accuracy(case), case.get('energy_per_example_j'), case.get(field))
+  for name, v in zip(('test_accuracy', 'energy_per_example_j', field), values):
+    if v is None:
+      hint = (" (this summary has no device memory model: use XLA's, memory='xla' or "
+              '--memory=xla)') if (
+          memory == 'device' and name == field) else ''
+      raise ValueError(f"case {case.get('case')!r} has no {name}{hint}")
+  return values
+
+
+def dominates(a, b):
+  """Whether costs `a` are at least as good as `b` in all three and strictly better in one."""
+  at_least = a[0] >= b[0] and a[1] <= b[1] and a[2] <= b[2]
+  return at_least and (a[0] > b[0] or a[1] < b[1] or a[2] < b[2])
+
+
+def front(cases, memory='xla'):
+  """Names of the ok cases that no other ok case dominates (cases with equal costs both stay);
+  a case that is not ok (a seed diverged) is never on it."""
+  ok = {c['case']: costs(c, memory) for c in cases if is_ok(c)}
+  return {n for n, p in ok.items() if not any(dominates(q, p) for m, q in ok.items() if m != n)}

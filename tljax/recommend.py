@@ -1,0 +1,283 @@
+"""The recommendation: the most accurate case within an energy / memory / accuracy budget."""
+
+import math
+import numbers
+
+from tljax import pareto
+
+MIB = 2 ** 20  # "MB" in the budget fields and flags means MiB: 2**20 bytes
+LIMITS = ('max_energy_per_example_j', 'max_train_memory_mb', 'min_accuracy')
+_ENERGY_UNITS = ((1.0, 'J'), (1e-3, 'mJ'), (1e-6, 'µJ'), (1e-9, 'nJ'), (1e-12, 'pJ'))
+_MEMORY_NAMES = {'xla': 'XLA train memory', 'device': 'device train memory'}
+
+
+def energy_unit(joules):
+  """(scale, name) of the unit that shows `joules` (a number or the largest of several) as
+  1-999: 1e-6, 'µJ' for 1.1e-4 J."""
+  j = max(joules) if isinstance(joules, (list, tuple)) else joules
+  for scale, name in _ENERGY_UNITS:
+    if j is not None and abs(j) >= scale:
+      return scale, name
+  return _ENERGY_UNITS[-1]
+
+
+def format_energy(joules):
+  """'111.4 µJ' for 1.114e-4 (J); '-' for None."""
+  if joules is None:
+    return '-'
+  scale, name = energy_unit(joules)
+  return f'{joules / scale:.4g} {name}'
+
+
+def format_mib(nbytes):
+  """'16.5 MiB' for 17294076 (bytes); '-' for None."""
+  return '-' if nbytes is None else f'{nbytes / MIB:.1f} MiB'
+
+
+def _check(name, value, hi=math.inf):
+  if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value <= hi:
+    accepted = 'a fraction in [0, 1]' if hi == 1 else 'a number >= 0'
+    raise ValueError(f'{name}={value!r}: must be {accepted} (0 = no limit)')
+
+
+def _entry(c, memory):
+  acc, energy, mem = pareto.costs(c, memory)
+  low, high = c.get('test_accuracy_ci95_low'), c.get('test_accuracy_ci95_high')
+  return dict(case=c['case'], test_accuracy=acc, n_seeds=c.get('n_seeds', 1),
+              ci95=None if low is None or high is None else [low, high],
+              energy_per_example_j=energy, memory_bytes=mem)
+
+
+def _breaks(e, budget):
+  """The budget fields that entry `e` breaks."""
+  out = []
+  if budget['max_energy_per_example_j'] and (
+      e['energy_per_example_j'] > budget['max_energy_per_example_j']):
+    out.append('max_energy_per_example_j')
+  if budget['max_train_memory_mb'] and e['memory_bytes'] > budget['max_train_memory_mb'] * MIB:
+    out.append('max_train_memory_mb')
+  if budget['min_accuracy'] and e['test_accuracy'] < budget['min_accuracy']:
+    out.append('min_accuracy')
+  return out
+
+
+def tied(a, b):
+  """Whether entries a and b are statistically tied: their 95 % CIs of the mean overlap, or,
+  where either has one seed (no CI), their mean accuracies are equal."""
+  if a['ci95'] is None or b['ci95'] is None:
+    return a['test_accuracy'] == b['test_accuracy']
+  return a['ci95'][0] <= b['ci95'][1] and b['ci95'][0] <= a['ci95'][1]
+
+
+def _cheapest(entries):
+  return min(entries, key=lambda e: (e['energy_per_example_j'], e['memory_bytes']),
+             default=None)
+
+
+def recommend(cases, *, max_energy_per_example_j=0, max_train_memory_mb=0, min_accuracy=0,
+              memory='xla'):
+  """The case to train within a budget (0 = no limit; memory in MiB = 2**20 bytes of
+  `memory`'s field, pareto.MEMORY_FIELDS), from aggregated cases (stats.aggregate).
+
+  pick: the ok in-budget case of highest mean accuracy (ties: less energy, then memory);
+  tied: the other in-budget cases tied with it (see tied()), cheapest (energy) first;
+  next_better: the cheapest case above the pick's mean accuracy that breaks the budget, with
+  accuracy_gain (fraction) and breaks (the budget fields it exceeds); when no case meets the
+  budget, pick None and cheapest: the least-energy ok case with what it breaks.
+  """
+  _check('max_energy_per_example_j', max_energy_per_example_j)
+  _check('max_train_memory_mb', max_train_memory_mb)
+  _check('min_accuracy', min_accuracy, hi=1)
+  pareto.memory_field(memory)
+  budget = dict(max_energy_per_example_j=max_energy_per_example_j,
+                max_train_memory_mb=max_train_memory_mb, min_accuracy=min_accuracy,
+                memory=memory)
+  ok = [_entry(c, memory) for c in cases if pareto.is_ok(c)]
+  inside = [e for e in ok if not _breaks(e, budget)]
+  one_seed = any(e['ci95'] is None for e in ok)
+  rec = dict(budget=budget, pick=None, tied=[], next_better=None, cheapest=None,
+             tie_rule=('equal mean accuracy, as one seed gives no confidence interval'
+                       if one_seed else 'overlapping 95 % confidence intervals of the mean'))
+  if not inside:
+    rec['cheapest'] = _cheapest(ok) and dict(_cheapest(ok), breaks=_breaks(_cheapest(ok), budget))
+    rec['message'] = ('No case meets the budget.' if ok else
+                      'No case finished on every seed (all diverged): nothing to recommend.')
+    return rec
+  pick = min(inside, key=lambda e: (-e['test_accuracy'], e['energy_per_example_j'],
+                                    e['memory_bytes']))
+  rec['pick'] = pick
+  rec['tied'] = sorted((e for e in inside if e is not pick and tied(e, pick)),
+                       key=lambda e: (e['energy_per_example_j'], e['memory_bytes']))
+  better = _cheapest([e for e in ok if e['test_accuracy'] > pick['test_accuracy']])
+  if better is not None:
+    rec['next_better'] = dict(better, accuracy_gain=better['test_accuracy'] - pick['test_accuracy'],
+                              breaks=_breaks(better, budget))
+  rec['message'] = f"Pick {pick['case']}."
+  return rec
+
+
+def _pct(fraction):
+  return f'{100 * fraction:.2f} %'
+
+
+def _accuracy_text(e):
+  if e['ci95'] is None:
+    return f"{_pct(e['test_accuracy'])} (1 seed)"
+  half = 100 * (e['ci95'][1] - e['ci95'][0]) / 2
+  return f"{_pct(e['test_accuracy'])} ± {half:.2f} (95 % CI, {e['n_seeds']} seeds)"
+
+
+def _costs_text(e, memory):
+  return (f"{format_energy(e['energy_per_example_j'])}/example, "
+          f"{format_mib(e['memory_bytes'])} {_MEMORY_NAMES[memory]}")
+
+
+def _budget_text(budget):
+  parts = []
+  if budget['max_energy_per_example_j']:
+    parts.append(f"energy <= {format_energy(budget['max_energy_per_example_j'])}/example")
+  if budget['max_train_memory_mb']:
+    parts.append(f"{_MEMORY_NAMES[budget['memory']]} <= {budget['max_train_memory_mb']:g} MiB")
+  if budget['min_accuracy']:
+    parts.append(f"test accuracy >= {_pct(budget['min_accuracy'])}")
+  return ', '.join(parts) if parts else 'no limits'
+
+
+def _breaks_text(e, budget):
+  said = {'max_energy_per_example_j': lambda: (
+              f"energy {format_energy(e['energy_per_example_j'])}/example > "
+              f"{format_energy(budget['max_energy_per_example_j'])}/example"),
+          'max_train_memory_mb': lambda: (
+              f"memory {format_mib(e['memory_bytes'])} > {budget['max_train_memory_mb']:g} MiB"),
+          'min_accuracy': lambda: (
+              f"accuracy {_pct(e['test_accuracy'])} < {_pct(budget['min_accuracy'])}")}
+  return '; '.join(said[b]() for b in e['breaks'])
+
+
+def format_recommendation(rec):
+  """The recommendation as a few lines of text (energies with their unit, memory in MiB)."""
+  budget, memory = rec['budget'], rec['budget']['memory']
+  mib = ' (MiB = 2**20 bytes)' if budget['max_train_memory_mb'] else ''
+  lines = [f'Budget: {_budget_text(budget)}{mib}.']
+  pick = rec['pick']
+  if pick is None:
+    lines.append(rec['message'])
+    c = rec.get('cheapest')
+    if c:
+      lines.append(f"Cheapest case: {c['case']}, {_costs_text(c, memory)}, test accuracy "
+                   f"{_accuracy_text(c)}; breaks {_breaks_text(c, budget)}.")
+    return '\n'.join(lines)
+  lines.append(f"Recommended: {pick['case']}, test accuracy {_accuracy_text(pick)}, "
+               f"{_costs_text(pick, memory)}.")
+  if rec['tied']:
+    lines.append(f"Statistically tied with it ({rec['tie_rule']}), cheapest first: " + '; '.join(
+        f"{e['case']} {_pct(e['test_accuracy'])} at {_costs_text(e, memory)}"
+        for e in rec['tied']) + '.')
+  else:
+    lines.append(f"No other case within the budget is tied with it ({rec['tie_rule']}).")
+  if rec['tie_rule'].startswith('equal'):
+    lines.append('One seed: ties are equal accuracies only; run more seeds for 95 % intervals.')
+  b = rec['next_better']
+  if b is None:
+    lines.append('No case is more accurate.')
+  else:
+    lines.append(f"More accurate, outside the budget: {b['case']}, "
+                 f"+{100 * b['accuracy_gain']:.2f} points ({_pct(b['test_accuracy'])}), "
+                 f"{_costs_text(b, memory)}; breaks {_breaks_text(b, budget)}.")
+  return '\n'.join(lines)
+
+
+def budget_of(config):
+  """The budget keyword arguments of recommend() from a config (or summary['config'] dict);
+  missing fields are 0 (no limit) and memory 'xla'."""
+  get = config.get if isinstance(config, dict) else lambda k, d: getattr(config, k, d)
+  return dict({k: get(k, 0) or 0 for k in LIMITS}, memory=get('budget_memory', 'xla'))
+
+
+def has_limits(budget):
+  return any(budget[k] for k in LIMITS)
+
+
+def decide(summary):
+  """Fills summary['cases'] from summary['runs'] (stats.aggregate, the front on the config's
+  budget_memory) and, when summary['config'] sets a budget, summary['recommendation'] and each
+  case's `recommended`. Returns the summary."""
+  from tljax import stats  # pylint: disable=g-import-not-at-top
+  budget = budget_of(summary.get('config') or {})
+  summary['cases'] = stats.aggregate(summary['runs'], memory=budget['memory'])
+  summary.pop('recommendation', None)
+  if has_limits(budget):
+    rec = recommend(summary['cases'], **budget)
+    summary['recommendation'] = rec
+    for c in summary['cases']:
+      c['recommended'] = rec['pick'] is not None and c['case'] == rec['pick']['case']
+  return summary
+
+
+def _flags():
+  """The command line's flags, on their own FlagValues (importing this module defines none)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  flags.DEFINE_string('workdir', None, 'A tljax workdir holding summary.json.', flag_values=fv)
+  flags.DEFINE_float('max_energy_per_example_j', None, 'Energy budget in J per training '
+                     "example; 0 = no limit (default: the run's config).", lower_bound=0,
+                     flag_values=fv)
+  flags.DEFINE_float('max_train_memory_mb', None, 'Memory budget in MiB (2**20 bytes); 0 = no '
+                     "limit (default: the run's config).", lower_bound=0, flag_values=fv)
+  flags.DEFINE_float('min_accuracy', None, 'Least mean test accuracy, a fraction; 0 = no limit '
+                     "(default: the run's config).", lower_bound=0, upper_bound=1, flag_values=fv)
+  flags.DEFINE_enum('memory', None, list(pareto.MEMORY_FIELDS), 'The memory the front and the '
+                    "budget read: xla or device (default: the run's budget_memory).",
+                    flag_values=fv)
+  return fv
+
+
+def _load_summary(workdir):
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.isdir(workdir):
+    raise ValueError(f'--workdir={workdir}: no such directory')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f'no summary.json in {workdir}: run python launch.py --workdir={workdir} '
+                     'first') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{path} is not a readable JSON summary: {e}') from None
+
+
+def run_cli(argv):
+  """`python -m tljax.recommend --workdir=DIR [budget flags]`: prints the cases and the
+  recommendation; returns the exit status (1 with a one-line error on stderr)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from tljax import console  # pylint: disable=g-import-not-at-top
+  from tljax import stats  # pylint: disable=g-import-not-at-top
+  fv = _flags()
+  try:
+    rest = fv(list(argv))
+    if len(rest) > 1:
+      raise ValueError(f'unexpected arguments: {" ".join(rest[1:])}')
+    if not fv.workdir:
+      raise ValueError('--workdir is required: the workdir of a tljax run (holding summary.json)')
+    summary = _load_summary(fv.workdir)
+    budget = budget_of(summary.get('config') or {} if isinstance(summary, dict) else {})
+    budget.update({k: fv[k].value for k in (*LIMITS, 'memory') if fv[k].value is not None})
+    cases = stats.cases_of(summary, memory=budget['memory'])
+    rec = recommend(cases, **budget)
+  except (flags.Error, ValueError) as e:
+    sys.stderr.write(f'tljax: error: {e}\n')
+    return 1
+  except (KeyError, TypeError, AttributeError) as e:  # JSON, but not a summary's shape
+    sys.stderr.write(f'tljax: error: {fv.workdir}/summary.json is not a tljax summary '
+                     f'({type(e).__name__}: {e})\n')
+    return 1
+  print(console.table({'cases': cases, 'recommendation': rec}))
+  return 0
+
+
+if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.exit(run_cli(sys.argv))
