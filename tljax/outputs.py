@@ -3,37 +3,15 @@
 import os
 
 from tljax import figures
-from tljax import pareto
 from tljax import recommend
 from tljax import report
-from tljax import stats
-
-# The config fields of the recommendation's budget, as recommend.recommend's keyword arguments.
-BUDGET_FIELDS = ('max_energy_per_example_j', 'max_train_memory_mb', 'min_accuracy')
 
 
-def budget(config):
-  """The config's budget as recommend() arguments, or None when no limit is set."""
-  limits = {f: config[f] for f in BUDGET_FIELDS}
-  return limits if any(limits.values()) else None
-
-
-def finish(workdir, summary, config, runs):
-  """Fills the summary's runs, per-case statistics, Pareto marks and recommendation."""
-  del workdir
+def finish(summary, runs):
+  """Fills the summary's runs, per-case statistics, Pareto marks and, under the config's budget,
+  the recommendation (recommend.decide)."""
   summary['runs'] = runs
-  cases = stats.aggregate(runs)
-  front = pareto.front(cases, memory=config.budget_memory)
-  for c in cases:
-    c['on_pareto_front'] = c['case'] in front
-  summary['cases'] = cases
-  limits = budget(config)
-  summary.pop('recommendation', None)
-  if limits is not None and cases:
-    rec = recommend.recommend(cases, memory=config.budget_memory, **limits)
-    summary['recommendation'] = rec
-    for c in cases:
-      c['recommended'] = c['case'] == rec.get('pick')
+  recommend.decide(summary)
 
 
 def write(workdir, summary):

@@ -90,12 +90,6 @@ class MetricsWriter:
     self._f.close()
 
 
-def write_figure(path, cases, title):
-  """Moved to tljax.figures (kept only until train._write_outputs calls figures directly)."""
-  from tljax import figures  # pylint: disable=g-import-not-at-top
-  figures.write_figure(path, cases, title)
-
-
 def require_free_disk(directory, nbytes, what, hint):
   """OSError naming `what`, the sizes and `hint` when `directory`'s disk has under `nbytes`."""
   free = shutil.disk_usage(directory).free

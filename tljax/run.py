@@ -31,4 +31,4 @@ def main(config, workdir):
   print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
         + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'
         + console.table(summary, workdir) + f'\nWritten to {workdir}/ (summary.json, '
-        'results.csv)')
+        'results.csv: a row per case, runs.csv: a row per case and seed)')

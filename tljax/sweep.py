@@ -124,7 +124,7 @@ def _train_and_evaluate(config, workdir):
     summary = _summary(sw, plans)
     for seed in sw.seeds:
       _run_seed(sw, seed, plans, metrics, summary, t0)
-    outputs.finish(workdir, summary, config, _runs(sw))
+    outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     outputs.write(workdir, summary)
   finally:
@@ -145,8 +145,8 @@ def _plan(sw):
 def _run_seed(sw, seed, plans, metrics, summary, t0):
   """Pretraining of this seed (cached), then its unfinished cases."""
   rc = seed_config(sw.run_config, seed)
-  todo = sw.todo(seed)
-  if todo:
+  pretrained = None
+  if sw.todo(seed):
     pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
     summary['pretraining'][str(seed)] = info
   for spec in sw.specs:
@@ -160,7 +160,7 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
       resume.save_done(sw.workdir, case_lib.run_key(*key), rec, sw.fingerprint)
     else:
       logging.info('Case %s, seed %d finished in an earlier run: kept.', *key)
-    outputs.finish(sw.workdir, summary, sw.config, _runs(sw))
+    outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     outputs.write(sw.workdir, summary)
 
