@@ -24,6 +24,7 @@ from tljax import accounting
 from tljax import backend
 from tljax import checks
 from tljax import data
+from tljax import device_memory
 from tljax import freezing
 from tljax import interrupt
 from tljax import models
@@ -526,6 +527,8 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
   per_layer = accounting.layer_macs(model, variables, (config.image_size, config.image_size,
                                                        config.channels))
   analytic = accounting.analytic_train_macs(per_layer, trainable_names)
+  device_mem = device_memory.case_device_memory(case, config)
+  device_xla = device_memory.xla_memory_at_device_batch(case, config, device_mem)
   prep = _prep_fn(config, config.target_dataset)
   ckpt = None if config.dry_run else resume.Checkpoints(resume.case_dir(workdir, n))
   cached, cache = plan.cached, None
@@ -587,6 +590,9 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
       thesis_energy_per_example_j=analytic['trainable_forward'] * config.e_mac_j,
       train_memory_bytes=train_cost.get('memory_bytes'),
       train_memory=train_cost, eval_cost=eval_cost,
+      device_train_memory_bytes=device_mem['total_bytes'], device_memory=device_mem,
+      xla_memory_at_device_batch_bytes=device_xla['memory_bytes'],
+      device_to_xla_memory=device_xla['device_to_xla_memory'],
       # With the cache, compile_s includes compiling the prefix and suffix steps and wall_s
       # filling the cache (both logged apart below).
       compile_s=plan.compile_s + (cached.compile_s if cached else 0.0),
