@@ -69,7 +69,7 @@ def get_config():
   # Frozen-prefix caching: run the frozen layers below the lowest trainable one once per example
   # and train the rest on their cached output (same numbers up to float rounding; much faster).
   c.prefix_cache = True
-  # The device memory model (README "Device memory"): an edge device training at this batch, its
+  # The device memory model (README "Device memory model"): an edge device training at this batch, its
   # frozen weights stored as this dtype ('float32', 'float16', 'bfloat16', 'int8').
   c.device_batch_size = 1
   c.device_frozen_dtype = 'float32'

@@ -124,3 +124,23 @@ def test_results_csv_holds_every_scalar_field_of_the_record(run):
       v = c[k]
       assert row[k] == ('' if v is None else str(v)), k
   assert 'trainable_layer_names' not in rows[0] and 'train_memory' not in rows[0]
+
+
+def test_device_memory_fields(run):
+  """The device memory model at batch 1 (README "Device memory model"), and its XLA ratio."""
+  _, summary, _ = run
+  for c in summary['cases']:
+    d = c['device_memory']
+    assert (d['batch_size'], d['frozen_dtype']) == (1, 'float32')
+    assert c['device_train_memory_bytes'] == d['total_bytes'] == (
+        d['weights_bytes'] + d['layer_gradient_bytes'] + d['optimizer_bytes']
+        + d['activation_bytes'] + d['largest_temp_bytes'])
+    assert d['weights_bytes'] == 4 * c['total_params']
+    assert d['trainable_weights_bytes'] == d['gradient_bytes'] == 4 * c['trainable_params']
+    assert d['optimizer_bytes'] == 8 * c['trainable_params']
+    assert c['device_to_xla_memory'] == pytest.approx(
+        c['device_train_memory_bytes'] / c['xla_memory_at_device_batch_bytes'])
+  # Kept for the backward pass: dense_1's input; from conv2d_5 up; everything (hand-worked in
+  # tests/test_device_memory.py).
+  kept = [c['device_memory']['activation_bytes'] for c in summary['cases']]
+  assert kept == [4 * 128, 76_576, 770_336]

@@ -1,6 +1,7 @@
 """What every tljax model provides: its layers listed in Keras order."""
 
 import dataclasses
+from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,11 +14,29 @@ class KerasLayer:
   weighted: whether the layer owns variables ('params' and/or 'batch_stats').
   base: whether the layer belongs to the pretrained base (False for the
     classification head that tljax attaches for the target task).
+  activation: the activation Keras fuses into a Conv2D/Dense layer, or an Activation layer's
+    function: 'relu', 'swish' or 'sigmoid'; None = linear.
   """
   name: str
   kind: str
   weighted: bool
   base: bool = True
+  activation: Optional[str] = None
+
+
+# The collection each model sows every Keras layer's output into (flax's 'intermediates': only
+# kept when a caller makes it mutable, never by `init` or the train and eval steps).
+LAYER_OUTPUTS = 'intermediates'
+
+
+# Suffix of the sown names (a variable may not share its name with the layer's submodule).
+OUTPUT_SUFFIX = ':output'
+
+
+def record_output(module, name: str, x) -> None:
+  """Sows layer `name`'s output `x` into LAYER_OUTPUTS as `name + OUTPUT_SUFFIX` (a no-op
+  unless that collection is mutable)."""
+  module.sow(LAYER_OUTPUTS, name + OUTPUT_SUFFIX, x)
 
 
 # Keras layer kinds whose behaviour differs between training and inference.

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tljax.models.base import KerasLayer, dropout_on
+from tljax.models.base import KerasLayer, dropout_on, record_output
 from tljax.models.small_cnn import layer_range
 
 BN_EPSILON = 1e-3
@@ -110,16 +110,16 @@ def _block_layers(s: BlockSpec) -> list[KerasLayer]:
   if s.expand_ratio != 1:
     out += [KerasLayer(n + 'expand_conv', 'Conv2D', True),
             KerasLayer(n + 'expand_bn', 'BatchNormalization', True),
-            KerasLayer(n + 'expand_activation', 'Activation', False)]
+            KerasLayer(n + 'expand_activation', 'Activation', False, activation='swish')]
   if s.strides == 2:
     out.append(KerasLayer(n + 'dwconv_pad', 'ZeroPadding2D', False))
   out += [KerasLayer(n + 'dwconv', 'DepthwiseConv2D', True),
           KerasLayer(n + 'bn', 'BatchNormalization', True),
-          KerasLayer(n + 'activation', 'Activation', False),
+          KerasLayer(n + 'activation', 'Activation', False, activation='swish'),
           KerasLayer(n + 'se_squeeze', 'GlobalAveragePooling2D', False),
           KerasLayer(n + 'se_reshape', 'Reshape', False),
-          KerasLayer(n + 'se_reduce', 'Conv2D', True),
-          KerasLayer(n + 'se_expand', 'Conv2D', True),
+          KerasLayer(n + 'se_reduce', 'Conv2D', True, activation='swish'),
+          KerasLayer(n + 'se_expand', 'Conv2D', True, activation='sigmoid'),
           KerasLayer(n + 'se_excite', 'Multiply', False),
           KerasLayer(n + 'project_conv', 'Conv2D', True),
           KerasLayer(n + 'project_bn', 'BatchNormalization', True)]
@@ -139,15 +139,15 @@ def layer_list(variant: str, num_classes: Optional[int],
             KerasLayer('stem_conv_pad', 'ZeroPadding2D', False),
             KerasLayer('stem_conv', 'Conv2D', True),
             KerasLayer('stem_bn', 'BatchNormalization', True),
-            KerasLayer('stem_activation', 'Activation', False)]
+            KerasLayer('stem_activation', 'Activation', False, activation='swish')]
   for s in block_specs(variant, drop_connect_rate):
     layers += _block_layers(s)
   layers += [KerasLayer('top_conv', 'Conv2D', True),
              KerasLayer('top_bn', 'BatchNormalization', True),
-             KerasLayer('top_activation', 'Activation', False)]
+             KerasLayer('top_activation', 'Activation', False, activation='swish')]
   if num_classes is not None:
     layers += [KerasLayer('global_average_pooling2d', 'GlobalAveragePooling2D', False, False),
-               KerasLayer('dense', 'Dense', True, False),
+               KerasLayer('dense', 'Dense', True, False, activation='relu'),
                KerasLayer('batch_normalization', 'BatchNormalization', True, False),
                KerasLayer('dropout', 'Dropout', False, False),
                KerasLayer('dense_1', 'Dense', True, False)]
@@ -387,6 +387,7 @@ class EfficientNet(nn.Module):
     ops = self._layer_ops(train)
     lo, hi = layer_range([l for l, _ in ops], start, stop, self.cut_points())
     carry = {'x': x, 'inputs': None, 'se': None}
-    for _, f in ops[lo:hi]:
-      carry = f(carry)
+    for layer, f in ops[lo:hi]:
+      carry = f(carry)  # the squeeze-excite layers' output is the 'se' branch
+      record_output(self, layer.name, carry['x'] if carry['se'] is None else carry['se'])
     return carry['x']

@@ -5,7 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tljax.models.base import KerasLayer, dropout_on
+from tljax.models.base import KerasLayer, dropout_on, record_output
 
 # Keras defaults mirrored: glorot-uniform kernels, zero biases, BN eps 1e-3, momentum 0.99.
 _KERNEL_INIT = nn.initializers.glorot_uniform()
@@ -20,7 +20,7 @@ def _layer_list(num_classes: int) -> tuple[KerasLayer, ...]:
   n_conv = n_bn = n_pool = n_drop = 0
   for _ in range(3):
     for _ in range(2):
-      layers.append(KerasLayer(f'conv2d{_suffix(n_conv)}', 'Conv2D', True))
+      layers.append(KerasLayer(f'conv2d{_suffix(n_conv)}', 'Conv2D', True, activation='relu'))
       layers.append(KerasLayer(f'batch_normalization{_suffix(n_bn)}', 'BatchNormalization', True))
       n_conv += 1
       n_bn += 1
@@ -30,7 +30,7 @@ def _layer_list(num_classes: int) -> tuple[KerasLayer, ...]:
     n_drop += 1
   layers += [
       KerasLayer('flatten', 'Flatten', False),
-      KerasLayer('dense', 'Dense', True),
+      KerasLayer('dense', 'Dense', True, activation='relu'),
       KerasLayer(f'batch_normalization{_suffix(n_bn)}', 'BatchNormalization', True),
       KerasLayer(f'dropout{_suffix(n_drop)}', 'Dropout', False),
       KerasLayer('dense_1', 'Dense', True),
@@ -100,6 +100,7 @@ class SmallCNN(nn.Module):
     lo, hi = layer_range(layers, start, stop, self.cut_points())
     for layer in layers[lo:hi]:
       x = self._apply_layer(layer, x, train)
+      record_output(self, layer.name, x)
     return x
 
 
