@@ -11,6 +11,7 @@ import optax
 
 from tljax import accounting
 from tljax import compiled
+from tljax import device_memory
 from tljax import fit
 from tljax import freezing
 from tljax import inputs
@@ -126,6 +127,8 @@ class Plan:
   eval_batch: int
   eval_compile_s: float  # the shared eval step's compilation: reported once, not per case
   cached: Any = None  # prefix_cache.Compiled when the case trains on cached prefix activations
+  device_memory: Any = None  # device_memory.case_device_memory at config.device_batch_size
+  device_xla: Any = None  # its cross-check: XLA's analysis at that batch (None in a dry run)
 
 
 def plan_case(config, case, num_classes, eval_batch, mesh=None):
@@ -154,8 +157,19 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
     if cached is not None:
       prefix_cache.count_on(cached, prefix_cache.compile_steps(
           counting, c.tx, c.trainable, c.state, config, eval_batch, cut, mesh))
+  device_mem, device_xla = _device_memory(c, config)
   c.state = None  # built again when the case trains: no case holds memory while waiting
-  return Plan(c, train_c, eval_c, compile_s, train_cost, eval_cost, eval_batch, eval_s, cached)
+  return Plan(c, train_c, eval_c, compile_s, train_cost, eval_cost, eval_batch, eval_s, cached,
+              device_mem, device_xla)
+
+
+def _device_memory(c, config):
+  """The device memory model of case `c` and its XLA cross-check (one more compile of the
+  train step, at config.device_batch_size; skipped in a dry run, which checks the path only)."""
+  model = device_memory.case_device_memory(c, config)
+  if config.dry_run:
+    return model, None
+  return model, device_memory.xla_memory_at_device_batch(c, config, model)
 
 
 def check_memory(config, plans):
