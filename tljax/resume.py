@@ -10,6 +10,7 @@ import jax
 import orbax.checkpoint as ocp
 import psutil
 
+from tljax import freezing
 from tljax import report
 
 # Config fields that change no number in the summary: a workdir may be resumed with them changed.
@@ -127,11 +128,12 @@ def check_data(workdir, identity):
 
 
 def case_dir(workdir, case):
-  return os.path.join(workdir, 'checkpoints', f'case_{case}')
+  """A case's checkpoint folder: 'case_9' for int 9, a safe slug for strings and rule cases."""
+  return os.path.join(workdir, 'checkpoints', f'case_{freezing.case_slug(case)}')
 
 
 def done_path(workdir, case):
-  return os.path.join(workdir, 'cases', f'case_{case}.json')
+  return os.path.join(workdir, 'cases', f'case_{freezing.case_slug(case)}.json')
 
 
 def load_done(workdir, case, fingerprint):
@@ -152,7 +154,8 @@ def load_done(workdir, case, fingerprint):
   stored = record.pop('fingerprint', None)
   if stored == fingerprint:
     return record
-  away = os.path.join(workdir, 'cases', 'discarded', f'case_{case}_{(stored or "none")[:12]}.json')
+  away = os.path.join(workdir, 'cases', 'discarded',
+                      f'case_{freezing.case_slug(case)}_{(stored or "none")[:12]}.json')
   os.makedirs(os.path.dirname(away), exist_ok=True)
   os.replace(path, away)
   logging.warning('Case %s: its record was made by another config or data (fingerprint %s, this '
@@ -246,10 +249,14 @@ def filter_metrics(path, keep_cases, resume_steps):
         rec = json.loads(line)
       except json.JSONDecodeError:  # a line cut by the kill
         continue
-      case = rec.get('case')
+      case = _hashable(rec.get('case'))  # a rule case reads back as lists
       if case in keep_cases or (case in resume_steps and rec.get('step', 0) <= resume_steps[case]):
         keep.append(line if line.endswith('\n') else line + '\n')
   report.atomic_write_bytes(path, ''.join(keep).encode())
+
+
+def _hashable(x):
+  return tuple(_hashable(v) for v in x) if isinstance(x, list) else x
 
 
 def available_memory_bytes():

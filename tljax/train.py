@@ -437,25 +437,28 @@ class Case:
   tx: Any
   state: TrainState
   reinit: set
+  spec: Any = None  # freezing.CaseSpec
 
 
 def make_case(config, n, num_classes, pretrained=None):
-  """The model, variables, freeze labels, optimiser and initial state of case `n`."""
-  layers = _model(config, num_classes).keras_layers()
-  trainable_names = freezing.case_layers(layers, n, config.case_counting)
-  frozen = {l.name for l in layers} - set(trainable_names)
-  model = _model(config, num_classes, frozen)
-  fresh = _init_variables(model, config, jax.random.fold_in(jax.random.key(config.seed), 2))
+  """The model, variables, freeze labels, optimiser and initial state of case `n` (an int, a
+  case string or rules: freezing.case_spec); `trainable_names` are its active layers."""
+  plain = _model(config, num_classes)
+  layers = plain.keras_layers()
+  fresh = _init_variables(plain, config, jax.random.fold_in(jax.random.key(config.seed), 2))
+  spec = freezing.case_spec(n, layers, config.case_counting, params=fresh['params'])
+  trainable_names = spec.active_layers
+  model = _model(config, num_classes, {l.name for l in layers} - set(trainable_names))
   reinit = _head_to_reinit(config, layers, pretrained, fresh)
   variables = fresh if pretrained is None else _merge(fresh, pretrained, layers, reinit)
-  labels = freezing.label_tree(variables['params'], freezing.case_rules(trainable_names))
-  logging.info('Case %d: trains %d layers: %s', n, len(trainable_names),
+  labels = freezing.label_tree(variables['params'], spec.rules)
+  logging.info('Case %s: %d layers in training mode: %s', spec.name, len(trainable_names),
                ', '.join(trainable_names))
   tx = freezing.make_optimizer(optax.adam(config.learning_rate), labels)
   state = _new_state(variables, tx, config.seed)
   trainable = jax.tree.map(lambda l: l == freezing.TRAINABLE, labels)
   return Case(n, model, layers, trainable_names, variables, labels, trainable, tx, state,
-              reinit)
+              reinit, spec)
 
 
 @dataclasses.dataclass
@@ -482,7 +485,8 @@ def _plan_case(config, n, pretrained, num_classes, eval_batch, mesh=None):
   train_cost = accounting.xla_costs(train_c, devices)
   eval_cost = accounting.xla_costs(eval_c, devices)
   cached = None
-  cut = prefix_cache.cut_index(case.model, case.trainable_names)
+  cut = prefix_cache.cut_index(case.model, case.trainable_names,
+                               freezing.trainable_params_by_layer(case.labels))
   if config.prefix_cache and cut > 0 and jax.process_count() == 1:
     cached = prefix_cache.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                         eval_batch, cut, mesh)
@@ -525,16 +529,16 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
   train_cost, eval_cost, eval_batch = plan.train_cost, plan.eval_cost, plan.eval_batch
   per_layer = accounting.layer_macs(model, variables, (config.image_size, config.image_size,
                                                        config.channels))
-  analytic = accounting.analytic_train_macs(per_layer, trainable_names)
+  analytic = accounting.analytic_train_macs(per_layer, freezing.trainable_params_by_layer(labels))
   prep = _prep_fn(config, config.target_dataset)
   ckpt = None if config.dry_run else resume.Checkpoints(resume.case_dir(workdir, n))
   cached, cache = plan.cached, None
   train_c, eval_c, train_arrays, test_arrays = plan.train_c, plan.eval_c, target, target_test
   try:
     if cached is not None:  # frozen prefix once per example; train and evaluate the suffix
+      directory = os.path.join(workdir, f'cache_case_{freezing.case_slug(n)}')
       cache = prefix_cache.build(cached, state, (target, target_test), batch=config.batch_size,
-                                 prep=prep,
-                                 directory=os.path.join(workdir, f'cache_case_{n}'), mesh=mesh)
+                                 prep=prep, directory=directory, mesh=mesh)
       train_c, eval_c, train_arrays, test_arrays = cached.train, cached.eval, cache.train, cache.test
       prep = prefix_cache.identity_prep
     state, steps, wall, diverged_at = _fit(
@@ -562,7 +566,7 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
                      + cached.train_cost['flops'] * steps + cached.eval_cost['flops'] * eval_calls)
   wall_s = wall + (cache.seconds if cached else 0.0)
   record = dict(
-      case=n, status=status, diverged_at_step=diverged_at,
+      case=case.spec.name, status=status, diverged_at_step=diverged_at,
       trainable_layers=len(trainable_names),
       trainable_layer_names=list(trainable_names),
       first_trainable_layer=trainable_names[0], last_trainable_layer=trainable_names[-1],
@@ -601,9 +605,9 @@ def _run_case(config, plan, target, target_test, metrics, workdir, mesh=None):
       prefix_cache_location=cache.location if cached else None,
   )
   if cached:
-    logging.info('Case %d: prefix cache up to %s: %.2f s to compile, %.2f s to fill, %.2f s of '
+    logging.info('Case %s: prefix cache up to %s: %.2f s to compile, %.2f s to fill, %.2f s of '
                  'training', n, cached.cut_layer, cached.compile_s, cache.seconds, wall)
-  logging.info('Case %d: accuracy %s, train %.4g FLOPs/example, %.4g J/example, memory %s B',
+  logging.info('Case %s: accuracy %s, train %.4g FLOPs/example, %.4g J/example, memory %s B',
                n, acc, flops_ex, record['energy_per_example_j'], record['train_memory_bytes'])
   if ckpt is not None:
     ckpt.close()

@@ -13,11 +13,24 @@ class KerasLayer:
   weighted: whether the layer owns variables ('params' and/or 'batch_stats').
   base: whether the layer belongs to the pretrained base (False for the
     classification head that tljax attaches for the target task).
+  block: the model's block the layer belongs to ('block1', 'stem', 'head', ...; '' = none),
+    for the 'block:NAME' freeze cases (`blocks`).
   """
   name: str
   kind: str
   weighted: bool
   base: bool = True
+  block: str = ''
+
+
+def blocks(layers) -> dict[str, tuple[str, ...]]:
+  """The blocks of a model's Keras `layers`: ordered {block name: its layer names}, in Keras
+  order; layers without a block are left out."""
+  out = {}
+  for l in layers:
+    if l.block:
+      out.setdefault(l.block, []).append(l.name)
+  return {name: tuple(names) for name, names in out.items()}
 
 
 # Keras layer kinds whose behaviour differs between training and inference.
