@@ -48,7 +48,7 @@ def test_config_dry_run(name, tmp_path):
   summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
   on_disk = json.loads((tmp_path / 'w' / 'summary.json').read_text())
   assert on_disk['dry_run'] is True
-  assert [c['case'] for c in on_disk['cases']] == list(config.cases)
+  assert [c['case'] for c in on_disk['cases']] == [f'last:{n}' for n in config.cases]
   flops = [c['train_flops_per_example'] for c in summary['cases']]
   assert all(f > 0 for f in flops)
   assert flops == sorted(flops)

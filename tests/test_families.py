@@ -22,11 +22,12 @@ from tljax import train
 from tljax.steps import TrainState, train_step
 
 BATCH = 16
+CLASSES = 5  # as tiny_config's digits 5-9: the end-to-end run reuses the initial variables
 # Forward MACs per example (formula: H*W*9*Cin*Cout for a 3x3 SAME conv, in*out for dense).
-CONV5, DENSE, DENSE_1 = 8 * 8 * 9 * 128 * 128, 2048 * 128, 128 * 10
+CONV5, DENSE, DENSE_1 = 8 * 8 * 9 * 128 * 128, 2048 * 128, 128 * CLASSES
 CONVS = ('conv2d', 'conv2d_1', 'conv2d_2', 'conv2d_3', 'conv2d_4', 'conv2d_5')
 BNS = tuple(f'batch_normalization{s}' for s in ('', '_1', '_2', '_3', '_4', '_5', '_6'))
-SMALL_CASES = ('last:9', 'bias:9', 'norm:9', 'block:block3', 'layers:batch_normalization_5..dense')
+SMALL_CASES = ('last:9', 'bias:9', 'norm:9', 'block:block3')  # layers and rules: end to end
 
 
 @pytest.fixture(scope='module')
@@ -44,7 +45,8 @@ def _trainable(spec, params):
 
 @pytest.mark.parametrize('case, name', [
     (9, 'last:9'), ('last:9', 'last:9'), ('bias:023', 'bias:23'), ('norm:4', 'norm:4'),
-    ('block:block2', 'block:block2'), ('layers:5..8', 'layers:max_pooling2d..batch_normalization_2'),
+    ('block:block2', 'block:block2'),
+    ('layers:5..8', 'layers:max_pooling2d..batch_normalization_2'),
     ('layers:dense..dense', 'layers:dense..dense'),
     ((('dense_1/.*', 'trainable'),), 'rules:dense_1/.*'),
     ([('dense/kernel', 'trainable'), ('dense.*', 'frozen'), ('.*', 'frozen')],
@@ -135,6 +137,28 @@ def test_rules_activate_trained_layers_and_the_weightless_ones_above(cnn):
                                                         'dense_1': ('kernel',)}
 
 
+def test_the_prefix_cache_cuts_below_the_lowest_active_layer(cnn):
+  """A BatchNorm in training mode or a trainable bias is never cached; a frozen conv at the
+  bottom of a norm case is."""
+  layers, params = cnn
+  model = models.create('small_cnn', 10)
+  names = [l.name for l in layers]
+
+  def cut(case):
+    spec = freezing.case_spec(case, layers, params=params)
+    labels = freezing.label_tree(params, spec.rules, log=False)
+    k = prefix_cache.cut_index(model, spec.active_layers,
+                               freezing.trainable_params_by_layer(labels))
+    return names[k]
+
+  assert cut('bias:9') == cut('last:9') == 'conv2d_5'  # conv2d_5's bias trains
+  assert cut('norm:9') == 'batch_normalization_5'  # conv2d_5 is frozen: its output is cached
+  assert cut('block:block3') == 'conv2d_4'
+  assert cut('layers:max_pooling2d_2..dense') == 'dropout_2'  # a Dropout in training mode
+  assert cut((('batch_normalization_5/scale', 'trainable'),)) == 'batch_normalization_5'
+  assert cut((('dense_1/kernel', 'trainable'),)) == 'dense_1'  # dropout_3 stays frozen
+
+
 def test_efficientnet_blocks_and_bias_norm_cases():
   model = models.create('efficientnet_b0', num_classes=7)
   blocks = model.blocks()
@@ -179,7 +203,7 @@ def small_steps():
   config.batch_size = BATCH
   out = {}
   for name in SMALL_CASES:
-    case = train.make_case(config, name, num_classes=10)
+    case = train.make_case(config, name, num_classes=CLASSES)
     compiled = _compile_train(case.model, case.tx, case.trainable, case.state, config,
                               train._input_spec(config, BATCH))
     per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
@@ -198,8 +222,6 @@ def test_analytic_counts_per_family_by_hand(small_steps):
   assert a['norm:9']['input_grad'] == DENSE + DENSE_1
   assert a['block:block3']['weight_grad'] == 8 * 8 * 9 * 64 * 128 + CONV5 + DENSE_1
   assert a['block:block3']['input_grad'] == CONV5 + DENSE + DENSE_1  # through the frozen dense
-  rng = a['layers:batch_normalization_5..dense']
-  assert (rng['weight_grad'], rng['input_grad']) == (DENSE + DENSE_1, DENSE + DENSE_1)
   assert a['bias:9']['trainable_forward'] == DENSE_1
 
 
@@ -228,7 +250,7 @@ def test_a_norm_step_moves_its_batchnorms_and_nothing_frozen(small_steps):
   before = jax.tree.map(np.array, (state.params, state.batch_stats))  # copies: state is donated
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.random((BATCH, 32, 32, 1), np.float32))
-  labels = jnp.asarray(rng.integers(0, 10, BATCH), jnp.int32)
+  labels = jnp.asarray(rng.integers(0, CLASSES, BATCH), jnp.int32)
   state, _ = s['step'](state, images, labels)
   params, stats = jax.tree.map(np.asarray, (state.params, state.batch_stats))
   for bn in BNS:
@@ -313,3 +335,31 @@ def test_case_folders_are_safe_and_distinct(tmp_path):
     assert len(slug) <= 64
     (tmp_path / f'case_{slug}').mkdir()
   assert freezing.case_slug('last:9').startswith('last-9-')
+
+
+def test_layers_and_rules_cases_run_end_to_end_and_resume(tiny_config, tmp_path):
+  """train_and_evaluate with a range and a rules case: canonical names in the records, safe
+  folders, exact accounting; a rerun keeps both records and their metrics lines (a rules
+  case's key reads back from JSON as lists). Without the prefix cache: two compilations fewer."""
+  rules = (('batch_normalization_5/scale', 'trainable'), ('dense_1/kernel', 'trainable'))
+  tiny_config.pretrained = 'none'
+  tiny_config.prefix_cache = False
+  tiny_config.cases = ('layers:batch_normalization_5..dense', rules)
+  work = tmp_path / 'w'
+  summary = train.train_and_evaluate(tiny_config, str(work))
+  cases = summary['cases']
+  assert [c['case'] for c in cases] == ['layers:batch_normalization_5..dense',
+                                        'rules:batch_normalization_5/scale;dense_1/kernel']
+  for c in cases:
+    assert c['status'] == 'ok' and c['steps'] == 3
+    assert 0.85 < c['xla_to_analytic_train_flops'] < 1.05, c['xla_to_analytic_train_flops']
+  macs = [c['analytic_macs_per_example'] for c in cases]
+  assert (macs[0]['weight_grad'], macs[0]['input_grad']) == (DENSE + DENSE_1, DENSE + DENSE_1)
+  assert (macs[1]['weight_grad'], macs[1]['input_grad']) == (DENSE_1, DENSE + DENSE_1)
+  assert cases[1]['trainable_params'] == 128 + DENSE_1  # BN 5's scale, dense_1's kernel
+  assert sorted(p.name for p in (work / 'cases').iterdir()) == sorted(
+      f'case_{freezing.case_slug(n)}.json' for n in tiny_config.cases)
+  lines = (work / 'metrics.jsonl').read_text()
+  again = train.train_and_evaluate(tiny_config, str(work))
+  assert [c['case'] for c in again['cases']] == [c['case'] for c in cases]
+  assert (work / 'metrics.jsonl').read_text() == lines

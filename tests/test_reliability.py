@@ -137,7 +137,8 @@ def test_a_signal_checkpoints_and_exits_with_how_to_resume(tmp_path, reference, 
   assert again_cmd == shlex.join([os.path.basename(sys.executable), *cmd[1:]])
   assert not (work / 'cases' / 'case_9.json').exists()
   if case == 9:  # case 1 finished before the signal: its record and the summary are written
-    assert [c['case'] for c in json.loads((work / 'summary.json').read_text())['cases']] == [1]
+    assert [c['case'] for c in json.loads((work / 'summary.json').read_text())['cases']] == [
+        'last:1']
   again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'resuming from the checkpoint at step {saved}' in again.stderr
@@ -164,7 +165,7 @@ def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp
   assert not list(tmp_path.glob('cases/*.json'))  # no case trained
   monkeypatch.setattr(train, 'compile_steps', real)
   summary = train.train_and_evaluate(tiny_config, str(tmp_path))  # the rerun: lock released
-  assert [c['case'] for c in summary['cases']] == [1, 9]
+  assert [c['case'] for c in summary['cases']] == ['last:1', 'last:9']
 
 
 def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, tmp_path,

@@ -22,7 +22,7 @@ MACS = {
 }
 # Per-example float32 bytes of the cached prefix output: case 1 caches dense's 128 features
 # (after batch_normalization_6 and dropout_3), case 9 conv2d_5's input, 8x8x128.
-PREFIX_FEATURES = {1: 128, 9: 8 * 8 * 128}
+PREFIX_FEATURES = {'last:1': 128, 'last:9': 8 * 8 * 128}  # records name cases canonically
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +92,7 @@ def test_prefix_cache_and_compute_fields(run):
     eval_calls = math.ceil(c['test_examples'] / eval_batch)
     assert c['test_examples'] == summary['test_examples']
     if not c['prefix_cache']:
-      assert c['case'] == 23 and c['prefix_cache_cut_layer'] is None
+      assert c['case'] == 'last:23' and c['prefix_cache_cut_layer'] is None
       assert c['prefix_flops_total'] == 0 and c['cached_train_flops_per_step'] is None
       assert c['compute_flops_total'] == pytest.approx(
           c['train_flops_per_step'] * c['steps']
