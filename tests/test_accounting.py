@@ -5,6 +5,7 @@ import pytest
 from tljax import accounting
 from tljax import case as case_lib
 from tljax import compiled
+from tljax import freezing
 
 CASES = (1, 4, 9, 11, 17, 23)
 BATCH = 16
@@ -32,7 +33,8 @@ def costs():
     per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
     out[n] = dict(train=accounting.xla_costs(train_c), eval=accounting.xla_costs(eval_c),
                   per_layer=per_layer,
-                  analytic=accounting.analytic_train_macs(per_layer, case.trainable_names))
+                  analytic=accounting.analytic_train_macs(
+                      per_layer, freezing.trainable_params_by_layer(case.labels)))
   return out
 
 
@@ -77,19 +79,25 @@ def test_analytic_train_count_terms():
             dict(name='b', kind='Dropout', weighted=False, macs=0),
             dict(name='c', kind='Conv2D', weighted=True, macs=10),
             dict(name='d', kind='Dense', weighted=True, macs=1)]
-  got = accounting.analytic_train_macs(layers, ('c', 'd'))
+  both = ('kernel', 'bias')
+  got = accounting.analytic_train_macs(layers, {'c': both, 'd': both})
   assert got == dict(forward=111, weight_grad=11, input_grad=1, total=123, trainable_forward=11)
-  full = accounting.analytic_train_macs(layers, ('a', 'b', 'c', 'd'))
+  full = accounting.analytic_train_macs(layers, {'a': both, 'b': (), 'c': both, 'd': both})
   assert full['input_grad'] == 11 and full['total'] == 111 + 111 + 11
-  # A weightless lowest trainable layer needs no input gradient of the layer above it.
-  assert accounting.analytic_train_macs(layers, ('b', 'c', 'd')) == got
+  # A layer that trains nothing below the lowest trainable one changes nothing.
+  assert accounting.analytic_train_macs(layers, {'b': (), 'c': both, 'd': both}) == got
+  # Bias-only layers pay no weight gradient, but input gradients reach the lowest of them.
+  bias = accounting.analytic_train_macs(layers, {'a': ('bias',), 'c': ('bias',), 'd': both})
+  assert bias == dict(forward=111, weight_grad=1, input_grad=11, total=123, trainable_forward=1)
+  with pytest.raises(ValueError, match='must be a dict'):
+    accounting.analytic_train_macs(layers, ('c', 'd'))
 
 
 def _small_cnn_analytic(n):
   from configs import default
   case = case_lib.make_case(default.get_config(), n, num_classes=10)
   per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
-  return accounting.analytic_train_macs(per_layer, case.trainable_names)
+  return accounting.analytic_train_macs(per_layer, freezing.trainable_params_by_layer(case.labels))
 
 
 def test_input_gradients_start_at_the_lowest_trainable_layer_with_weights():
@@ -105,13 +113,14 @@ def test_input_gradients_start_at_the_lowest_trainable_layer_with_weights():
 def test_efficientnet_head_only_input_gradients_start_at_dense():
   import jax
   import jax.numpy as jnp
-  from tljax import freezing, models
+  from tljax import models
   model = models.create('efficientnet_b0', num_classes=7)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
   per_layer = accounting.layer_macs(model, variables, (32, 32, 3))
   head = freezing.case_layers(model.keras_layers(), 0, 'base')
   assert head[0] == 'global_average_pooling2d'
-  got = accounting.analytic_train_macs(per_layer, head)
+  labels = freezing.label_tree(variables['params'], freezing.case_rules(head), log=False)
+  got = accounting.analytic_train_macs(per_layer, freezing.trainable_params_by_layer(labels))
   assert got['weight_grad'] == 1280 * 128 + 128 * 7
   assert got['input_grad'] == 128 * 7  # not dense's 1280 x 128 as well
 

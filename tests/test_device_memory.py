@@ -8,7 +8,8 @@ import pytest
 
 from tljax import device_memory
 from tljax import models
-from tljax import train
+from tljax import case as case_lib
+from tljax import sweep
 from tljax.models.small_cnn import SmallCNN
 
 # Small CNN, 10 classes, batch 1: each layer's output elements and parameters (kernel + bias).
@@ -156,7 +157,7 @@ def test_efficientnet_b0_every_kind_known():
 def head_case():
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
-  return config, train.make_case(config, 1, num_classes=10)
+  return config, case_lib.make_case(config, 1, num_classes=10)
 
 
 def test_case_inputs_and_xla_cross_check_at_batch_1(head_case):

@@ -5,6 +5,7 @@ import logging
 import os
 
 from configs import base
+from tljax import case as case_lib
 from tljax import resume
 from tljax import sweep
 
@@ -33,9 +34,9 @@ def test_a_record_of_another_fingerprint_is_moved_aside_not_reused(tmp_path, cap
     assert resume.load_done(str(tmp_path), 4, 'b' * 64) is None
   assert 'Case 4: its record was made by another config or data' in caplog.text
   assert not os.path.exists(resume.done_path(str(tmp_path), 4))
-  kept = tmp_path / 'cases' / 'discarded' / f'case_4_{"a" * 12}.json'
+  kept = tmp_path / 'cases' / 'discarded' / f'4_{"a" * 12}.json'
   assert json.loads(kept.read_text())['test_accuracy'] == 0.5  # kept for the user, never reused
-  (tmp_path / 'cases' / 'case_5.json').write_text('{"case": 5}')  # no fingerprint: an old record
+  (tmp_path / 'cases' / '5.json').write_text('{"case": 5}')  # no fingerprint: an old record
   assert resume.load_done(str(tmp_path), 5, 'a' * 64) is None
 
 
@@ -59,8 +60,9 @@ def test_without_config_json_a_changed_config_retrains_instead_of_reusing(tiny_c
   second = sweep.train_and_evaluate(tiny_config, str(tmp_path))
   assert second['fingerprint'] != first['fingerprint']
   assert second['cases'][0]['test_loss'] != first['cases'][0]['test_loss']  # trained again
-  assert os.listdir(tmp_path / 'cases' / 'discarded') == [f'case_1_{first["fingerprint"][:12]}.json']
-  record = json.loads((tmp_path / 'cases' / 'case_1.json').read_text())
+  run = case_lib.run_key('last:1', 0)
+  assert os.listdir(tmp_path / 'cases' / 'discarded') == [f'{run}_{first["fingerprint"][:12]}.json']
+  record = json.loads((tmp_path / 'cases' / f'{run}.json').read_text())
   assert record['fingerprint'] == second['fingerprint']
   third = sweep.train_and_evaluate(tiny_config, str(tmp_path))  # same config: the record is kept
   assert third['cases'][0] == second['cases'][0]

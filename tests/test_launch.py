@@ -62,7 +62,7 @@ def test_launch_default_experiment_end_to_end(tmp_path):
   assert table[-1].startswith('Written to') and table[-2] == (
       f"Figures: {workdir / 'figure.png'}, {workdir / 'pareto.png'}")
   head = next(i for i, line in enumerate(table) if 'test acc' in line)
-  assert [row.split()[0] for row in table[head + 2:head + 8]] == ['1', '4', '9', '11', '17', '23']
+  assert [row.split()[0] for row in table[head + 2:head + 8]] == names
   assert 'checkpoint_manager.py' not in r.stderr and 'Case 1:' in r.stderr
 
 

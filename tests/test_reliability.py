@@ -21,6 +21,8 @@ from tljax import case as case_lib
 from tljax import compiled
 from tljax import sweep
 
+RUN_1 = case_lib.run_key('last:1', 0)  # the folders and records of case 1, seed 0
+RUN_9 = case_lib.run_key('last:9', 0)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = {'wall_s', 'compile_s', 'examples_per_s'}
 
@@ -69,7 +71,7 @@ def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path, reference
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(_cmd(killed, cache), env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  ckpt = killed / 'checkpoints' / 'case_9'
+  ckpt = killed / 'checkpoints' / RUN_9
   deadline = time.time() + 300
   while time.time() < deadline:  # kill once case 9 has a checkpoint at step >= 20
     steps = [int(p) for p in os.listdir(ckpt) if p.isdigit()] if ckpt.is_dir() else []
@@ -81,8 +83,8 @@ def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path, reference
     pytest.fail('no checkpoint of case 9 appeared')
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert (killed / 'cases' / 'case_1.json').exists()
-  assert not (killed / 'cases' / 'case_9.json').exists()
+  assert (killed / 'cases' / f'{RUN_1}.json').exists()
+  assert not (killed / 'cases' / f'{RUN_9}.json').exists()
   again = subprocess.run(_cmd(killed, cache), env=env, capture_output=True, text=True,
                          timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
@@ -92,7 +94,7 @@ def test_sigkill_mid_case_then_resume_gives_the_same_summary(tmp_path, reference
   b = json.loads((killed / 'summary.json').read_text())
   assert _strip_timing(a) == _strip_timing(b)  # bit-identical numbers on CPU
   assert _metrics(ref_dir) == _metrics(killed)
-  assert not (killed / 'checkpoints' / 'case_9').exists()
+  assert not (killed / 'checkpoints' / RUN_9).exists()
 
 
 def _wait_for_metric(proc, workdir, case, step):
@@ -110,7 +112,7 @@ def _wait_for_metric(proc, workdir, case, step):
 
 
 @pytest.mark.parametrize('sig, case, step, private_cache', [
-    (signal.SIGINT, 9, 20, False),  # mid-case, between periodic checkpoints (there are none)
+    (signal.SIGINT, 'last:9', 20, False),  # mid-case, between periodic checkpoints (there are none)
     (signal.SIGTERM, 'pretrain', 10, True),  # mid-pretraining (a cache of its own: it pretrains)
 ])
 def test_a_signal_checkpoints_and_exits_with_how_to_resume(tmp_path, reference, sig, case, step,
@@ -130,15 +132,15 @@ def test_a_signal_checkpoints_and_exits_with_how_to_resume(tmp_path, reference, 
   last = err.strip().splitlines()[-1]
   name = signal.Signals(sig).name
   match = re.fullmatch(
-      rf'tljax: stopped by {name} \({"case 9" if case == 9 else "pretrain"}, step (\d+) of \d+, '
+      rf'tljax: stopped by {name} \({case} \(seed 0\), step (\d+) of \d+, '
       rf'checkpoint saved in (\S+)\); finished cases are kept in {re.escape(str(work))}\. To '
       r'resume, run the same command: (.*)', last)
   assert match, last
   saved, where, again_cmd = int(match[1]), match[2], match[3]
   assert saved >= step and os.listdir(where) == [str(saved)]
   assert again_cmd == shlex.join([os.path.basename(sys.executable), *cmd[1:]])
-  assert not (work / 'cases' / 'case_9.json').exists()
-  if case == 9:  # case 1 finished before the signal: its record and the summary are written
+  assert not (work / 'cases' / f'{RUN_9}.json').exists()
+  if case == 'last:9':  # case 1 finished before the signal: its record and the summary are written
     assert [c['case'] for c in json.loads((work / 'summary.json').read_text())['cases']] == [
         'last:1']
   again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
@@ -290,16 +292,16 @@ def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
   tiny_config.log_every_steps = 1
   sweep.train_and_evaluate(tiny_config, str(tmp_path))
   # Make case 1 look unfinished with a damaged checkpoint.
-  os.remove(tmp_path / 'cases' / 'case_1.json')
-  ck = resume.Checkpoints(resume.case_dir(str(tmp_path), 1))
+  os.remove(tmp_path / 'cases' / f'{RUN_1}.json')
+  ck = resume.Checkpoints(resume.case_dir(str(tmp_path), RUN_1))
   case = case_lib.make_case(tiny_config, 1, num_classes=5)
   ck.save(case.state, {'step': 2, 'epoch': 0, 'wall_s': 0.0})
-  for root, _, files in os.walk(resume.case_dir(str(tmp_path), 1)):
+  for root, _, files in os.walk(resume.case_dir(str(tmp_path), RUN_1)):
     for f in files:
       if 'state' in root:
         with open(os.path.join(root, f), 'wb') as fh:
           fh.write(b'garbage')
-  with pytest.raises(ValueError, match=r'checkpoint .*case_1/2 cannot be read'):
+  with pytest.raises(ValueError, match=r'checkpoint .*' + RUN_1 + '/2 cannot be read'):
     sweep.train_and_evaluate(tiny_config, str(tmp_path))
 
 

@@ -23,7 +23,7 @@ MACS = {
 }
 # Per-example float32 bytes of the cached prefix output: case 1 caches dense's 128 features
 # (after batch_normalization_6 and dropout_3), case 9 conv2d_5's input, 8x8x128.
-PREFIX_FEATURES = {'last:1': 128, 'last:9': 8 * 8 * 128}
+PREFIX_FEATURES = {'last:1': 128, 'last:9': 8 * 8 * 128}  # records name cases canonically
 
 
 @pytest.fixture(scope='module')

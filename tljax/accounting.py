@@ -116,20 +116,35 @@ def layer_macs(model, variables, input_shape):
           for l in model.keras_layers()]
 
 
-def analytic_train_macs(per_layer, trainable_names):
+# Parameters whose gradient is a reduction over the batch and positions (a conv/dense bias, a
+# BatchNorm scale or shift): 0 multiply-accumulates, as their forward use counts 0 MACs.
+ELEMENTWISE_PARAMS = ('bias', 'scale')
+
+
+def analytic_train_macs(per_layer, trainable_params):
   """MACs per example of one training step, from the per-layer forward count.
 
+  `trainable_params`: {layer: names of its trainable params}
+  (`freezing.trainable_params_by_layer`; layers with none may be left out).
   forward: every layer (frozen ones too: the input must reach the trainable ones);
-  weight_grad: the trainable layers' weight gradients (= their forward MACs);
-  input_grad: the input gradients of every layer above the lowest trainable layer with
-    weights (the backward pass must reach that layer's output, not go below it; a trainable
-    flatten, dropout or pooling layer below it needs no gradient, as in XLA's step).
+  weight_grad: the forward MACs of the layers whose MAC-carrying kernel trains (a trainable
+    param other than ELEMENTWISE_PARAMS); a bias-only or norm-only layer pays none;
+  input_grad: the input gradients of every layer above the lowest layer with ANY trainable
+    param (the backward pass must reach that layer's output, not go below it: a bias-only case
+    pays input gradients down to its lowest trainable bias; weightless layers below it, or a
+    Dropout that trains nothing, need none, as in XLA's step);
+  trainable_forward: = weight_grad, the forward MACs of the layers with a trainable kernel
+    (the thesis's energy convention: `thesis_energy_per_example_j`).
   """
-  trainable = set(trainable_names)
-  idx = [i for i, l in enumerate(per_layer) if l['name'] in trainable and l['weighted']]
+  if not isinstance(trainable_params, dict):
+    raise ValueError(f'trainable_params={trainable_params!r}: must be a dict {{layer: trainable '
+                     'param names}} (freezing.trainable_params_by_layer).')
+  kernel = {name for name, ps in trainable_params.items()
+            if any(p.split('/')[-1] not in ELEMENTWISE_PARAMS for p in ps)}
+  idx = [i for i, l in enumerate(per_layer) if trainable_params.get(l['name'])]
   lowest = min(idx) if idx else len(per_layer)
   forward = sum(l['macs'] for l in per_layer)
-  weight_grad = sum(l['macs'] for l in per_layer if l['name'] in trainable)
+  weight_grad = sum(l['macs'] for l in per_layer if l['name'] in kernel)
   input_grad = sum(l['macs'] for i, l in enumerate(per_layer) if i > lowest)
   return dict(forward=forward, weight_grad=weight_grad, input_grad=input_grad,
               total=forward + weight_grad + input_grad,

@@ -52,7 +52,14 @@ def _class_list(v, c):
 
 
 def _cases(v, c):
-  return len(v) > 0 and all(_is(int, x) for x in v) and len(set(v)) == len(v)
+  """Non-empty, distinct entries, each an int, a case string or a non-empty tuple of
+  (regex, label) string pairs (hashable: cases key records; validate_cases checks the rest)."""
+  def one(x):
+    if isinstance(x, tuple):
+      return len(x) > 0 and all(isinstance(r, tuple) and len(r) == 2
+                                and all(isinstance(s, str) for s in r) for r in x)
+    return _is(int, x) or isinstance(x, str)
+  return len(v) > 0 and all(one(x) for x in v) and len(set(v)) == len(v)
 
 
 def _image_size(v, c):
@@ -114,8 +121,9 @@ FIELDS = {
     'new_head': _one_of(NEW_HEAD),
     'frozen_dropout': _one_of(models.FROZEN_DROPOUT),
     'depthwise_impl': _one_of(models.DEPTHWISE_IMPLS),
-    'cases': Field((tuple, list), _cases, 'must be a non-empty tuple of distinct ints (numbers '
-                   'of trainable layers)'),
+    'cases': Field((tuple, list), _cases, 'must be a non-empty tuple of distinct cases, each an '
+                   "int N, a string 'last:N', 'bias:N', 'norm:N', 'block:NAME', 'layers:A..B', "
+                   "or a tuple of (regex, label) rules"),
     'case_counting': _one_of(freezing.COUNTINGS),
     'epochs': _int_at_least(1),
     'steps_per_epoch': _int_at_least(0, ' (0 = whole epochs)'),
@@ -178,11 +186,17 @@ def check_data(config, train_arrays):
 
 
 def validate_cases(config, layers):
-  """Every case of `config.cases` against the model's Keras `layers`: in range, and training
-  at least one parameter. The error names the fields that chose the case."""
+  """Every case of `config.cases` against the model's Keras `layers` (freezing.case_spec): a
+  known form, in range, training at least one parameter, and no two with the same canonical
+  name (9 and 'last:9'). The error names the fields that chose the case."""
+  seen = {}
   for n in config.cases:
     try:
-      freezing.case_layers(layers, n, config.case_counting)
+      name = freezing.case_spec(n, layers, config.case_counting).name
+      if name in seen:
+        raise ValueError(f'cases {seen[name]!r} and {n!r} are the same case {name!r}; list '
+                         'each case once.')
+      seen[name] = n
     except ValueError as e:
       raise ValueError(f'config.cases={tuple(config.cases)!r} with config.case_counting='
                        f'{config.case_counting!r} and config.model={config.model!r}: {e}') from None

@@ -40,19 +40,25 @@ def memory_budget():
   return int(min(MEMORY_BUDGET_BYTES, psutil.virtual_memory().available // 4))
 
 
-def cut_index(model, trainable_names):
-  """The latest cut at or below the lowest trainable layer and the lowest active Dropout:
+def cut_index(model, trainable_names, trainable_params=None):
+  """The latest cut at or below the lowest active layer and the lowest active Dropout:
   layers [0, cut) are the prefix.
 
-  Leading trainable layers without weights or a training mode (pooling, flatten, activations)
-  compute the same either way, so they join the prefix: head-only EfficientNet caches the
-  pooled 1280 features, not the 7x7x1280 map. A Dropout that drops units in training (a frozen
-  one with frozen_dropout='keras') is random per step, so the prefix stops below it.
+  `trainable_names`: the case's active layers (`freezing.CaseSpec.active_layers`: those in
+  training mode), so a BatchNorm in training mode or a layer with a trainable param is never
+  in the prefix. Leading active layers without a training mode and without a trainable param
+  (pooling, flatten, activations; with `trainable_params` = {layer: trainable param names},
+  also a conv whose kernel stays frozen in a norm or bias case) compute the same either way,
+  so they join the prefix: head-only EfficientNet caches the pooled 1280 features, not the
+  7x7x1280 map. A Dropout that drops units in training (a frozen one with
+  frozen_dropout='keras') is random per step, so the prefix stops below it.
   """
   layers = model.keras_layers()
   names = [l.name for l in layers]
   lowest = min(names.index(n) for n in trainable_names)
-  while (lowest < len(layers) and not layers[lowest].weighted
+  owns = (lambda l: bool(trainable_params.get(l.name))) if trainable_params is not None else (
+      lambda l: l.weighted)
+  while (lowest < len(layers) and not owns(layers[lowest])
          and layers[lowest].kind not in TRAIN_MODE_KINDS):
     lowest += 1
   case_model = model.clone(frozen=frozenset(names) - set(trainable_names))

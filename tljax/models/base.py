@@ -14,6 +14,8 @@ class KerasLayer:
   weighted: whether the layer owns variables ('params' and/or 'batch_stats').
   base: whether the layer belongs to the pretrained base (False for the
     classification head that tljax attaches for the target task).
+  block: the model's block the layer belongs to ('block1', 'stem', 'head', ...; '' = none),
+    for the 'block:NAME' freeze cases (`blocks`).
   activation: the activation Keras fuses into a Conv2D/Dense layer, or an Activation layer's
     function: 'relu', 'swish' or 'sigmoid'; None = linear.
   """
@@ -21,6 +23,7 @@ class KerasLayer:
   kind: str
   weighted: bool
   base: bool = True
+  block: str = ''
   activation: Optional[str] = None
 
 
@@ -37,6 +40,16 @@ def record_output(module, name: str, x) -> None:
   """Sows layer `name`'s output `x` into LAYER_OUTPUTS as `name + OUTPUT_SUFFIX` (a no-op
   unless that collection is mutable)."""
   module.sow(LAYER_OUTPUTS, name + OUTPUT_SUFFIX, x)
+
+
+def blocks(layers) -> dict[str, tuple[str, ...]]:
+  """The blocks of a model's Keras `layers`: ordered {block name: its layer names}, in Keras
+  order; layers without a block are left out."""
+  out = {}
+  for l in layers:
+    if l.block:
+      out.setdefault(l.block, []).append(l.name)
+  return {name: tuple(names) for name, names in out.items()}
 
 
 # Keras layer kinds whose behaviour differs between training and inference.

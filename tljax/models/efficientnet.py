@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tljax.models.base import KerasLayer, dropout_on, record_output
+from tljax.models.base import KerasLayer, blocks as layer_blocks, dropout_on, record_output
 from tljax.models.small_cnn import layer_range
 
 BN_EPSILON = 1e-3
@@ -132,25 +132,28 @@ def _block_layers(s: BlockSpec) -> list[KerasLayer]:
 
 def layer_list(variant: str, num_classes: Optional[int],
                drop_connect_rate: float = 0.2) -> tuple[KerasLayer, ...]:
-  """Keras's `model.layers` for the weights='imagenet' graph, InputLayer left out."""
-  layers = [KerasLayer('rescaling', 'Rescaling', False),
-            KerasLayer('normalization', 'Normalization', True),
-            KerasLayer('rescaling_1', 'Rescaling', False),
-            KerasLayer('stem_conv_pad', 'ZeroPadding2D', False),
-            KerasLayer('stem_conv', 'Conv2D', True),
-            KerasLayer('stem_bn', 'BatchNormalization', True),
-            KerasLayer('stem_activation', 'Activation', False, activation='swish')]
+  """Keras's `model.layers` for the weights='imagenet' graph, InputLayer left out; blocks
+  'stem' (rescaling .. stem_activation), 'block1a' .., 'top', and 'head' when num_classes is set."""
+  stem = [KerasLayer('rescaling', 'Rescaling', False),
+          KerasLayer('normalization', 'Normalization', True),
+          KerasLayer('rescaling_1', 'Rescaling', False),
+          KerasLayer('stem_conv_pad', 'ZeroPadding2D', False),
+          KerasLayer('stem_conv', 'Conv2D', True),
+          KerasLayer('stem_bn', 'BatchNormalization', True),
+          KerasLayer('stem_activation', 'Activation', False, activation='swish')]
+  layers = [dataclasses.replace(l, block='stem') for l in stem]
   for s in block_specs(variant, drop_connect_rate):
-    layers += _block_layers(s)
-  layers += [KerasLayer('top_conv', 'Conv2D', True),
-             KerasLayer('top_bn', 'BatchNormalization', True),
-             KerasLayer('top_activation', 'Activation', False, activation='swish')]
+    layers += [dataclasses.replace(l, block=s.name[:-1]) for l in _block_layers(s)]
+  layers += [KerasLayer('top_conv', 'Conv2D', True, block='top'),
+             KerasLayer('top_bn', 'BatchNormalization', True, block='top'),
+             KerasLayer('top_activation', 'Activation', False, block='top', activation='swish')]
   if num_classes is not None:
-    layers += [KerasLayer('global_average_pooling2d', 'GlobalAveragePooling2D', False, False),
-               KerasLayer('dense', 'Dense', True, False, activation='relu'),
-               KerasLayer('batch_normalization', 'BatchNormalization', True, False),
-               KerasLayer('dropout', 'Dropout', False, False),
-               KerasLayer('dense_1', 'Dense', True, False)]
+    layers += [KerasLayer('global_average_pooling2d', 'GlobalAveragePooling2D', False, False,
+                          'head'),
+               KerasLayer('dense', 'Dense', True, False, 'head', activation='relu'),
+               KerasLayer('batch_normalization', 'BatchNormalization', True, False, 'head'),
+               KerasLayer('dropout', 'Dropout', False, False, 'head'),
+               KerasLayer('dense_1', 'Dense', True, False, 'head')]
   return tuple(layers)
 
 
@@ -266,6 +269,10 @@ class EfficientNet(nn.Module):
 
   def keras_layers(self) -> tuple[KerasLayer, ...]:
     return layer_list(self.variant, self.num_classes, self.drop_connect_rate)
+
+  def blocks(self) -> dict[str, tuple[str, ...]]:
+    """{'stem', 'block1a', .., 'top', 'head' (with num_classes)}: their layer names."""
+    return layer_blocks(self.keras_layers())
 
   def _train(self, name: str, train: bool) -> bool:
     return train and name not in self.frozen

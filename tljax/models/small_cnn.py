@@ -5,7 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tljax.models.base import KerasLayer, dropout_on, record_output
+from tljax.models.base import KerasLayer, blocks as layer_blocks, dropout_on, record_output
 
 # Keras defaults mirrored: glorot-uniform kernels, zero biases, BN eps 1e-3, momentum 0.99.
 _KERNEL_INIT = nn.initializers.glorot_uniform()
@@ -18,22 +18,27 @@ def _layer_list(num_classes: int) -> tuple[KerasLayer, ...]:
   del num_classes
   layers = []
   n_conv = n_bn = n_pool = n_drop = 0
-  for _ in range(3):
+  for b in range(3):
+    block = f'block{b + 1}'
     for _ in range(2):
-      layers.append(KerasLayer(f'conv2d{_suffix(n_conv)}', 'Conv2D', True, activation='relu'))
-      layers.append(KerasLayer(f'batch_normalization{_suffix(n_bn)}', 'BatchNormalization', True))
+      layers.append(KerasLayer(f'conv2d{_suffix(n_conv)}', 'Conv2D', True, block=block,
+                               activation='relu'))
+      layers.append(KerasLayer(f'batch_normalization{_suffix(n_bn)}', 'BatchNormalization', True,
+                               block=block))
       n_conv += 1
       n_bn += 1
-    layers.append(KerasLayer(f'max_pooling2d{_suffix(n_pool)}', 'MaxPooling2D', False))
-    layers.append(KerasLayer(f'dropout{_suffix(n_drop)}', 'Dropout', False))
+    layers.append(KerasLayer(f'max_pooling2d{_suffix(n_pool)}', 'MaxPooling2D', False,
+                             block=block))
+    layers.append(KerasLayer(f'dropout{_suffix(n_drop)}', 'Dropout', False, block=block))
     n_pool += 1
     n_drop += 1
   layers += [
-      KerasLayer('flatten', 'Flatten', False),
-      KerasLayer('dense', 'Dense', True, activation='relu'),
-      KerasLayer(f'batch_normalization{_suffix(n_bn)}', 'BatchNormalization', True),
-      KerasLayer(f'dropout{_suffix(n_drop)}', 'Dropout', False),
-      KerasLayer('dense_1', 'Dense', True),
+      KerasLayer('flatten', 'Flatten', False, block='head'),
+      KerasLayer('dense', 'Dense', True, block='head', activation='relu'),
+      KerasLayer(f'batch_normalization{_suffix(n_bn)}', 'BatchNormalization', True,
+                 block='head'),
+      KerasLayer(f'dropout{_suffix(n_drop)}', 'Dropout', False, block='head'),
+      KerasLayer('dense_1', 'Dense', True, block='head'),
   ]
   return tuple(layers)
 
@@ -60,6 +65,10 @@ class SmallCNN(nn.Module):
 
   def keras_layers(self) -> tuple[KerasLayer, ...]:
     return _layer_list(self.num_classes)
+
+  def blocks(self) -> dict[str, tuple[str, ...]]:
+    """{'block1', 'block2', 'block3' (conv, bn, conv, bn, pool, dropout), 'head'}: layer names."""
+    return layer_blocks(self.keras_layers())
 
   def _train(self, name: str, train: bool) -> bool:
     return train and name not in self.frozen
