@@ -33,7 +33,7 @@ def run(tmp_path_factory):
   c.log_every_steps = 10  # the default config's
   c.cases = CASES
   summary = sweep.train_and_evaluate(c, str(tmp / 'w'))
-  with open(tmp / 'w' / 'results.csv') as f:
+  with open(tmp / 'w' / 'runs.csv') as f:
     rows = list(csv.DictReader(f))
   return c, summary, rows
 
@@ -48,25 +48,25 @@ def test_params_counts_from_the_variables(run):
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 1))))
   params, stats = _sizes(shapes['params']), _sizes(shapes['batch_stats'])
   assert sum(params.values()) + sum(stats.values()) == 552_298 - (128 * 10 + 10) + (128 * 5 + 5)  # 5 classes
-  for c in summary['cases']:
+  for c in summary['runs']:
     assert c['trainable_params'] == sum(params.get(n, 0) for n in c['trainable_layer_names'])
     assert c['total_params'] == sum(params.values()) + sum(stats.values())
-  assert summary['cases'][0]['trainable_params'] == 128 * 5 + 5
+  assert summary['runs'][0]['trainable_params'] == 128 * 5 + 5
 
 
 def test_thesis_energy_from_the_trainable_layers_forward_macs(run):
   config, summary, _ = run
-  for c in summary['cases']:
+  for c in summary['runs']:
     macs = sum(MACS.get(n, 0) for n in c['trainable_layer_names'])
     assert c['thesis_energy_per_example_j'] == pytest.approx(macs * config.e_mac_j, rel=1e-12)
     assert c['analytic_macs_per_example']['trainable_forward'] == macs
-  assert summary['cases'][0]['thesis_energy_per_example_j'] == pytest.approx(128 * 5 * 3.2e-12)
+  assert summary['runs'][0]['thesis_energy_per_example_j'] == pytest.approx(128 * 5 * 3.2e-12)
 
 
 def test_flops_and_energy_fields_from_their_formulas(run):
   config, summary, _ = run
   e = config.e_mac_j
-  for c in summary['cases']:
+  for c in summary['runs']:
     b, steps = c['batch_size'], c['steps']
     assert (b, steps) == (16, 3)
     assert c['train_flops_per_step'] == c['train_memory']['flops'] > 0
@@ -88,7 +88,7 @@ def test_flops_and_energy_fields_from_their_formulas(run):
 def test_prefix_cache_and_compute_fields(run):
   _, summary, _ = run
   n_examples = summary['train_examples'] + summary['test_examples']
-  for c in summary['cases']:
+  for c in summary['runs']:
     eval_batch = min(128, c['test_examples'])
     eval_calls = math.ceil(c['test_examples'] / eval_batch)
     assert c['test_examples'] == summary['test_examples']
@@ -110,16 +110,23 @@ def test_prefix_cache_and_compute_fields(run):
     assert c['prefix_flops_total'] / calls < c['forward_flops_per_example'] * 16
 
 
-def test_results_csv_holds_every_scalar_field_of_the_record(run):
+def test_csvs_hold_every_scalar_field_of_the_records(run):
+  """runs.csv: a row per (case, seed) record; results.csv: a row per case's statistics."""
   _, summary, rows = run
-  record = summary['cases'][0]
+  with open(summary['config']['cache_dir'] + '/../w/results.csv') as f:
+    cases = list(csv.DictReader(f))
+  assert list(cases[0]) == report.csv_columns(summary['cases'])
+  assert [r['case'] for r in cases] == ['last:1', 'last:9', 'last:23']
+  assert [float(r['test_accuracy_mean']) for r in cases] == [
+      c['test_accuracy'] for c in summary['runs']]  # one seed: the mean is the run's
+  record = summary['runs'][0]
   scalars = [k for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))]
-  assert list(rows[0]) == scalars == report.csv_columns(summary['cases'])
+  assert list(rows[0]) == scalars == report.csv_columns(summary['runs'])
   for f in ('batch_size', 'test_examples', 'prefix_cache', 'prefix_cache_cut_layer',
             'cached_train_flops_per_step', 'prefix_flops_total', 'compute_flops_total',
             'prefix_cache_bytes', 'prefix_cache_location'):
     assert f in rows[0]
-  for row, c in zip(rows, summary['cases']):
+  for row, c in zip(rows, summary['runs']):
     for k in scalars:
       v = c[k]
       assert row[k] == ('' if v is None else str(v)), k
@@ -129,7 +136,7 @@ def test_results_csv_holds_every_scalar_field_of_the_record(run):
 def test_device_memory_fields(run):
   """The device memory model at batch 1 (README "Device memory model"), and its XLA ratio."""
   _, summary, _ = run
-  for c in summary['cases']:
+  for c in summary['runs']:
     d = c['device_memory']
     assert (d['batch_size'], d['frozen_dtype']) == (1, 'float32')
     assert c['device_train_memory_bytes'] == d['total_bytes'] == (
@@ -142,5 +149,5 @@ def test_device_memory_fields(run):
         c['device_train_memory_bytes'] / c['xla_memory_at_device_batch_bytes'])
   # Kept for the backward pass: dense_1's input; from conv2d_5 up; everything (hand-worked in
   # tests/test_device_memory.py).
-  kept = [c['device_memory']['activation_bytes'] for c in summary['cases']]
+  kept = [c['device_memory']['activation_bytes'] for c in summary['runs']]
   assert kept == [4 * 128, 76_576, 770_336]

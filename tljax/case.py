@@ -44,13 +44,15 @@ class Case:
 def make_case(config, case, num_classes, pretrained=None):
   """The model, variables, freeze labels, optimiser and initial state of `case` (an int, a case
   string or rules; freezing.case_spec) at the seed of `config`."""
-  layers = compiled.model_for(config, num_classes).keras_layers()
-  spec = case if isinstance(case, freezing.CaseSpec) else freezing.case_spec(
-      case, layers, config.case_counting)
-  frozen = {l.name for l in layers} - set(spec.active_layers)
-  model = compiled.model_for(config, num_classes, frozen)
-  fresh = compiled.init_variables(model, config,
+  plain = compiled.model_for(config, num_classes)
+  layers = plain.keras_layers()
+  # Initial variables do not depend on which layers are frozen (init_variables unfreezes).
+  fresh = compiled.init_variables(plain, config,
                                   jax.random.fold_in(jax.random.key(compiled.seed_of(config)), 2))
+  spec = case if isinstance(case, freezing.CaseSpec) else freezing.case_spec(
+      case, layers, config.case_counting, params=fresh['params'])
+  model = compiled.model_for(config, num_classes,
+                             {l.name for l in layers} - set(spec.active_layers))
   reinit = head_to_reinit(config, layers, pretrained, fresh)
   variables = fresh if pretrained is None else merge(fresh, pretrained, layers, reinit)
   labels = freezing.label_tree(variables['params'], spec.rules)
@@ -142,7 +144,8 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
   train_cost = accounting.xla_costs(train_c, devices)
   eval_cost = accounting.xla_costs(eval_c, devices)
   cached = None
-  cut = prefix_cache.cut_index(c.model, c.trainable_names)
+  cut = prefix_cache.cut_index(c.model, c.trainable_names,
+                               freezing.trainable_params_by_layer(c.labels))
   if config.prefix_cache and cut > 0 and jax.process_count() == 1:
     cached = prefix_cache.compile_steps(c.model, c.tx, c.trainable, c.state, config,
                                         eval_batch, cut, mesh)

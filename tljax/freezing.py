@@ -83,7 +83,7 @@ def label_tree(params, rules, *, log=True):
       if pattern.fullmatch(path):
         labels[path] = label
         if log:
-          logging.info('freeze: %-50s %-9s (rule %r)', path, label, rx)
+          logging.debug('freeze: %-50s %-9s (rule %r)', path, label, rx)
         break
     else:
       raise ValueError(f'Parameter {path!r} is matched by no freeze rule; rules: {rules}.')

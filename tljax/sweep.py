@@ -1,5 +1,6 @@
 """The sweep: every freeze case once per seed, resumable per (case, seed), into one summary."""
 
+import functools
 import os
 import platform
 import time
@@ -82,9 +83,12 @@ class _Sweep:
     self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
     resume.discard_stale_checkpoints(workdir, self.fingerprint)
     self.num_classes = self.target.num_classes
-    layers = compiled.model_for(self.run_config, self.num_classes).keras_layers()
-    checks.validate_cases(self.run_config, layers)  # every case, before hours go into the first
-    self.specs = [freezing.case_spec(c, layers, config.case_counting) for c in config.cases]
+    model = compiled.model_for(self.run_config, self.num_classes)
+    checks.validate_cases(self.run_config, model.keras_layers())  # before hours go into the first
+    params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                            compiled.input_spec(self.run_config, 1))['params']
+    self.specs = [freezing.case_spec(c, model.keras_layers(), config.case_counting, params=params)
+                  for c in config.cases]
     self.seeds = [int(s) for s in config.seeds]
     self.done = {(s.name, seed): resume.load_done(workdir, case_lib.run_key(s.name, seed),
                                                   self.fingerprint)
