@@ -231,9 +231,10 @@ def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
                                               eval_batch=spec['batch_size'])
   cost = accounting.xla_costs(train_c)
   twin = accounting.counting_model(model)
-  if twin is not None:  # the FLOPs of the slices formulation, whichever runs (README "FLOPs")
+  if twin is not None:  # the FLOPs as counted, whichever step runs (README "FLOPs")
     twin_c = compiled.compile_steps(twin, case.tx, case.trainable, case.state, config,
-                                 eval_batch=spec['batch_size'])[0]
+                                    eval_batch=spec['batch_size'],
+                                    device=accounting.counting_device())[0]
     cost = accounting.with_counted_flops(cost, accounting.xla_costs(twin_c))
   x, y = _random_batch(spec)
   x, y = jax.device_put(x), jax.device_put(y)

@@ -150,20 +150,33 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
     cached = prefix_cache.compile_steps(c.model, c.tx, c.trainable, c.state, config,
                                         eval_batch, cut, mesh)
   counting = accounting.counting_model(c.model)
-  if counting is not None:  # the FLOPs of the same steps with slices depthwise (compiled only)
-    twin_train, twin_eval, twin_s = compiled.compile_steps(counting, c.tx, c.trainable, c.state,
-                                                           config, eval_batch, mesh)
-    compile_s += twin_s
-    eval_s += compiled.eval_compile_s(counting, c.state, config, eval_batch, mesh)
-    train_cost = accounting.with_counted_flops(train_cost, accounting.xla_costs(twin_train, devices))
-    eval_cost = accounting.with_counted_flops(eval_cost, accounting.xla_costs(twin_eval, devices))
+  if counting is not None:  # the FLOPs of the same steps as counted (README "FLOPs")
+    twin = _counting_twin(c, counting, config, eval_batch, cut if cached is not None else None)
+    compile_s += twin['compile_s']
+    eval_s += twin['eval_compile_s']
+    train_cost = accounting.with_counted_flops(train_cost, twin['train_cost'])
+    eval_cost = accounting.with_counted_flops(eval_cost, twin['eval_cost'])
     if cached is not None:
-      prefix_cache.count_on(cached, prefix_cache.compile_steps(
-          counting, c.tx, c.trainable, c.state, config, eval_batch, cut, mesh))
+      prefix_cache.count_on(cached, twin['cached'])
   device_mem, device_xla = _device_memory(c, config)
   c.state = None  # built again when the case trains: no case holds memory while waiting
   return Plan(c, train_c, eval_c, compile_s, train_cost, eval_cost, eval_batch, eval_s, cached,
               device_mem, device_xla)
+
+
+def _counting_twin(c, counting, config, eval_batch, cut):
+  """The steps of case `c` compiled with `counting` (accounting.counting_model) on the counting
+  device, one device with the whole batch: their costs, only to be counted."""
+  device = accounting.counting_device()
+  train, ev, train_s = compiled.compile_steps(counting, c.tx, c.trainable, c.state, config,
+                                              eval_batch, device=device)
+  return dict(
+      train_cost=accounting.xla_costs(train), eval_cost=accounting.xla_costs(ev),
+      compile_s=train_s,
+      eval_compile_s=compiled.eval_compile_s(counting, c.state, config, eval_batch,
+                                             device=device),
+      cached=None if cut is None else prefix_cache.compile_steps(
+          counting, c.tx, c.trainable, c.state, config, eval_batch, cut, device=device))
 
 
 def _device_memory(c, config):

@@ -63,9 +63,11 @@ def new_state(variables, tx, seed, mesh=None):
   return mesh.put_replicated(state) if mesh is not None else state
 
 
-def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None, batch=None):
+def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None, batch=None,
+                  device=None):
   """Compiles the train step of this case at `batch` (default config.batch_size) and (once per
-  shape) the eval step.
+  shape) the eval step; for `device` (e.g. accounting.counting_device()) instead of the default
+  one when it is given (then without a mesh).
 
   Returns (train, eval, seconds to compile the train step). The eval step's compilation is
   shared by every case and not in those seconds (`eval_compile_s`). The FLOP count is read
@@ -78,25 +80,34 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None, ba
   if mesh is not None:
     shard = dict(in_shardings=(mesh.replicated, mesh.batch, mesh.batch),
                  out_shardings=(mesh.replicated, mesh.replicated))
+  if device is not None:
+    state = on_device(state, device)
+    shard = dict(in_shardings=jax.sharding.SingleDeviceSharding(device))
   train_jit = jax.jit(functools.partial(train_step, model=model, tx=tx, trainable=trainable),
                       donate_argnums=0, **shard)
   train_c = backend.compile(train_jit.lower(state, input_spec(config, batch),
                                             jax.ShapeDtypeStruct((batch,), jnp.int32)),
                             config)
   train_s = time.perf_counter() - t0
-  return train_c, _eval_compiled(model, state, config, eval_batch, mesh)[0], train_s
+  return train_c, _eval_compiled(model, state, config, eval_batch, mesh, device)[0], train_s
 
 
-def eval_compile_s(model, state, config, eval_batch, mesh=None):
+def on_device(tree, device):
+  """Shapes and dtypes of `tree`'s arrays, placed on `device` (for lowering only)."""
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def eval_compile_s(model, state, config, eval_batch, mesh=None, device=None):
   """Seconds it took to compile the eval step that `compile_steps` gave for these arguments."""
-  return _eval_compiled(model, state, config, eval_batch, mesh)[1]
+  return _eval_compiled(model, state, config, eval_batch, mesh, device)[1]
 
 
-def _eval_compiled(model, state, config, eval_batch, mesh=None):
+def _eval_compiled(model, state, config, eval_batch, mesh=None, device=None):
   """(eval step, seconds its compilation took), compiled once per process and shape."""
   options = backend.compiler_options(config)
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
-         accounting.depthwise_impls(model)[0], jax.default_backend(),
+         accounting.depthwise_impls(model)[0], jax.default_backend(), str(device),
          mesh is not None and mesh.num_devices, tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:
     t0 = time.perf_counter()
@@ -105,6 +116,9 @@ def _eval_compiled(model, state, config, eval_batch, mesh=None):
     if mesh is not None:
       shard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
                    out_shardings=mesh.replicated)
+    if device is not None:
+      state = on_device(state, device)
+      shard = dict(in_shardings=jax.sharding.SingleDeviceSharding(device))
     eval_jit = jax.jit(functools.partial(eval_step, model=eval_model), **shard)
     compiled = backend.compile(eval_jit.lower(
         state.params, state.batch_stats, input_spec(config, eval_batch),

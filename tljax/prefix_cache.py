@@ -100,11 +100,12 @@ class Compiled:
   compile_s: float
 
 
-def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=None):
+def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=None, device=None):
   """Compiles the prefix forward and the suffix train step (at config.batch_size) and the
   suffix eval step (at `eval_batch`). The prefix runs at the train batch: on 2 CPU cores,
   filling B0's cache (224x224, 1,536 images) plus 10 suffix epochs took 20.7 s at batch 32
   against 26.8 s at 256, and its rounding matches the uncached step's (identical losses).
+  With `device` (accounting.counting_device()), compiled for that device only (to be counted).
   """
   t0 = time.perf_counter()
   image = jax.ShapeDtypeStruct(
@@ -116,6 +117,10 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=Non
                   out_shardings=(mesh.replicated, mesh.replicated))
     eshard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
                   out_shardings=mesh.replicated)
+  if device is not None:
+    from tljax import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
+    state = compiled_lib.on_device(state, device)
+    pshard = tshard = eshard = dict(in_shardings=jax.sharding.SingleDeviceSharding(device))
   prefix_jit = jax.jit(functools.partial(_prefix_forward, model=model, cut=cut), **pshard)
   prefix_c = backend.compile(prefix_jit.lower(state.params, state.batch_stats, image), config)
   feature_shape = tuple(jax.eval_shape(prefix_jit, state.params, state.batch_stats,
