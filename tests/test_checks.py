@@ -19,7 +19,8 @@ def test_every_config_field_is_in_the_ranges_table():
   assert set(checks.FIELDS) - fields == set(), 'FIELDS lists fields that configs/base.py lacks'
 
 
-@pytest.mark.parametrize('name', ['default', 'test1', 'test2', 'test3', 'test4', 'test5'])
+@pytest.mark.parametrize('name', ['default', 'families', 'folders', 'test1', 'test2', 'test3',
+                                  'test4', 'test5'])
 def test_every_shipped_config_passes(name):
   checks.validate(importlib.import_module(f'configs.{name}').get_config())
 

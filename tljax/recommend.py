@@ -274,7 +274,8 @@ def run_cli(argv):
     sys.stderr.write(f'tljax: error: {fv.workdir}/summary.json is not a tljax summary '
                      f'({type(e).__name__}: {e})\n')
     return 1
-  print(console.table({'cases': cases, 'recommendation': rec}))
+  print(console.table({'cases': cases, 'recommendation': rec,
+                       'config': {'budget_memory': budget['memory']}}))
   return 0
 
 
