@@ -164,7 +164,7 @@ def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp
       sweep.train_and_evaluate(tiny_config, str(tmp_path))
   finally:
     interrupt.reset()
-  assert e.value.signum == signal.SIGTERM and e.value.detail == 'before compiling case 9'
+  assert e.value.signum == signal.SIGTERM and e.value.detail == 'before compiling case last:9'
   assert e.value.exit_code == 143
   assert not list(tmp_path.glob('cases/*.json'))  # no case trained
   monkeypatch.setattr(compiled, 'compile_steps', real)
@@ -193,7 +193,7 @@ def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, 
       sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   finally:
     interrupt.reset()
-  assert e.value.detail.startswith('case 9, step 6 of 10, checkpoint saved in')
+  assert e.value.detail.startswith('last:9 (seed 0), step 6 of 10, checkpoint saved in')
   monkeypatch.setattr(interrupt, 'requested', real)
   again = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   assert _strip_timing(again) == _strip_timing(ref)
