@@ -234,7 +234,8 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path, mon
 
   monkeypatch.setattr(optax, 'adam', adam_that_blows_up_first_case)
   summary = sweep.train_and_evaluate(tiny_config, str(tmp_path))
-  first, second = summary['cases']
+  assert [c['status'] for c in summary['cases']] == ['diverged (seed 0)', 'ok']
+  first, second = summary['runs']
   # Step 1's loss is finite (computed before the NaN update); step 2's is NaN.
   assert first['status'] == 'diverged' and first['diverged_at_step'] == 2
   assert first['test_accuracy'] is None and first['test_loss'] is None

@@ -212,7 +212,9 @@ def run_key(name, seed):
 def run_case(config, plan, case, target, target_test, metrics, workdir, mesh=None):
   """Trains `case` (this seed's weights) with the compiled steps of `plan`; its record."""
   key = run_key(case.name, compiled.seed_of(config))
-  state = compiled.new_state(case.variables, case.tx, compiled.seed_of(config), mesh)
+  # The optimiser the steps were compiled with (the same for every seed): its state's structure
+  # is the compiled step's input.
+  state = compiled.new_state(case.variables, plan.case.tx, compiled.seed_of(config), mesh)
   ckpt = None if config.dry_run else resume.Checkpoints(resume.case_dir(workdir, key))
   try:
     out = _train(config, plan, state, (target, target_test), metrics,
