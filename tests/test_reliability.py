@@ -280,7 +280,7 @@ def test_too_little_memory_suggests_a_batch(tiny_config, tmp_path, monkeypatch):
   tiny_config.cases = (1, 23)
   tiny_config.pretrained = 'none'
   monkeypatch.setattr(resume, 'available_memory_bytes', lambda: 12 * 2**20)
-  with pytest.raises(MemoryError, match=r'Case 23 needs \d+ MiB .* Try --config.batch_size=\d+'):
+  with pytest.raises(MemoryError, match=r'Case last:23 needs \d+ MiB .* Try --config.batch_size=\d+'):
     sweep.train_and_evaluate(tiny_config, str(tmp_path))
   assert not (tmp_path / 'summary.json').exists()  # nothing trained
 
