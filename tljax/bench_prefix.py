@@ -51,7 +51,7 @@ def run_case(config, spec, n_train, n_test, use_cache):
     t0 = time.perf_counter()
     summary = sweep.train_and_evaluate(c, workdir)
     run_s = time.perf_counter() - t0
-  case = summary['cases'][0]
+  case = summary['runs'][0]  # the one (case, seed) run
   return dict(prefix_cache=case['prefix_cache'], cut_layer=case['prefix_cache_cut_layer'],
               compile_s=case['compile_s'], wall_s=case['wall_s'],
               end_to_end_s=case['compile_s'] + case['wall_s'], run_s=run_s,
