@@ -39,7 +39,8 @@ def test_launch_default_experiment_end_to_end(tmp_path):
   assert summary['pretraining']['0']['cached'] is False
   names = ['last:1', 'last:4', 'last:9', 'last:11', 'last:17', 'last:23']
   assert [c['case'] for c in summary['cases']] == names
-  for c in summary['cases']:
+  assert [c['case'] for c in summary['runs']] == names  # one seed: a run per case
+  for c in summary['runs']:
     for f in CASE_FIELDS:
       assert c[f] is not None, f
     assert c['status'] == 'ok'
