@@ -64,7 +64,7 @@ def test_launch_default_experiment_end_to_end(tmp_path):
       f"Figures: {workdir / 'figure.png'}, {workdir / 'pareto.png'}")
   head = next(i for i, line in enumerate(table) if 'test acc' in line)
   assert [row.split()[0] for row in table[head + 2:head + 8]] == names
-  assert 'checkpoint_manager.py' not in r.stderr and 'Case 1:' in r.stderr
+  assert 'checkpoint_manager.py' not in r.stderr and 'Case last:1, seed 0:' in r.stderr
 
 
 def test_pretraining_is_cached(tiny_config, tmp_path):
