@@ -73,6 +73,9 @@ def get_config():
   # frozen weights stored as this dtype ('float32', 'float16', 'bfloat16', 'int8').
   c.device_batch_size = 1
   c.device_frozen_dtype = 'float32'
+  # Cross-check the model against XLA's memory analysis of each case's train step compiled at
+  # device_batch_size (one more compile per case; skipped in dry runs).
+  c.device_xla_check = True
   # A budget for the recommendation (0 = no limit): the summary then names the most accurate
   # case within it (python -m tljax.recommend reads an existing workdir the same way).
   # budget_memory picks the memory the budget limits: 'xla' (train_memory_bytes, XLA's analysis

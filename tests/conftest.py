@@ -23,6 +23,7 @@ def shrunk_default(cache_dir):
   c.log_every_steps = 1
   c.progress = False
   c.cache_dir = str(cache_dir)
+  c.device_xla_check = False  # one compile fewer per case; on in tests/test_summary_fields.py
   return c
 
 

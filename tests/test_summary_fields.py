@@ -31,6 +31,7 @@ def run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('fields')
   c = shrunk_default(tmp / 'cache')
   c.log_every_steps = 10  # the default config's
+  c.device_xla_check = True  # the device memory fields' cross-check (test_device_memory_fields)
   c.cases = CASES
   summary = sweep.train_and_evaluate(c, str(tmp / 'w'))
   with open(tmp / 'w' / 'runs.csv') as f:

@@ -181,9 +181,10 @@ def _counting_twin(c, counting, config, eval_batch, cut):
 
 def _device_memory(c, config):
   """The device memory model of case `c` and its XLA cross-check (one more compile of the
-  train step, at config.device_batch_size; skipped in a dry run, which checks the path only)."""
+  train step, at config.device_batch_size; skipped in a dry run, which checks the path only, and
+  with config.device_xla_check=False)."""
   model = device_memory.case_device_memory(c, config)
-  if config.dry_run:
+  if config.dry_run or not config.device_xla_check:
     return model, None
   return model, device_memory.xla_memory_at_device_batch(c, config, model)
 

@@ -138,6 +138,7 @@ FIELDS = {
                           what=' (J per multiply-accumulate; 3.2 pJ = 3.2e-12)'),
     'device_batch_size': _int_at_least(1, ' (examples per step on the edge device)'),
     'device_frozen_dtype': _one_of(DEVICE_DTYPES),
+    'device_xla_check': Field(bool, lambda v, c: True, 'must be True or False'),
     'max_energy_per_example_j': _number_in(0, math.inf, lo_open=False, hi_open=True,
                                            what=' (J per training example; 0 = no limit)'),
     'max_train_memory_mb': _number_in(0, math.inf, lo_open=False, hi_open=True,
