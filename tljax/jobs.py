@@ -149,7 +149,8 @@ def error_line(entry):
     lines = [l for l in str(out[1]).strip().splitlines() if l.strip()]
     if lines:
       return lines[-1].strip()
-  return f'no result; see {log_path(entry)}'
+  return (f'ended without a result (stopped, killed or requeued; a rerun resumes it from its '
+          f'checkpoint); log: {log_path(entry)}')
 
 
 def log_path(entry):

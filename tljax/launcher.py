@@ -29,6 +29,11 @@ GATHER_TIME_MIN = 30  # the final job of a launch that does not wait: reads reco
 POLL_S = 1.0
 STOP_WAIT_S = 300  # after Ctrl-C, how long local jobs get to checkpoint and end
 LOCK_WAIT_S = 600  # how long the gather job waits for a workdir held by a launcher
+# A job that failed with one of these (tljax's one-line errors: config, data, memory) fails the
+# same way again: it is not retried. Crashes, kills and other exceptions are.
+USER_ERRORS = ('ValueError', 'MemoryError', 'FloatingPointError', 'DatasetUnavailableError',
+               'WeightsUnavailableError', 'tljax.')
+SLURM_COMMANDS = ('sbatch', 'srun', 'sacct', 'scancel')
 
 
 class JobsFailedError(RuntimeError):
@@ -55,6 +60,11 @@ def launch(config, workdir):
   submitted. The workdir is locked while this process prepares, submits and gathers; each job
   writes only its own run's record, checkpoints, metrics/<run>.jsonl and job_info/<run>.json."""
   t0 = time.time()
+  missing = [c for c in SLURM_COMMANDS if config.launcher == 'slurm' and not shutil.which(c)]
+  if missing:
+    raise OSError(f"config.launcher='slurm' needs SLURM's commands on PATH, and "
+                  f"{', '.join(missing)} is not there: launch from a SLURM login node, or use "
+                  "config.launcher='local' (jobs on this machine) or 'inline'.")
   _host_on_cpu()
   with workdir_lock.held(workdir, config.process_id):
     interrupt.check('before starting')
@@ -146,14 +156,25 @@ def _setup(*lines):
 
 class _LocalExecutor(submitit.LocalExecutor):
   """submitit's LocalExecutor, each job in its own session: a Ctrl-C at the launcher's terminal
-  does not reach the jobs; the launcher stops them itself, with SIGTERM, so they checkpoint."""
+  does not reach the jobs; the launcher stops them itself, with SIGTERM to the job's controller
+  (its id; no `setup` shell in between), which forwards it, so they checkpoint. `env`: variables
+  the job's processes get."""
+
+  env = {}
 
   def _submit_command(self, command):
+    old = {k: os.environ.get(k) for k in self.env}
+    os.environ.update(self.env)
     submitit_local.subprocess = _NewSessions  # only submitit's start_controller reads it
     try:
       return super()._submit_command(command)
     finally:
       submitit_local.subprocess = subprocess
+      for k, v in old.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
 
 
 class _NewSessions:
@@ -195,6 +216,7 @@ class _Launcher:
     stamp = time.strftime('%Y%m%d-%H%M%S') + f'-{os.getpid()}'
     self.folder = os.path.join(os.path.abspath(workdir), 'submitit', stamp, '%j')
     self.slots = {}  # run -> _Slot
+    self.submitted = []  # the jobs.json entries of this launch's jobs, in submission order
     self.entries = {}  # runs of earlier launches still running: run -> entry
     self.gpus = _gpu_count() if self.cluster == 'local' else 0
     self._executor = None
@@ -259,14 +281,20 @@ class _Launcher:
       s.live, s.status = job, 'submitted'
       s.entry = self.book.add(s.task, job.job_id, self.cluster, self.folder, s.attempts,
                               dependency)
+      self.submitted.append(s.entry)
     self.book.save(launcher=self.cluster, facts=self.facts)
     return jobs
 
   def _local_parameters(self, gpu):
-    shared = self.gpus and self.config.max_parallel_jobs > self.gpus
+    """The job's GPU (or none), and its environment: tljax importable; when jobs share a GPU,
+    each allocates what it uses instead of XLA's 75 %."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))}
+    if self.gpus and self.config.max_parallel_jobs > self.gpus:
+      env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
+    self.executor().env = env
     return dict(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0 if gpu is None else 1,
-                visible_gpus=() if gpu is None else (gpu,),
-                setup=_setup(*(['export XLA_PYTHON_CLIENT_PREALLOCATE=false'] if shared else [])))
+                visible_gpus=() if gpu is None else (gpu,))
 
   def _free_gpu(self, slot):
     """The GPU a local job runs on: the least used one (None without GPUs)."""
@@ -281,7 +309,8 @@ class _Launcher:
     for t in tasks:
       self.slots[t.run] = _Slot(t)
     self._submit_ready(limit=None)
-    waits = [s.entry['job_id'].split('_')[0] for s in self.slots.values() if s.entry]
+    waits = [e['job_id'].split('_')[0] for e in self.submitted]
+    waits += [e['job_id'].split('_')[0] for e in self.entries.values()]
     dep = f'afterany:{":".join(dict.fromkeys(waits))}' if waits else None
     ex = self.executor()
     ex.update_parameters(**slurm_parameters(self.config, Task('gather'), dep))
@@ -304,12 +333,12 @@ class _Launcher:
         ok, dep = self._ready(s)
         if not ok:
           continue
-        if limit is None:
-          groups.setdefault(dep, []).append(s)
+        if limit is None:  # SLURM: a job per pretraining, an array per seed's cases
+          groups.setdefault(dep if kind == 'case' else s.task.run, []).append(s)
         elif sum(x.status == 'submitted' for x in self.slots.values()) < limit:
           self._submit([s])
-      for dep, slots in groups.items():
-        self._submit(slots, dep)
+      for key, slots in groups.items():
+        self._submit(slots, key if kind == 'case' else None)
 
   def run(self, tasks):
     """Submits `tasks` and waits until every job of this launch has ended, retrying a failed
@@ -343,8 +372,9 @@ class _Launcher:
     if pre is not None and pre.status in ('pending', 'failed'):  # its dependency failed
       s.status = 'pending'
       return
-    why = f'job {s.entry["job_id"]} {st}: {jobs_lib.error_line(s.entry)}'
-    if s.attempts < self.config.job_retries:
+    line = jobs_lib.error_line(s.entry)
+    why = f'job {s.entry["job_id"]} {st}: {line}'
+    if s.attempts < self.config.job_retries and not line.startswith(USER_ERRORS):
       logging.warning('Run %s: %s; resubmitting it (retry %d of %d).', s.task.run, why,
                       s.attempts + 1, self.config.job_retries)
       s.attempts += 1
@@ -369,7 +399,9 @@ class _Launcher:
     while time.time() < deadline and any(
         jobs_lib.is_active(s.entry, jobs_lib.state(s.entry, s.live)) for s in running):
       time.sleep(0.2)
-    return f'{len(running)} local job(s) stopped with a checkpoint'
+    states = [jobs_lib.state(s.entry, s.live) for s in running]
+    return (f'{states.count("INTERRUPTED")} local job(s) stopped with a checkpoint, '
+            f'{states.count("COMPLETED")} finished, {states.count("RUNNING")} still running')
 
   def raise_failures(self, summary):
     failed = [s for s in self.slots.values() if s.status == 'failed']
