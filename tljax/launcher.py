@@ -40,6 +40,10 @@ class JobsFailedError(RuntimeError):
   """Jobs failed after their retries; the summary holds the runs that finished."""
 
 
+class NothingToGather(ValueError):
+  """No run of the sweep has finished."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """What one job does: 'pretrain' (a seed), 'case' (a case at a seed) or 'gather'."""
@@ -79,7 +83,12 @@ def launch(config, workdir):
     elif not config.launcher_wait:
       return launcher.submit_all(tasks)
     launcher.run(tasks)
-    summary = gather(config, workdir, sw.facts(), time.time() - t0)
+    try:
+      summary = gather(config, workdir, sw.facts(), time.time() - t0)
+    except NothingToGather:
+      if not launcher.failed():
+        raise
+      summary = None
   launcher.raise_failures(summary)
   return summary
 
@@ -403,13 +412,17 @@ class _Launcher:
     return (f'{states.count("INTERRUPTED")} local job(s) stopped with a checkpoint, '
             f'{states.count("COMPLETED")} finished, {states.count("RUNNING")} still running')
 
+  def failed(self):
+    return [s for s in self.slots.values() if s.status == 'failed']
+
   def raise_failures(self, summary):
-    failed = [s for s in self.slots.values() if s.status == 'failed']
+    failed = self.failed()
     if failed:
       lines = '; '.join(f'{s.task.run}: {s.reason}' for s in failed)
+      kept = (f'the summary in {self.workdir} holds the {len(summary["runs"])} finished run(s)'
+              if summary else 'no run finished')
       raise JobsFailedError(
-          f'{len(failed)} job(s) failed ({lines}); the summary in {self.workdir} holds the '
-          f'{len(summary["runs"])} finished run(s). python -m tljax.status '
+          f'{len(failed)} job(s) failed ({lines}); {kept}. python -m tljax.status '
           f'--workdir={self.workdir} shows their logs; rerun the same command to retry them.')
 
 
@@ -529,6 +542,9 @@ def gather(config, workdir, facts, wall_s):
   keys = [(n, s) for n in facts['cases'] for s in seeds]  # case-major, as the inline sweep
   runs = [r for r in (resume.load_done(workdir, case_lib.run_key(n, s), fp) for n, s in keys)
           if r is not None]
+  if not runs:
+    raise NothingToGather(f'No run of this sweep has finished in {workdir}: nothing to gather; '
+                          f'python -m tljax.status --workdir={workdir} shows its jobs.')
   infos = [i for i in (jobs_lib.read_info(workdir, case_lib.run_key(n, s), fp) for n, s in keys)
            if i is not None]
   summary = sweep.new_summary(
