@@ -94,7 +94,11 @@ FAKE = {
     'sbatch': '#!/bin/sh\nn=$(cat "$FAKE_SLURM/next" 2>/dev/null || echo 100)\n'
               'echo $((n + 1)) > "$FAKE_SLURM/next"\ncp "$1" "$FAKE_SLURM/job_$n.sh"\n'
               'echo "Submitted batch job $n"\n',
-    'sacct': '#!/bin/sh\necho "$@" >> "$FAKE_SLURM/sacct.log"\necho "JobID|State|NodeList"\n',
+    # sacct knows no job, or every job (and array task 0-1) in the state in $FAKE_SLURM/state.
+    'sacct': '#!/bin/sh\necho "$@" >> "$FAKE_SLURM/sacct.log"\necho "JobID|State|NodeList"\n'
+             'st=$(cat "$FAKE_SLURM/state" 2>/dev/null) || exit 0\n'
+             'while [ $# -gt 0 ]; do if [ "$1" = -j ]; then shift\n'
+             '  for id in "$1" "$1_0" "$1_1"; do echo "$id|$st|node1"; done; fi; shift; done\n',
     'scancel': '#!/bin/sh\necho "$@" >> "$FAKE_SLURM/scancel.log"\n',
     'srun': '#!/bin/sh\nexit 0\n',
     'squeue': '#!/bin/sh\nexit 0\n',
@@ -140,6 +144,12 @@ def test_slurm_submits_pretraining_then_dependent_case_arrays_and_a_gather(tmp_p
   out = capsys.readouterr().out
   assert out.count(' UNKNOWN ') == 7 and 'Finished runs: 0 of 4' in out
   assert '-j 100' in (fake / 'sacct.log').read_text()
+  # Rerun while they run: no run is submitted again, only a gather job after the running ones.
+  (fake / 'state').write_text('RUNNING\n')
+  assert sweep.train_and_evaluate(c, str(tmp_path / 'w')) is None
+  assert sorted(int(p.stem[4:]) for p in fake.glob('job_*.sh')) == [100, 101, 102, 103, 104, 105]
+  assert _sbatch_options((fake / 'job_105.sh').read_text())['dependency'] == (
+      'afterany:100:101:102:103')
 
 
 @pytest.mark.parametrize('field, value, message', [

@@ -118,9 +118,10 @@ def outcome(entry):
     return ('error', f'unreadable result file {path}')
 
 
-def state(entry, live=None, force=False):
-  """The job's state: SLURM's (sacct, through submitit's SlurmJob) or, for a local job,
-  RUNNING / COMPLETED / FAILED / INTERRUPTED (ended without a result: stopped or killed).
+def state(entry, live=None, force='standard'):
+  """The job's state: SLURM's (sacct, through submitit's SlurmJob; `force`: submitit's mode,
+  'standard' asks sacct at most every few seconds, 'force' now, 'cache' not) or, for a local
+  job, RUNNING / COMPLETED / FAILED / INTERRUPTED (ended without a result: stopped or killed).
   `live`: the submitit job object when this process submitted it."""
   out = outcome(entry)
   if out is not None:
@@ -133,7 +134,20 @@ def state(entry, live=None, force=False):
     return 'RUNNING' if running else 'INTERRUPTED'
   import submitit  # pylint: disable=g-import-not-at-top
   job = live or submitit.SlurmJob(entry['folder'], entry['job_id'])
-  return job.watcher.get_state(entry['job_id'], mode='force' if force else 'standard').split()[0]
+  mode = 'force' if force == 'force' else 'cache' if force == 'cache' else 'standard'
+  return (job.watcher.get_state(entry['job_id'], mode=mode).split() or ['UNKNOWN'])[0]
+
+
+def states(entries):
+  """state() of each entry, with one sacct call for all the SLURM jobs among them."""
+  slurm = [e for e in entries if e['cluster'] == 'slurm']
+  if slurm:
+    import submitit  # pylint: disable=g-import-not-at-top
+    watcher = submitit.SlurmJob.watcher
+    for e in slurm:
+      watcher.register_job(e['job_id'])
+    watcher.update()
+  return [state(e, force='cache') for e in entries]
 
 
 def is_active(entry, st):

@@ -242,8 +242,10 @@ class _Launcher:
   def adopt(self, book):
     """Jobs of an earlier launch that still run: their runs are theirs; this launch waits for
     them (and retries them if they fail)."""
-    for run, e in book.latest().items():
-      if e['kind'] != 'gather' and jobs_lib.is_active(e, jobs_lib.state(e)):
+    latest = [e for e in book.latest().values() if e['kind'] != 'gather']
+    for e, st in zip(latest, jobs_lib.states(latest)):
+      run = e['run']
+      if jobs_lib.is_active(e, st):
         t = Task(e['kind'], e['seed'], e['case'])
         self.entries[run] = e
         self.slots[run] = _Slot(t, entry=e, attempts=e.get('attempt', 0), status='submitted')

@@ -42,15 +42,11 @@ def finished_runs(workdir, fp):
   return out
 
 
-def job_rows(workdir, force=True):
+def job_rows(workdir):
   """One row per job of jobs.json: (job id, kind, run, state, attempt, note)."""
   book = jobs_lib.Book(workdir)
   rows = []
-  for e in book.jobs:
-    try:
-      st = jobs_lib.state(e, force=force)
-    except Exception as ex:  # pylint: disable=broad-except  # sacct missing or failing
-      st = f'UNKNOWN ({type(ex).__name__})'
+  for e, st in zip(book.jobs, jobs_lib.states(book.jobs)):
     ended_badly = st != 'COMPLETED' and not jobs_lib.is_active(e, st)
     note = jobs_lib.error_line(e) if ended_badly else ''
     rows.append((e['job_id'], e['kind'], e['run'], st, e.get('attempt', 0), note))
