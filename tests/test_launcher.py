@@ -46,8 +46,10 @@ def runs(tmp_path_factory):
   """The same dry run (every accounting field exact; one step on mock data, so no pretraining:
   the suite's time limit) inline and as two local jobs at once."""
   root = tmp_path_factory.mktemp('launcher')
-  inline = sweep.train_and_evaluate(_config(root / 'cache', dry_run=True), str(root / 'inline'))
-  local_config = _config(root / 'cache', dry_run=True, launcher='local', max_parallel_jobs=2)
+  inline = sweep.train_and_evaluate(_config(root / 'cache', dry_run=True, prefix_cache=False),
+                                    str(root / 'inline'))
+  local_config = _config(root / 'cache', dry_run=True, prefix_cache=False, launcher='local',
+                         max_parallel_jobs=2)
   local = sweep.train_and_evaluate(local_config, str(root / 'local'))
   return root, local_config, inline, local
 

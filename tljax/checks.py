@@ -2,6 +2,7 @@
 
 import math
 import re
+import shlex
 from typing import Any, Callable, NamedTuple
 
 from tljax import data
@@ -21,7 +22,6 @@ LAUNCHERS = ('inline', 'local', 'slurm')
 
 def _slurm_extra(v, c):
   """sbatch options as on its command line: each word '--name=value' or '--name'."""
-  import shlex  # pylint: disable=g-import-not-at-top
   try:
     words = shlex.split(v)
   except ValueError:
