@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import shutil
 import stat
+import time
 
 import pytest
 
@@ -89,6 +91,19 @@ def test_rerun_with_everything_finished_submits_nothing(runs):
   again = sweep.train_and_evaluate(config, str(root / 'local'))
   assert (root / 'local' / 'jobs.json').read_text() == before
   assert _strip(again) == _strip(local)
+
+
+def test_the_gather_job_writes_the_summary_from_the_records(runs, tmp_path):
+  root, config, _, local = runs
+  w = tmp_path / 'w'
+  shutil.copytree(root / 'local', w)
+  for name in ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl'):
+    (w / name).unlink()
+  facts = json.loads((w / 'jobs.json').read_text())['facts']
+  job = launcher.Job(config, str(w), launcher.Task('gather'), facts, submitted_at=time.time())
+  assert launcher._gather_job(job) == f'2 runs gathered into {w}'  # pylint: disable=protected-access
+  assert _strip(json.loads((w / 'summary.json').read_text())) == _strip(local)
+  assert _metrics(w) == _metrics(root / 'local')
 
 
 FAKE = {

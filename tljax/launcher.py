@@ -66,8 +66,8 @@ def launch(config, workdir):
   t0 = time.time()
   missing = [c for c in SLURM_COMMANDS if config.launcher == 'slurm' and not shutil.which(c)]
   if missing:
-    raise OSError(f"config.launcher='slurm' needs SLURM's commands on PATH, and "
-                  f"{', '.join(missing)} is not there: launch from a SLURM login node, or use "
+    raise OSError(f"config.launcher='slurm' needs SLURM's commands on PATH, which lacks "
+                  f"{', '.join(missing)}: launch from a SLURM login node, or use "
                   "config.launcher='local' (jobs on this machine) or 'inline'.")
   _host_on_cpu()
   with workdir_lock.held(workdir, config.process_id):
