@@ -101,6 +101,22 @@ def get_config():
   # compiles with XLA's defaults. Ignored on GPU/TPU.
   c.xla_cpu_tuning = True
   c.dry_run = False  # one step per case on mock data with random weights
+  # Fan-out (README "Sweeps on a cluster"): 'inline' runs every (case, seed) in this process;
+  # 'local' and 'slurm' run one submitit job per seed's pretraining and per (case, seed), then
+  # gather the summary. None of these fields changes a number: a rerun may change them.
+  c.launcher = 'inline'
+  c.max_parallel_jobs = 2  # 'local': jobs running at once
+  c.slurm_partition = ''  # '' = the cluster's default partition
+  c.slurm_gpus_per_job = 1
+  c.slurm_time_minutes = 720  # per job; a job reaching it is requeued from its checkpoint
+  # Other sbatch options, as on sbatch's command line: '--account=abc --qos=high'.
+  c.slurm_extra = ''
+  # True: wait for the jobs and write the summary; False ('slurm' only): return once submitted,
+  # a final job writes the summary when the others have ended.
+  c.launcher_wait = True
+  # Requeues of a job from its checkpoint at its time limit (submitit's max_num_timeout), and,
+  # when the launcher waits, resubmissions of a failed job.
+  c.job_retries = 3
   return c
 
 

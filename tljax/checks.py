@@ -1,6 +1,8 @@
 """Config validation from one table of fields and accepted ranges: a bad value fails before work."""
 
 import math
+import re
+import shlex
 from typing import Any, Callable, NamedTuple
 
 from tljax import data
@@ -15,6 +17,16 @@ MAX_SEED = 2**32 - 1
 MAX_E_MAC_J = 1e-6
 DEVICE_DTYPES = ('float32', 'float16', 'bfloat16', 'int8')
 BUDGET_MEMORY = ('xla', 'device')
+LAUNCHERS = ('inline', 'local', 'slurm')
+
+
+def _slurm_extra(v, c):
+  """sbatch options as on its command line: each word '--name=value' or '--name'."""
+  try:
+    words = shlex.split(v)
+  except ValueError:
+    return False
+  return all(re.fullmatch(r'--[A-Za-z][A-Za-z0-9_-]*(=.*)?', w, re.S) for w in words)
 
 
 class Field(NamedTuple):
@@ -158,6 +170,19 @@ FIELDS = {
                                  "'host:port' of process 0 (needed when num_processes > 1)"),
     'xla_cpu_tuning': Field(bool, lambda v, c: True, 'must be True or False'),
     'dry_run': Field(bool, lambda v, c: True, 'must be True or False'),
+    'launcher': Field(str, lambda v, c: v in LAUNCHERS and (v == 'inline' or c.num_processes == 1),
+                      f'must be one of {LAUNCHERS} (jobs run one process each: '
+                      "'local' and 'slurm' need num_processes=1)"),
+    'max_parallel_jobs': _int_at_least(1, " (jobs running at once with launcher='local')"),
+    'slurm_partition': Field(str, None, "a SLURM partition ('' = the cluster's default)"),
+    'slurm_gpus_per_job': _int_at_least(0),
+    'slurm_time_minutes': _int_at_least(1, ' (the time limit of each job)'),
+    'slurm_extra': Field(str, _slurm_extra, "must be sbatch options as on its command line, "
+                         "each '--name=value' or '--name', e.g. '--account=abc --qos=high'"),
+    'launcher_wait': Field(bool, lambda v, c: v or c.launcher == 'slurm',
+                           "must be True or False; False needs launcher='slurm' (local jobs are "
+                           'started by the waiting launcher)'),
+    'job_retries': _int_at_least(0),
 }
 
 

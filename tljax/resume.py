@@ -18,11 +18,14 @@ from tljax import report
 # The budget fields only choose the recommendation, which every run recomputes from the records.
 SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_data_dir',
                'data_memory_mb', 'restart', 'checkpoint_every_steps', 'max_energy_per_example_j',
-               'max_train_memory_mb', 'min_accuracy', 'budget_memory')
+               'max_train_memory_mb', 'min_accuracy', 'budget_memory', 'launcher',
+               'max_parallel_jobs', 'slurm_partition', 'slurm_gpus_per_job', 'slurm_time_minutes',
+               'slurm_extra', 'launcher_wait', 'job_retries')
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
 OUTPUTS = ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl', 'figure.png',
-           'pareto.png', 'config.json', 'data.json')
-DIRS = ('cases', 'checkpoints')
+           'pareto.png', 'config.json', 'data.json', 'jobs.json')
+# The launcher's jobs (tljax.launcher) add metrics/, job_info/ and submitit/.
+DIRS = ('cases', 'checkpoints', 'metrics', 'job_info', 'submitit')
 # Free disk space required before training starts, besides the checkpoints themselves.
 MIN_FREE_BYTES = 200 * 2**20
 

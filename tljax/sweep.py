@@ -36,9 +36,13 @@ def train_and_evaluate(config, workdir):
   finished (case, seed) runs and resumes the interrupted one from its checkpoint. Returns the
   summary dict (also written to workdir/summary.json). The workdir is locked for the run: a
   second run on it fails. After SIGINT/SIGTERM (with interrupt.install()), it checkpoints and
-  raises interrupt.Interrupted.
+  raises interrupt.Interrupted. With config.launcher 'local' or 'slurm' the runs are jobs
+  (tljax.launcher.launch; None when it does not wait for them).
   """
   checks.validate(config)
+  if config.get('launcher', 'inline') != 'inline':  # one job per (case, seed): tljax.launcher
+    from tljax import launcher  # pylint: disable=g-import-not-at-top
+    return launcher.launch(config, workdir)
   with workdir_lock.held(workdir, config.process_id):
     interrupt.check('before starting')
     return _train_and_evaluate(config, workdir)
@@ -64,9 +68,13 @@ def dry_run_config(config):
 
 
 class _Sweep:
-  """The state of one sweep between its phases."""
+  """The state of one sweep between its phases.
 
-  def __init__(self, config, workdir):
+  prepare=False (a launcher's job, tljax.launcher) leaves the workdir as the launching process
+  prepared it: no config/data check files written, no stale checkpoints removed.
+  """
+
+  def __init__(self, config, workdir, prepare=True):
     self.config, self.workdir = config, workdir
     self.run_config = dry_run_config(config) if config.dry_run else config
     parallel.maybe_initialize(config)
@@ -74,14 +82,16 @@ class _Sweep:
     if self.mesh is not None:
       self.mesh.check_batch('batch_size', self.run_config.batch_size)
     self.identity = inputs.data_identity(self.run_config)
-    resume.prepare_workdir(workdir, config)
-    resume.check_data(workdir, self.identity)
+    if prepare:
+      resume.prepare_workdir(workdir, config)
+      resume.check_data(workdir, self.identity)
     self.target = inputs.load(self.run_config, 'target', 'train')
     self.target_test = inputs.load(self.run_config, 'target', 'test')
     checks.check_data(self.run_config, self.target)
     # What makes the numbers: records and checkpoints of another fingerprint are never reused.
     self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
-    resume.discard_stale_checkpoints(workdir, self.fingerprint)
+    if prepare:
+      resume.discard_stale_checkpoints(workdir, self.fingerprint)
     self.num_classes = self.target.num_classes
     model = compiled.model_for(self.run_config, self.num_classes)
     checks.validate_cases(self.run_config, model.keras_layers())  # before hours go into the first
@@ -96,6 +106,13 @@ class _Sweep:
 
   def todo(self, seed):
     return [s for s in self.specs if self.done[(s.name, seed)] is None]
+
+  def facts(self):
+    """What the summary says about the data and the runs, beside the records (JSON-able)."""
+    return dict(num_classes=self.num_classes, train_examples=len(self.target),
+                test_examples=len(self.target_test), data=self.identity,
+                fingerprint=self.fingerprint, cases=[s.name for s in self.specs],
+                seeds=self.seeds)
 
   def filter_metrics(self):
     """Keeps the metrics of finished runs and of resumable ones up to their checkpoint."""
@@ -125,7 +142,8 @@ def _train_and_evaluate(config, workdir):
   try:
     t0 = time.perf_counter()
     plans = _plan(sw)
-    summary = _summary(sw, plans)
+    summary = new_summary(config, sw.facts(), max(
+        (p.eval_compile_s for p in plans.values()), default=None))
     for seed in sw.seeds:
       _run_seed(sw, seed, plans, metrics, summary, t0)
     outputs.finish(summary, _runs(sw))
@@ -138,10 +156,15 @@ def _train_and_evaluate(config, workdir):
 
 def _plan(sw):
   """Every case that has a seed to run, compiled once (before any pretraining or training)."""
-  rc = seed_config(sw.run_config, sw.seeds[0])
-  eval_batch = fit.eval_batch(rc, sw.target_test, sw.mesh)
   needed = [s for s in sw.specs if any(sw.done[(s.name, seed)] is None for seed in sw.seeds)]
-  plans = {s.name: case_lib.plan_case(rc, s, sw.num_classes, eval_batch, sw.mesh) for s in needed}
+  return plan_cases(sw, needed, sw.seeds[0])
+
+
+def plan_cases(sw, specs, seed):
+  """{name: case.Plan} of `specs` compiled at `seed`'s config, their memory checked."""
+  rc = seed_config(sw.run_config, seed)
+  eval_batch = fit.eval_batch(rc, sw.target_test, sw.mesh)
+  plans = {s.name: case_lib.plan_case(rc, s, sw.num_classes, eval_batch, sw.mesh) for s in specs}
   case_lib.check_memory(rc, plans.values())
   return plans
 
@@ -156,17 +179,24 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
   for spec in sw.specs:
     key = (spec.name, seed)
     if sw.done[key] is None:
-      interrupt.check(f'before case {spec.name}, seed {seed}')
-      c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
-      rec = case_lib.run_case(rc, plans[spec.name], c, sw.target, sw.target_test, metrics,
-                              sw.workdir, sw.mesh)
-      sw.done[key] = rec
-      resume.save_done(sw.workdir, case_lib.run_key(*key), rec, sw.fingerprint)
+      train_run(sw, plans[spec.name], spec, seed, pretrained, metrics)
     else:
       logging.info('Case %s, seed %d finished in an earlier run: kept.', *key)
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     outputs.write(sw.workdir, summary)
+
+
+def train_run(sw, plan, spec, seed, pretrained, metrics):
+  """Trains (case `spec`, `seed`) from `pretrained` with its compiled `plan`; saves and returns
+  its record."""
+  rc = seed_config(sw.run_config, seed)
+  interrupt.check(f'before case {spec.name}, seed {seed}')
+  c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
+  rec = case_lib.run_case(rc, plan, c, sw.target, sw.target_test, metrics, sw.workdir, sw.mesh)
+  sw.done[(spec.name, seed)] = rec
+  resume.save_done(sw.workdir, case_lib.run_key(spec.name, seed), rec, sw.fingerprint)
+  return rec
 
 
 def _runs(sw):
@@ -175,17 +205,18 @@ def _runs(sw):
           if sw.done[(s.name, seed)] is not None]
 
 
-def _summary(sw, plans):
-  config = sw.config
+def new_summary(config, facts, eval_compile_s, env=None):
+  """The summary before its runs: `facts` from _Sweep.facts, `env` (default: this process's)
+  from environment()."""
   return dict(
       name=config.name, dry_run=bool(config.dry_run), model=config.model,
       source_dataset=config.source_dataset if config.pretrained == 'source' else None,
-      target_dataset=config.target_dataset, num_classes=sw.num_classes,
-      train_examples=len(sw.target), test_examples=len(sw.target_test), data=sw.identity,
-      pretraining={}, e_mac_j=config.e_mac_j, seeds=sw.seeds,
-      eval_compile_s=max((p.eval_compile_s for p in plans.values()), default=None),
-      fingerprint=sw.fingerprint, config=config.to_dict(), environment=environment(config),
-      cases=[], runs=[])
+      target_dataset=config.target_dataset, num_classes=facts['num_classes'],
+      train_examples=facts['train_examples'], test_examples=facts['test_examples'],
+      data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j,
+      seeds=list(facts['seeds']), eval_compile_s=eval_compile_s,
+      fingerprint=facts['fingerprint'], config=config.to_dict(),
+      environment=env or environment(config), cases=[], runs=[])
 
 
 def environment(config):

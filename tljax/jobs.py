@@ -1,0 +1,172 @@
+"""The launcher's bookkeeping: jobs.json, the state of each submitit job, per-run files and locks."""
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+
+from tljax import report
+
+JOBS_FILE = 'jobs.json'
+# States of a job that has not ended (SLURM's, and submitit's UNKNOWN for a job sacct does not
+# list yet: counted as running for UNKNOWN_GRACE_S after its submission).
+ACTIVE = ('PENDING', 'RUNNING', 'REQUEUED', 'COMPLETING', 'CONFIGURING', 'RESIZING', 'SUSPENDED',
+          'PREEMPTED', 'READY', 'UNKNOWN')
+UNKNOWN_GRACE_S = 600
+
+
+def metrics_path(workdir, run):
+  """A job's own metrics lines (the gather concatenates them into metrics.jsonl)."""
+  return os.path.join(workdir, 'metrics', f'{run}.jsonl')
+
+
+def info_path(workdir, run):
+  """What a job reports beside the record: its environment, compile time, pretraining."""
+  return os.path.join(workdir, 'job_info', f'{run}.json')
+
+
+def read_info(workdir, run, fingerprint):
+  """The info a job of this fingerprint wrote for `run`, or None."""
+  try:
+    with open(info_path(workdir, run), encoding='utf-8') as f:
+      info = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return info if info.get('fingerprint') == fingerprint else None
+
+
+@contextlib.contextmanager
+def run_lock(workdir, run):
+  """Holds `run` for this job (flock): a second job of the same run stops at once."""
+  path = os.path.join(workdir, 'job_info', f'{run}.lock')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'unknown'
+      raise ValueError(f'Run {run} is being trained by another job ({holder}); this job '
+                       'leaves it to that one.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'host {socket.gethostname()}, PID {os.getpid()}\n'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)
+
+
+class Book:
+  """jobs.json: every job the launcher submitted into a workdir, oldest first, and the facts of
+  the sweep (case names, seeds) that tljax.status reports against."""
+
+  def __init__(self, workdir):
+    self.path = os.path.join(workdir, JOBS_FILE)
+    self.data = {'jobs': []}
+    if os.path.exists(self.path):
+      try:
+        with open(self.path, encoding='utf-8') as f:
+          self.data = json.load(f)
+        assert isinstance(self.data.get('jobs'), list)
+      except (ValueError, AssertionError, AttributeError) as e:
+        raise ValueError(f'{self.path} is not a tljax jobs file ({e}); delete it, or pass '
+                         '--config.restart=True.') from None
+
+  @property
+  def jobs(self):
+    return self.data['jobs']
+
+  def add(self, task, job_id, cluster, folder, attempt=0, depends_on=None):
+    entry = dict(run=task.run, kind=task.kind, case=task.case, seed=task.seed, job_id=job_id,
+                 cluster=cluster, folder=str(folder), attempt=attempt, depends_on=depends_on,
+                 submitted_at=time.time())
+    self.jobs.append(entry)
+    return entry
+
+  def latest(self):
+    """{run: its latest job entry}."""
+    return {e['run']: e for e in self.jobs}
+
+  def save(self, **fields):
+    self.data.update(fields)
+    report.write_json(self.path, self.data)
+
+
+def _pid_alive(pid):
+  """Whether `pid` runs a submitit controller (a local job's id is its controller's PID)."""
+  try:
+    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+      return b'submitit' in f.read()
+  except OSError:
+    try:
+      os.kill(pid, 0)
+      return True
+    except (OSError, ValueError):
+      return False
+
+
+def outcome(entry):
+  """('success', result) or ('error', traceback) from submitit's result file, or None."""
+  from submitit.core import utils  # pylint: disable=g-import-not-at-top
+  path = utils.JobPaths(entry['folder'], entry['job_id']).result_pickle
+  if not path.exists():
+    return None
+  try:
+    return utils.pickle_load(path)
+  except Exception:  # pylint: disable=broad-except  # a half-written or foreign pickle
+    return ('error', f'unreadable result file {path}')
+
+
+def state(entry, live=None, force='standard'):
+  """The job's state: SLURM's (sacct, through submitit's SlurmJob; `force`: submitit's mode,
+  'standard' asks sacct at most every few seconds, 'force' now, 'cache' not) or, for a local
+  job, RUNNING / COMPLETED / FAILED / INTERRUPTED (ended without a result: stopped or killed).
+  `live`: the submitit job object when this process submitted it."""
+  out = outcome(entry)
+  if out is not None:
+    return 'COMPLETED' if out[0] == 'success' else 'FAILED'
+  if entry['cluster'] == 'local':
+    if live is not None:
+      running = live.get_info().get('jobState') == 'RUNNING'
+    else:
+      running = _pid_alive(int(entry['job_id']))
+    return 'RUNNING' if running else 'INTERRUPTED'
+  import submitit  # pylint: disable=g-import-not-at-top
+  job = live or submitit.SlurmJob(entry['folder'], entry['job_id'])
+  mode = 'force' if force == 'force' else 'cache' if force == 'cache' else 'standard'
+  return (job.watcher.get_state(entry['job_id'], mode=mode).split() or ['UNKNOWN'])[0]
+
+
+def states(entries):
+  """state() of each entry, with one sacct call for all the SLURM jobs among them."""
+  slurm = [e for e in entries if e['cluster'] == 'slurm']
+  if slurm:
+    import submitit  # pylint: disable=g-import-not-at-top
+    watcher = submitit.SlurmJob.watcher
+    for e in slurm:
+      watcher.register_job(e['job_id'])
+    watcher.update()
+  return [state(e, force='cache') for e in entries]
+
+
+def is_active(entry, st):
+  if st == 'UNKNOWN':
+    return time.time() - entry.get('submitted_at', 0) < UNKNOWN_GRACE_S
+  return st.split()[0] in ACTIVE
+
+
+def error_line(entry):
+  """The last line of a failed job's traceback, or where its log is."""
+  out = outcome(entry)
+  if out is not None and out[0] == 'error':
+    lines = [l for l in str(out[1]).strip().splitlines() if l.strip()]
+    if lines:
+      return lines[-1].strip()
+  return (f'ended without a result (stopped, killed or requeued; a rerun resumes it from its '
+          f'checkpoint); log: {log_path(entry)}')
+
+
+def log_path(entry):
+  from submitit.core import utils  # pylint: disable=g-import-not-at-top
+  return str(utils.JobPaths(entry['folder'], entry['job_id']).stderr)
