@@ -191,7 +191,12 @@ def discard_stale_checkpoints(workdir, fingerprint):
 
 
 class Checkpoints:
-  """The latest train state of one case (orbax, atomic: a step dir is complete or absent)."""
+  """The latest train state of one case (orbax, atomic: a step dir is complete or absent).
+
+  With several processes (jax.distributed) every process creates, saves, restores and closes
+  it collectively, in the same order: orbax's multi-host mode (primary host 0 writes the
+  metadata and finalises the step, each array shard is written once, barriers in between).
+  """
 
   def __init__(self, directory):
     self.directory = os.path.abspath(directory)
@@ -211,7 +216,8 @@ class Checkpoints:
   def restore(self, like_state):
     """(state, meta) of the latest checkpoint, in the structure of `like_state`."""
     step = self.latest_step()
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _to_tree(like_state))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          _to_tree(like_state))  # placed like `like_state` (e.g. replicated)
     try:
       out = self._mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
