@@ -14,9 +14,17 @@ from tljax import interrupt
 _INITIALIZED = []
 
 
+class ProcessesError(RuntimeError):
+  """The processes of a multi-process run cannot go on together (process 0 failed, or they see
+  different files)."""
+
+
 def maybe_initialize(config):
   """jax.distributed.initialize once, when the config asks for several processes."""
   if config.num_processes > 1 and not _INITIALIZED:
+    # JAX's preemption service would take SIGTERM from tljax's handler (interrupt.py), which
+    # stops every process at the same step itself (stop_requested).
+    jax.config.update('jax_enable_preemption_service', False)
     jax.distributed.initialize(coordinator_address=config.coordinator_address,
                                num_processes=config.num_processes,
                                process_id=config.process_id)
@@ -120,10 +128,10 @@ def barrier(what, ok=True):
     return
   got = multihost_utils.process_allgather(np.array([zlib.crc32(what.encode()), ok], np.int64))
   if len(set(got[:, 0].tolist())) > 1:
-    raise RuntimeError(f'The processes of this run reached different barriers ({what!r} here); '
+    raise ProcessesError(f'The processes of this run reached different barriers ({what!r} here); '
                        'they must run the same config.')
   if not got[0, 1] and not is_writer():  # process 0 raises its own error
-    raise RuntimeError(f'Process 0 failed while {what}; its output says why.')
+    raise ProcessesError(f'Process 0 failed while {what}; its output says why.')
 
 
 def same_on_all(what, value):
@@ -133,7 +141,7 @@ def same_on_all(what, value):
   h = zlib.crc32(json.dumps(value, sort_keys=True, default=str).encode())
   got = multihost_utils.process_allgather(np.array([h], np.int64))
   if len(set(got[:, 0].tolist())) > 1:
-    raise RuntimeError(f'The processes of this run see different {what}: the workdir and cache '
+    raise ProcessesError(f'The processes of this run see different {what}: the workdir and cache '
                        'must be one folder that every process reads.')
 
 

@@ -19,6 +19,10 @@ from tljax import report
 SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_data_dir',
                'data_memory_mb', 'restart', 'checkpoint_every_steps', 'max_energy_per_example_j',
                'max_train_memory_mb', 'min_accuracy', 'budget_memory')
+# Fields of one process (or one launch) of a multi-host run, not of the run: fingerprinted and
+# compared at these values, so the processes of a run share one fingerprint, a rerun may use
+# another coordinator address, and a single-process run's fingerprint is what it always was.
+PER_PROCESS = {'process_id': 0, 'coordinator_address': ''}
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
 OUTPUTS = ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl', 'figure.png',
            'pareto.png', 'config.json', 'data.json')
@@ -32,7 +36,8 @@ class ConfigChangedError(ValueError):
 
 
 def _normalise(d):
-  return json.loads(json.dumps(d, default=list))
+  d = json.loads(json.dumps(d, default=list))
+  return {**d, **{k: v for k, v in PER_PROCESS.items() if k in d}}
 
 
 def config_diff(old, new):

@@ -8,12 +8,14 @@ from absl import logging
 from tljax import console
 from tljax import data
 from tljax import interrupt
+from tljax import parallel
 from tljax import sweep
 from tljax import weights
 
 # Failures caused by the user's input or environment: shown as a message, not a traceback.
 USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
-               data.DatasetUnavailableError, weights.WeightsUnavailableError)
+               data.DatasetUnavailableError, weights.WeightsUnavailableError,
+               parallel.ProcessesError)
 
 
 def main(config, workdir):
@@ -28,6 +30,8 @@ def main(config, workdir):
   except USER_ERRORS as e:
     logging.debug('Traceback', exc_info=True)
     sys.exit(f'tljax: error: {e}')
+  if not parallel.is_writer():  # process 0 prints the table of a multi-process run
+    return
   print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
         + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'
         + console.table(summary, workdir) + f'\nWritten to {workdir}/ (summary.json, '
