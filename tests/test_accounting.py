@@ -28,8 +28,9 @@ def costs():
   out = {}
   for n in CASES:
     case = case_lib.make_case(config, n, num_classes=10)
-    train_c, eval_c, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state,
-                                             config, eval_batch=BATCH)
+    steps = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
+                                   eval_batch=BATCH)
+    train_c, eval_c = steps.train, steps.eval
     per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
     out[n] = dict(train=accounting.xla_costs(train_c), eval=accounting.xla_costs(eval_c),
                   per_layer=per_layer,

@@ -36,9 +36,10 @@ def test_out_of_range_case_names_its_fields(tiny_config, tmp_path):
     (dict(seeds=(2**63,)), r'config.seeds=\(9223372036854775808,\): must be'),  # was an OverflowError
     (dict(bn_momentum=1.5), r'config.bn_momentum=1.5: must be a number in \[0, 1\)'),
     (dict(num_processes=0), r'config.num_processes=0: must be an int >= 1'),
-    (dict(num_processes=2, process_id=2, coordinator_address='h:1'),
+    (dict(num_processes=2, process_id=2, coordinator_address='h:1', data_parallel=True),
      r'config.process_id=2: must be an int in \[0, num_processes\) = \[0, 2\)'),
-    (dict(num_processes=2), r"config.coordinator_address='': 'host:port' of process 0 \(needed"),
+    (dict(num_processes=2, data_parallel=True),
+     r"config.coordinator_address='': 'host:port' of process 0 \(needed"),
     (dict(frozen_dropout='on'), r"config.frozen_dropout='on': must be one of \('off', 'keras'\)"),
     (dict(depthwise_impl='fft'),
      r"config.depthwise_impl='fft': must be one of \('auto', 'slices', 'grouped'\)"),

@@ -53,11 +53,13 @@ def test_every_shipped_config_passes(name):
     (dict(cases=(1, 2.5)), 'config.cases=(1, 2.5): must be a non-empty tuple of distinct cases'),
     (dict(cases=((('dense/.*',),),)), "config.cases=((('dense/.*',),),): must be a non-empty"),
     (dict(target_classes=(5, -1)), 'config.target_classes=(5, -1): must be a tuple of distinct'),
-    (dict(num_processes=2, process_id=2),
+    (dict(num_processes=2, process_id=2, data_parallel=True),
      'config.process_id=2: must be an int in [0, num_processes) = [0, 2)'),
     (dict(pretrained='imagenet'), "config.pretrained='imagenet': must be one of"),
     (dict(new_head='sometimes'), "config.new_head='sometimes': must be one of"),
     (dict(pretrain_epochs=0), "config.pretrain_epochs=0: must be an int >= 1"),
+    (dict(num_processes=2, coordinator_address='h:1'),
+     'config.num_processes=2: must be an int >= 1, and 1 unless data_parallel=True'),
 ])
 def test_a_value_out_of_range_names_its_field_and_the_range(changes, message):
   c = base.get_config()
@@ -74,6 +76,7 @@ def test_ranges_that_depend_on_other_fields_accept_their_values():
   c.pretrained, c.pretrain_epochs = 'none', 0  # no pretraining: 0 epochs is fine
   c.source_dataset = 'not_used'
   c.num_processes, c.process_id, c.coordinator_address = 2, 1, 'localhost:1234'
+  c.data_parallel = True  # several processes share a run only data-parallel
   checks.validate(c)
 
 

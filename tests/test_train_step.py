@@ -20,8 +20,8 @@ def test_frozen_bit_identical_trainable_moves(tiny_config, n):
   config = tiny_config
   case = case_lib.make_case(config, n, num_classes=5)
   before = jax.device_get(case.state)
-  train_c, _, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
-                                      eval_batch=16)
+  train_c = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
+                                   eval_batch=16).train
   state = case.state
   for i in range(4):
     state, metrics = train_c(state, *_batch(config, i))
@@ -49,8 +49,8 @@ def test_same_seed_same_numbers(tiny_config):
   outs = []
   for _ in range(2):
     case = case_lib.make_case(tiny_config, 9, num_classes=5)
-    train_c, _, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state,
-                                        tiny_config, eval_batch=16)
+    train_c = compiled.compile_steps(case.model, case.tx, case.trainable, case.state,
+                                     tiny_config, eval_batch=16).train
     state = case.state
     losses = []
     for i in range(3):

@@ -227,15 +227,16 @@ def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
   timing = timing or spec['timing']
   case = case_lib.make_case(config, n, spec['num_classes'])
   model = case.model if impl is None else case.model.clone(depthwise_impl=impl)
-  train_c, _, compile_s = compiled.compile_steps(model, case.tx, case.trainable, case.state, config,
-                                              eval_batch=spec['batch_size'])
-  cost = accounting.xla_costs(train_c)
+  from tljax import parallel  # pylint: disable=g-import-not-at-top
+  steps = compiled.compile_steps(model, case.tx, case.trainable, case.state, config,
+                                 eval_batch=spec['batch_size'])
+  train_c, compile_s, cost = steps.train, steps.compile_s, steps.train_cost
   twin = accounting.counting_model(model)
   if twin is not None:  # the FLOPs as counted, whichever step runs (README "FLOPs")
-    twin_c = compiled.compile_steps(twin, case.tx, case.trainable, case.state, config,
-                                    eval_batch=spec['batch_size'],
-                                    device=accounting.counting_device())[0]
-    cost = accounting.with_counted_flops(cost, accounting.xla_costs(twin_c))
+    twin_steps = compiled.compile_steps(twin, case.tx, case.trainable, case.state, config,
+                                        eval_batch=spec['batch_size'],
+                                        mesh=parallel.Mesh.on(accounting.counting_device()))
+    cost = accounting.with_counted_flops(cost, twin_steps.train_cost)
   x, y = _random_batch(spec)
   x, y = jax.device_put(x), jax.device_put(y)
   holder = [case.state]

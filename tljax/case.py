@@ -15,7 +15,7 @@ from tljax import device_memory
 from tljax import fit
 from tljax import freezing
 from tljax import inputs
-from tljax import interrupt
+from tljax import parallel
 from tljax import prefix_cache
 from tljax import record
 from tljax import resume
@@ -134,15 +134,14 @@ class Plan:
 
 
 def plan_case(config, case, num_classes, eval_batch, mesh=None):
-  """Makes `case` (random weights: compiling needs only shapes) and compiles its steps."""
+  """Makes `case` (random weights: compiling needs only shapes) and compiles its steps over
+  `mesh` (default: one device)."""
+  mesh = parallel.default(mesh)
   c = make_case(config, case, num_classes)
-  interrupt.check(f'before compiling case {c.name}')
-  train_c, eval_c, compile_s = compiled.compile_steps(c.model, c.tx, c.trainable, c.state,
-                                                      config, eval_batch, mesh)
+  parallel.check_interrupt(f'before compiling case {c.name}')
+  steps = compiled.compile_steps(c.model, c.tx, c.trainable, c.state, config, eval_batch, mesh)
+  compile_s, train_cost, eval_cost = steps.compile_s, steps.train_cost, steps.eval_cost
   eval_s = compiled.eval_compile_s(c.model, c.state, config, eval_batch, mesh)
-  devices = mesh.num_devices if mesh is not None else 1
-  train_cost = accounting.xla_costs(train_c, devices)
-  eval_cost = accounting.xla_costs(eval_c, devices)
   cached = None
   cut = prefix_cache.cut_index(c.model, c.trainable_names,
                                freezing.trainable_params_by_layer(c.labels))
@@ -160,23 +159,20 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
       prefix_cache.count_on(cached, twin['cached'])
   device_mem, device_xla = _device_memory(c, config)
   c.state = None  # built again when the case trains: no case holds memory while waiting
-  return Plan(c, train_c, eval_c, compile_s, train_cost, eval_cost, eval_batch, eval_s, cached,
-              device_mem, device_xla)
+  return Plan(c, steps.train, steps.eval, compile_s, train_cost, eval_cost, eval_batch, eval_s,
+              cached, device_mem, device_xla)
 
 
 def _counting_twin(c, counting, config, eval_batch, cut):
   """The steps of case `c` compiled with `counting` (accounting.counting_model) on the counting
   device, one device with the whole batch: their costs, only to be counted."""
-  device = accounting.counting_device()
-  train, ev, train_s = compiled.compile_steps(counting, c.tx, c.trainable, c.state, config,
-                                              eval_batch, device=device)
+  mesh = parallel.Mesh.on(accounting.counting_device())
+  steps = compiled.compile_steps(counting, c.tx, c.trainable, c.state, config, eval_batch, mesh)
   return dict(
-      train_cost=accounting.xla_costs(train), eval_cost=accounting.xla_costs(ev),
-      compile_s=train_s,
-      eval_compile_s=compiled.eval_compile_s(counting, c.state, config, eval_batch,
-                                             device=device),
+      train_cost=steps.train_cost, eval_cost=steps.eval_cost, compile_s=steps.compile_s,
+      eval_compile_s=compiled.eval_compile_s(counting, c.state, config, eval_batch, mesh),
       cached=None if cut is None else prefix_cache.compile_steps(
-          counting, c.tx, c.trainable, c.state, config, eval_batch, cut, device=device))
+          counting, c.tx, c.trainable, c.state, config, eval_batch, cut, mesh))
 
 
 def _device_memory(c, config):
@@ -210,8 +206,9 @@ def run_key(name, seed):
   return f'{freezing.case_slug(name)}_seed{seed}'
 
 
-def run_case(config, plan, case, target, target_test, metrics, workdir, mesh=None):
-  """Trains `case` (this seed's weights) with the compiled steps of `plan`; its record."""
+def run_case(config, plan, case, target, target_test, metrics, workdir, mesh):
+  """Trains `case` (this seed's weights) with the compiled steps of `plan` over `mesh`; its
+  record."""
   key = run_key(case.name, compiled.seed_of(config))
   # The optimiser the steps were compiled with (the same for every seed): its state's structure
   # is the compiled step's input.

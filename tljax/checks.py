@@ -163,7 +163,9 @@ FIELDS = {
     'checkpoint_every_steps': _int_at_least(0, ' (0 = no periodic checkpoints)'),
     'restart': Field(bool, lambda v, c: True, 'must be True or False'),
     'data_parallel': Field(bool, lambda v, c: True, 'must be True or False'),
-    'num_processes': _int_at_least(1),
+    'num_processes': Field(int, lambda v, c: v == 1 or (v > 1 and c.data_parallel),
+                           'must be an int >= 1, and 1 unless data_parallel=True (the processes '
+                           'of a run share each batch)'),
     'process_id': Field(int, lambda v, c: 0 <= v < c.num_processes,
                         lambda c: f'must be an int in [0, num_processes) = [0, {c.num_processes})'),
     'coordinator_address': Field(str, lambda v, c: c.num_processes <= 1 or bool(v),

@@ -2,6 +2,7 @@
 
 import functools
 import time
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 from tljax import accounting
 from tljax import backend
 from tljax import models
+from tljax import parallel
 from tljax.steps import TrainState, eval_step, train_step
 
 # Compiled once per process and shape, shared by every case: the random initial variables
@@ -54,75 +56,98 @@ def init_variables(model, config, rng):
 
 def new_state(variables, tx, seed, mesh=None):
   """A fresh train state on own copies of `variables` (the step donates its state, and the
-  pretrained weights are shared by every case)."""
+  pretrained weights are shared by every case), replicated over `mesh` (default: one device)."""
   variables = jax.tree.map(lambda x: jnp.array(x, copy=True), variables)
   params = variables['params']
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
                      rng=jax.random.fold_in(jax.random.key(seed), 1))
-  return mesh.put_replicated(state) if mesh is not None else state
+  return parallel.default(mesh).put_replicated(state)
 
 
-def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None, batch=None,
-                  device=None):
-  """Compiles the train step of this case at `batch` (default config.batch_size) and (once per
-  shape) the eval step; for `device` (e.g. accounting.counting_device()) instead of the default
-  one when it is given (then without a mesh).
+class Step(NamedTuple):
+  """A compiled step, its XLA costs (accounting.xla_costs, the whole global step) and the
+  seconds its jit, lowering and compilation took."""
+  fn: Any
+  cost: dict
+  seconds: float
 
-  Returns (train, eval, seconds to compile the train step). The eval step's compilation is
-  shared by every case and not in those seconds (`eval_compile_s`). The FLOP count is read
-  from exactly these compiled executables, and training runs exactly them. With a
-  `parallel.Mesh`, both run data-parallel: batch sharded over the devices, state replicated.
+
+def compile_step(fn, args, shardings, config, donate=False):
+  """jit(fn) with `shardings` = (in_shardings, out_shardings), lowered on the shapes of `args`
+  (arrays or shape structs), compiled with the backend's options and accounted.
+
+  The devices are those of the shardings: a data-parallel mesh's program is one device's, so
+  its costs are multiplied by their count (accounting.xla_costs).
   """
-  batch = batch or config.batch_size
   t0 = time.perf_counter()
-  shard = {}
-  if mesh is not None:
-    shard = dict(in_shardings=(mesh.replicated, mesh.batch, mesh.batch),
-                 out_shardings=(mesh.replicated, mesh.replicated))
-  if device is not None:
-    state = on_device(state, device)
-    shard = dict(in_shardings=jax.sharding.SingleDeviceSharding(device))
-  train_jit = jax.jit(functools.partial(train_step, model=model, tx=tx, trainable=trainable),
-                      donate_argnums=0, **shard)
-  train_c = backend.compile(train_jit.lower(state, input_spec(config, batch),
-                                            jax.ShapeDtypeStruct((batch,), jnp.int32)),
-                            config)
-  train_s = time.perf_counter() - t0
-  return train_c, _eval_compiled(model, state, config, eval_batch, mesh, device)[0], train_s
+  ins, outs = shardings
+  jitted = jax.jit(fn, in_shardings=ins, out_shardings=outs, donate_argnums=0 if donate else ())
+  compiled = backend.compile(jitted.lower(*shapes(args)), config)
+  seconds = time.perf_counter() - t0
+  devices = len(jax.tree.leaves(ins)[0].device_set)
+  return Step(compiled, accounting.xla_costs(compiled, devices), seconds)
 
 
-def on_device(tree, device):
-  """Shapes and dtypes of `tree`'s arrays, placed on `device` (for lowering only)."""
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def shapes(tree):
+  """Shapes and dtypes of `tree`'s arrays (lowering needs nothing else)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, weak_type=getattr(x, 'weak_type', False)), tree)
 
 
-def eval_compile_s(model, state, config, eval_batch, mesh=None, device=None):
+def train_shardings(mesh):
+  """(state, images, labels) -> (state, metrics): batches split, the rest replicated."""
+  return (mesh.replicated, mesh.batch, mesh.batch), (mesh.replicated, mesh.replicated)
+
+
+def eval_shardings(mesh):
+  """(params, batch_stats, images, labels, mask) -> sums."""
+  return (mesh.replicated,) * 2 + (mesh.batch,) * 3, mesh.replicated
+
+
+class Steps(NamedTuple):
+  """A case's compiled train step (with the seconds it took) and the shared eval step."""
+  train: Any
+  eval: Any
+  compile_s: float
+  train_cost: dict
+  eval_cost: dict
+
+
+def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None, batch=None):
+  """Compiles the train step of this case at `batch` (default config.batch_size) and (once per
+  shape) the eval step, over `mesh` (default: one device; parallel.Mesh.on(
+  accounting.counting_device()) for the counting twin).
+
+  The eval step's compilation is shared by every case and not in `compile_s`
+  (`eval_compile_s`). The FLOP count is read from exactly these compiled executables, and
+  training runs exactly them: batch sharded over the mesh's devices, state replicated.
+  """
+  mesh = parallel.default(mesh)
+  batch = batch or config.batch_size
+  train = compile_step(
+      functools.partial(train_step, model=model, tx=tx, trainable=trainable),
+      (state, input_spec(config, batch), jax.ShapeDtypeStruct((batch,), jnp.int32)),
+      train_shardings(mesh), config, donate=True)
+  ev = _eval_compiled(model, state, config, eval_batch, mesh)
+  return Steps(train.fn, ev.fn, train.seconds, train.cost, ev.cost)
+
+
+def eval_compile_s(model, state, config, eval_batch, mesh=None):
   """Seconds it took to compile the eval step that `compile_steps` gave for these arguments."""
-  return _eval_compiled(model, state, config, eval_batch, mesh, device)[1]
+  return _eval_compiled(model, state, config, eval_batch, parallel.default(mesh)).seconds
 
 
-def _eval_compiled(model, state, config, eval_batch, mesh=None, device=None):
-  """(eval step, seconds its compilation took), compiled once per process and shape."""
+def _eval_compiled(model, state, config, eval_batch, mesh):
+  """The eval step (a Step), compiled once per process, shape and mesh."""
   options = backend.compiler_options(config)
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
-         accounting.depthwise_impls(model)[0], jax.default_backend(), str(device),
-         mesh is not None and mesh.num_devices, tuple(sorted(options.items())))
+         accounting.depthwise_impls(model)[0], jax.default_backend(),
+         tuple(str(d) for d in mesh.devices), tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:
-    t0 = time.perf_counter()
-    eval_model = model.clone(frozen=frozenset())
-    shard = {}
-    if mesh is not None:
-      shard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
-                   out_shardings=mesh.replicated)
-    if device is not None:
-      state = on_device(state, device)
-      shard = dict(in_shardings=jax.sharding.SingleDeviceSharding(device))
-    eval_jit = jax.jit(functools.partial(eval_step, model=eval_model), **shard)
-    compiled = backend.compile(eval_jit.lower(
-        state.params, state.batch_stats, input_spec(config, eval_batch),
-        jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
-        jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), config)
-    _EVAL_CACHE[key] = (compiled, time.perf_counter() - t0)
+    _EVAL_CACHE[key] = compile_step(
+        functools.partial(eval_step, model=model.clone(frozen=frozenset())),
+        (state.params, state.batch_stats, input_spec(config, eval_batch),
+         jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
+         jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), eval_shardings(mesh), config)
   return _EVAL_CACHE[key]

@@ -12,7 +12,7 @@ import tqdm
 
 from tljax import compiled
 from tljax import data
-from tljax import interrupt
+from tljax import parallel
 
 
 @dataclasses.dataclass
@@ -40,13 +40,14 @@ def steps_per_epoch(config, arrays):
   return min(n, config.steps_per_epoch) if config.steps_per_epoch else n
 
 
-def fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, tags, ckpt=None,
-        mesh=None):
+def fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, tags, mesh, ckpt=None):
   """Runs the compiled step over `epochs` epochs, from the latest checkpoint in `ckpt` if any.
 
   Checkpoints (every config.checkpoint_every_steps, at logging steps so no metric is pending)
   hold the whole train state; the data position follows from its step, since batches depend
   only on (seed, epoch, index). `tags` ({'case', 'seed', 'run'}) label the metrics lines.
+  Batches are sharded over `mesh` (parallel.Mesh); with several processes every one of them
+  runs this loop in step (checkpoints are saved and restored collectively).
   Returns (state, steps, wall_s, diverged_at).
   """
   per_epoch = steps_per_epoch(config, arrays)
@@ -62,12 +63,10 @@ def fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, tags, ck
     for images, labels in data.prefetch(batches):
       if p.steps >= (epoch + 1) * per_epoch:
         break
-      if interrupt.requested():  # SIGINT/SIGTERM: checkpoint this step (and pending metrics)
+      if parallel.stop_requested():  # SIGINT/SIGTERM (any process): checkpoint this step
         bar.close()
         _stop(state, p, ckpt, epoch, f'{desc}, step {p.steps} of {total}')
-      if mesh is not None:
-        images, labels = mesh.put_batch(images), mesh.put_batch(labels)
-      state, m = train_c(state, images, labels)
+      state, m = train_c(state, mesh.put_batch(images), mesh.put_batch(labels))
       p.pending.append(m)
       p.steps += 1
       bar.update(1)
@@ -90,8 +89,7 @@ def _restore(state, ckpt, mesh, desc, total):
   p = _Progress()
   if ckpt is not None and ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
-    if mesh is not None:
-      state = mesh.put_replicated(state)
+    state = mesh.put_replicated(state)
     p.steps, p.wall_before = int(meta['step']), float(meta['wall_s'])
     p.pending = _unpack_pending(meta.get('pending'))
     logging.info('%s: resuming from the checkpoint at step %d of %d', desc, p.steps, total)
@@ -104,8 +102,8 @@ def _stop(state, p, ckpt, epoch, where):
   if ckpt is not None and p.steps > p.last_ckpt:
     ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'pending': _pack_pending(p.pending),
                       'wall_s': p.wall()})
-  interrupt.check(where + (f', checkpoint saved in {ckpt.directory}'
-                           if ckpt is not None and p.steps else ''))
+  parallel.check_interrupt(where + (f', checkpoint saved in {ckpt.directory}'
+                                    if ckpt is not None and p.steps else ''))
 
 
 def _log(p, config, metrics, tags, epoch, bar, desc):
@@ -138,10 +136,10 @@ def _unpack_pending(packed):
   return [{k: np.asarray(v, dtype) for k, (v, dtype) in m.items()} for m in packed or []]
 
 
-def evaluate(eval_c, state, arrays, config, prep, mesh=None):
-  """(accuracy, mean loss) of `state` over every example of `arrays`."""
+def evaluate(eval_c, state, arrays, config, prep, mesh):
+  """(accuracy, mean loss) of `state` over every example of `arrays`, batches over `mesh`."""
   sums = None
-  put = mesh.put_batch if mesh is not None else (lambda x: x)
+  put = mesh.put_batch
   for images, labels, mask in data.prefetch(
       data.eval_batches(arrays, eval_batch(config, arrays, mesh), prep=prep)):
     out = eval_c(state.params, state.batch_stats, put(images), put(labels), put(mask))
@@ -150,9 +148,7 @@ def evaluate(eval_c, state, arrays, config, prep, mesh=None):
   return float(sums['correct'] / sums['count']), float(sums['loss'] / sums['count'])
 
 
-def eval_batch(config, arrays, mesh=None):
-  """The eval batch: at most the split's size, a multiple of the mesh's devices."""
+def eval_batch(config, arrays, mesh):
+  """The eval batch: at most the split's size, rounded up to a multiple of the mesh's devices."""
   b = min(config.eval_batch_size, len(arrays))
-  if mesh is not None:
-    b = -(-b // mesh.num_devices) * mesh.num_devices
-  return b
+  return -(-b // mesh.num_devices) * mesh.num_devices

@@ -91,8 +91,8 @@ def main(argv=None):
   spec['xla_cpu_tuning'] = not args.no_xla_cpu_tuning
   config = bench._config(spec)  # pylint: disable=protected-access
   case = case_lib.make_case(config, args.case, spec['num_classes'])
-  train_c, _, _ = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
-                                      eval_batch=spec['batch_size'])
+  train_c = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
+                                   eval_batch=spec['batch_size']).train
   names = op_names(train_c.as_text())
   x, y = (jax.device_put(a) for a in bench._random_batch(spec))  # pylint: disable=protected-access
   busy, wall = profile_step(lambda s, x, y: (train_c(s, x, y)[0], x, y), (case.state, x, y),

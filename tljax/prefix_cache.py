@@ -25,8 +25,9 @@ import numpy as np
 import psutil
 
 from tljax import accounting
-from tljax import backend
+from tljax import compiled as compiled_lib
 from tljax import data
+from tljax import parallel
 from tljax import report
 from tljax.models.base import TRAIN_MODE_KINDS, active_dropout_layers
 from tljax.steps import eval_step, train_step
@@ -100,48 +101,39 @@ class Compiled:
   compile_s: float
 
 
-def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=None, device=None):
+def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=None):
   """Compiles the prefix forward and the suffix train step (at config.batch_size) and the
-  suffix eval step (at `eval_batch`). The prefix runs at the train batch: on 2 CPU cores,
+  suffix eval step (at `eval_batch`) over `mesh` (default: one device; the counting device's
+  for the twin that is only counted). The prefix runs at the train batch: on 2 CPU cores,
   filling B0's cache (224x224, 1,536 images) plus 10 suffix epochs took 20.7 s at batch 32
   against 26.8 s at 256, and its rounding matches the uncached step's (identical losses).
-  With `device` (accounting.counting_device()), compiled for that device only (to be counted).
   """
-  t0 = time.perf_counter()
-  image = jax.ShapeDtypeStruct(
-      (config.batch_size, config.image_size, config.image_size, config.channels), jnp.float32)
-  pshard, tshard, eshard = {}, {}, {}
-  if mesh is not None:
-    pshard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,), out_shardings=mesh.batch)
-    tshard = dict(in_shardings=(mesh.replicated, mesh.batch, mesh.batch),
-                  out_shardings=(mesh.replicated, mesh.replicated))
-    eshard = dict(in_shardings=(mesh.replicated,) * 2 + (mesh.batch,) * 3,
-                  out_shardings=mesh.replicated)
-  if device is not None:
-    from tljax import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
-    state = compiled_lib.on_device(state, device)
-    pshard = tshard = eshard = dict(in_shardings=jax.sharding.SingleDeviceSharding(device))
-  prefix_jit = jax.jit(functools.partial(_prefix_forward, model=model, cut=cut), **pshard)
-  prefix_c = backend.compile(prefix_jit.lower(state.params, state.batch_stats, image), config)
-  feature_shape = tuple(jax.eval_shape(prefix_jit, state.params, state.batch_stats,
+  mesh = parallel.default(mesh)
+  b = config.batch_size
+  image = jax.ShapeDtypeStruct((b, config.image_size, config.image_size, config.channels),
+                               jnp.float32)
+  forward = functools.partial(_prefix_forward, model=model, cut=cut)
+  prefix = compiled_lib.compile_step(
+      forward, (state.params, state.batch_stats, image),
+      ((mesh.replicated,) * 2 + (mesh.batch,), mesh.batch), config)
+  feature_shape = tuple(jax.eval_shape(forward, state.params, state.batch_stats,
                                        image).shape[1:])
 
   def features(batch):
     return jax.ShapeDtypeStruct((batch,) + feature_shape, jnp.float32)
 
   labels = lambda batch: jax.ShapeDtypeStruct((batch,), jnp.int32)
-  train_jit = jax.jit(functools.partial(train_step, model=Suffix(model, cut), tx=tx,
-                                        trainable=trainable), donate_argnums=0, **tshard)
-  train_c = backend.compile(
-      train_jit.lower(state, features(config.batch_size), labels(config.batch_size)), config)
-  eval_jit = jax.jit(functools.partial(eval_step, model=Suffix(model, cut)), **eshard)
-  eval_c = backend.compile(
-      eval_jit.lower(state.params, state.batch_stats, features(eval_batch), labels(eval_batch),
-                     jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), config)
-  devices = mesh.num_devices if mesh is not None else 1
-  return Compiled(cut, model.keras_layers()[cut].name, feature_shape, prefix_c, train_c, eval_c,
-                  accounting.xla_costs(prefix_c, devices), accounting.xla_costs(train_c, devices),
-                  accounting.xla_costs(eval_c, devices), time.perf_counter() - t0)
+  train = compiled_lib.compile_step(
+      functools.partial(train_step, model=Suffix(model, cut), tx=tx, trainable=trainable),
+      (state, features(b), labels(b)), compiled_lib.train_shardings(mesh), config, donate=True)
+  ev = compiled_lib.compile_step(
+      functools.partial(eval_step, model=Suffix(model, cut)),
+      (state.params, state.batch_stats, features(eval_batch), labels(eval_batch),
+       jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), compiled_lib.eval_shardings(mesh),
+      config)
+  return Compiled(cut, model.keras_layers()[cut].name, feature_shape, prefix.fn, train.fn,
+                  ev.fn, prefix.cost, train.cost, ev.cost,
+                  prefix.seconds + train.seconds + ev.seconds)
 
 
 def count_on(compiled, twin):
@@ -176,7 +168,7 @@ class Cache:
       shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def build(compiled, state, splits, *, batch, prep, directory, budget=None, mesh=None):
+def build(compiled, state, splits, *, batch, prep, directory, mesh, budget=None):
   """Runs the prefix over every example of `splits` (train, test) in batches of `batch`.
 
   In RAM when the cache fits `budget` (default `memory_budget()`), else np.memmap files in
@@ -192,7 +184,6 @@ def build(compiled, state, splits, *, batch, prep, directory, budget=None, mesh=
     os.makedirs(directory)
     report.require_free_disk(directory, nbytes, 'The prefix cache',
                              'pass --config.prefix_cache=False to train without it.')
-  put = mesh.put_batch if mesh is not None else (lambda x: x)
   out, calls = [], 0
   for a in splits:
     shape = (len(a),) + compiled.feature_shape
@@ -203,7 +194,7 @@ def build(compiled, state, splits, *, batch, prep, directory, budget=None, mesh=
       feats = np.empty(shape, np.float32)
     start = 0
     for images, _, mask in data.prefetch(data.eval_batches(a, batch, prep=prep)):
-      y = compiled.prefix(state.params, state.batch_stats, put(images))
+      y = compiled.prefix(state.params, state.batch_stats, mesh.put_batch(images))
       k = int(mask.sum())
       feats[start:start + k] = np.asarray(y)[:k]
       start += k

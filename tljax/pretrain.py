@@ -14,6 +14,7 @@ from tljax import compiled
 from tljax import fit
 from tljax import freezing
 from tljax import inputs
+from tljax import parallel
 from tljax import report
 from tljax import resume
 
@@ -47,7 +48,7 @@ def run_key(config):
   return f'pretrain_seed{compiled.seed_of(config)}'
 
 
-def variables(config, metrics, workdir, identity, mesh=None):
+def variables(config, metrics, workdir, identity, mesh):
   """(variables or None, info): the weights every case of this seed starts from."""
   if config.dry_run or config.pretrained == 'none':
     return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
@@ -58,23 +59,30 @@ def variables(config, metrics, workdir, identity, mesh=None):
   return _pretrain(config, metrics, workdir, identity['source'], mesh)
 
 
-def _pretrain(config, metrics, workdir, source_identity, mesh=None):
-  """Source pretraining with every layer trainable, cached as an orbax checkpoint."""
+def _pretrain(config, metrics, workdir, source_identity, mesh):
+  """Source pretraining with every layer trainable, cached as an orbax checkpoint.
+
+  With several processes all of them train (data-parallel) and read the cache; process 0
+  alone writes it, and the others wait until it is written.
+  """
   where = path(config, source_identity)
   src = inputs.load(config, 'source', 'train')
   model = compiled.model_for(config, src.num_classes)
   init = compiled.init_variables(model, config, jax.random.key(compiled.seed_of(config)))
-  ckptr = ocp.StandardCheckpointer()
-  if os.path.exists(os.path.join(where, 'pretrain.json')):
+  cached = os.path.exists(os.path.join(where, 'pretrain.json'))
+  parallel.same_on_all(f'pretraining caches (whether {where} is there)', cached)
+  if cached:
     logging.info('Reusing the pretrained model in %s', where)
     with open(os.path.join(where, 'pretrain.json')) as f:
       info = dict(json.load(f), cached=True)
-    return ckptr.restore(os.path.join(where, 'variables'), init), info
+    return ocp.StandardCheckpointer().restore(os.path.join(where, 'variables'), init), info
   state, info = _train(config, model, init, src, metrics, workdir, mesh)
   info['path'] = where
-  out = {'params': state.params, 'batch_stats': state.batch_stats}
-  _save(ckptr, where, out, info)
-  shutil.rmtree(resume.case_dir(workdir, run_key(config)), ignore_errors=True)
+  # On the host: the replicated arrays of a multi-process mesh are whole in every process.
+  out = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+  parallel.on_writer('saving the pretrained model', _save, where, out, info)
+  parallel.on_writer('removing the pretraining checkpoints', shutil.rmtree,
+                     resume.case_dir(workdir, run_key(config)), True)
   return out, info
 
 
@@ -86,19 +94,23 @@ def _train(config, model, init, src, metrics, workdir, mesh):
   state = compiled.new_state(init, tx, compiled.seed_of(config), mesh)
   trainable = jax.tree.map(lambda _: True, init['params'])
   eval_batch = fit.eval_batch(config, src_test, mesh)
-  train_c, eval_c, compile_s = compiled.compile_steps(model, tx, trainable, state, config,
-                                                      eval_batch, mesh)
-  compile_s += compiled.eval_compile_s(model, state, config, eval_batch, mesh)
+  compiled_steps = compiled.compile_steps(model, tx, trainable, state, config, eval_batch, mesh)
+  compile_s = compiled_steps.compile_s + compiled.eval_compile_s(model, state, config,
+                                                                 eval_batch, mesh)
   prep = inputs.prep_fn(config, config.source_dataset)
   tags = {'case': 'pretrain', 'seed': compiled.seed_of(config), 'run': run_key(config)}
-  state, steps, wall, diverged = fit.fit(
-      state, train_c, src, config, prep=prep, epochs=config.pretrain_epochs,
-      desc=f'pretrain (seed {compiled.seed_of(config)})', metrics=metrics, tags=tags,
-      ckpt=resume.Checkpoints(resume.case_dir(workdir, run_key(config))), mesh=mesh)
+  ckpt = resume.Checkpoints(resume.case_dir(workdir, run_key(config)))
+  try:
+    state, steps, wall, diverged = fit.fit(
+        state, compiled_steps.train, src, config, prep=prep, epochs=config.pretrain_epochs,
+        desc=f'pretrain (seed {compiled.seed_of(config)})', metrics=metrics, tags=tags,
+        ckpt=ckpt, mesh=mesh)
+  finally:
+    ckpt.close()
   if diverged:
     raise FloatingPointError(f'Pretraining on {config.source_dataset!r} diverged at step '
                              f'{diverged}; lower config.pretrain_learning_rate.')
-  acc, loss = fit.evaluate(eval_c, state, src_test, config, prep, mesh)
+  acc, loss = fit.evaluate(compiled_steps.eval, state, src_test, config, prep, mesh)
   logging.info('Pretrained on %s (seed %d): test accuracy %.4f, loss %.4f',
                config.source_dataset, compiled.seed_of(config), acc, loss)
   return state, dict(dataset=config.source_dataset, classes=list(config.source_classes),
@@ -108,8 +120,11 @@ def _train(config, model, init, src, metrics, workdir, mesh):
                      cached=False)
 
 
-def _save(ckptr, where, variables_, info):
-  """Writes the pretrained variables and info atomically (a temporary dir renamed into place)."""
+def _save(where, variables_, info):
+  """Writes the pretrained variables and info atomically (a temporary dir renamed into place),
+  from this process alone (process 0 of a multi-process run)."""
+  ckptr = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=0, active_processes={jax.process_index()}))
   tmp = where + f'.tmp{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)

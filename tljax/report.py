@@ -76,18 +76,23 @@ def write_csv(path, cases):
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to metrics.jsonl, flushed per line."""
+  """Appends one JSON object per line to metrics.jsonl, flushed per line; with `path` None it
+  writes nothing (the processes of a multi-process run other than process 0)."""
 
   def __init__(self, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    self._f = open(path, 'a', encoding='utf-8')
+    self._f = None
+    if path is not None:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      self._f = open(path, 'a', encoding='utf-8')
 
   def write(self, **record):
-    self._f.write(json.dumps(_clean(record), default=_json_default) + '\n')
-    self._f.flush()
+    if self._f is not None:
+      self._f.write(json.dumps(_clean(record), default=_json_default) + '\n')
+      self._f.flush()
 
   def close(self):
-    self._f.close()
+    if self._f is not None:
+      self._f.close()
 
 
 def require_free_disk(directory, nbytes, what, hint):

@@ -21,6 +21,10 @@ SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_d
                'max_train_memory_mb', 'min_accuracy', 'budget_memory', 'launcher',
                'max_parallel_jobs', 'slurm_partition', 'slurm_gpus_per_job', 'slurm_time_minutes',
                'slurm_extra', 'launcher_wait', 'job_retries')
+# Fields of one process (or one launch) of a multi-host run, not of the run: fingerprinted and
+# compared at these values, so the processes of a run share one fingerprint, a rerun may use
+# another coordinator address, and a single-process run's fingerprint is what it always was.
+PER_PROCESS = {'process_id': 0, 'coordinator_address': ''}
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
 OUTPUTS = ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl', 'figure.png',
            'pareto.png', 'config.json', 'data.json', 'jobs.json')
@@ -35,7 +39,8 @@ class ConfigChangedError(ValueError):
 
 
 def _normalise(d):
-  return json.loads(json.dumps(d, default=list))
+  d = json.loads(json.dumps(d, default=list))
+  return {**d, **{k: v for k, v in PER_PROCESS.items() if k in d}}
 
 
 def config_diff(old, new):
@@ -194,7 +199,12 @@ def discard_stale_checkpoints(workdir, fingerprint):
 
 
 class Checkpoints:
-  """The latest train state of one case (orbax, atomic: a step dir is complete or absent)."""
+  """The latest train state of one case (orbax, atomic: a step dir is complete or absent).
+
+  With several processes (jax.distributed) every process creates, saves, restores and closes
+  it collectively, in the same order: orbax's multi-host mode (primary host 0 writes the
+  metadata and finalises the step, each array shard is written once, barriers in between).
+  """
 
   def __init__(self, directory):
     self.directory = os.path.abspath(directory)
@@ -214,7 +224,8 @@ class Checkpoints:
   def restore(self, like_state):
     """(state, meta) of the latest checkpoint, in the structure of `like_state`."""
     step = self.latest_step()
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _to_tree(like_state))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          _to_tree(like_state))  # placed like `like_state` (e.g. replicated)
     try:
       out = self._mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))

@@ -9,13 +9,14 @@ from tljax import console
 from tljax import data
 from tljax import interrupt
 from tljax import launcher
+from tljax import parallel
 from tljax import sweep
 from tljax import weights
 
 # Failures caused by the user's input or environment: shown as a message, not a traceback.
 USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
                data.DatasetUnavailableError, weights.WeightsUnavailableError,
-               launcher.JobsFailedError)
+               launcher.JobsFailedError, parallel.ProcessesError)
 
 
 def main(config, workdir):
@@ -31,6 +32,8 @@ def main(config, workdir):
     logging.debug('Traceback', exc_info=True)
     sys.exit(f'tljax: error: {e}')
   if summary is None:  # jobs submitted without waiting: the launcher said where they are
+    return
+  if not parallel.is_writer():  # process 0 prints the table of a multi-process run
     return
   print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
         + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'

@@ -19,7 +19,6 @@ from tljax import compiled
 from tljax import fit
 from tljax import freezing
 from tljax import inputs
-from tljax import interrupt
 from tljax import outputs
 from tljax import parallel
 from tljax import pretrain
@@ -43,8 +42,9 @@ def train_and_evaluate(config, workdir):
   if config.get('launcher', 'inline') != 'inline':  # one job per (case, seed): tljax.launcher
     from tljax import launcher  # pylint: disable=g-import-not-at-top
     return launcher.launch(config, workdir)
+  parallel.maybe_initialize(config)  # before anything touches a JAX backend
   with workdir_lock.held(workdir, config.process_id):
-    interrupt.check('before starting')
+    parallel.check_interrupt('before starting')
     return _train_and_evaluate(config, workdir)
 
 
@@ -77,21 +77,19 @@ class _Sweep:
   def __init__(self, config, workdir, prepare=True):
     self.config, self.workdir = config, workdir
     self.run_config = dry_run_config(config) if config.dry_run else config
-    parallel.maybe_initialize(config)
-    self.mesh = parallel.Mesh() if config.data_parallel else None
-    if self.mesh is not None:
-      self.mesh.check_batch('batch_size', self.run_config.batch_size)
+    self.mesh = parallel.Mesh.for_config(config)
+    self.mesh.check_batch('batch_size', self.run_config.batch_size)
     self.identity = inputs.data_identity(self.run_config)
-    if prepare:
-      resume.prepare_workdir(workdir, config)
-      resume.check_data(workdir, self.identity)
+    if prepare:  # process 0 alone writes the workdir (README "Data parallelism")
+      parallel.on_writer('checking the workdir', _check_workdir, workdir, config, self.identity)
     self.target = inputs.load(self.run_config, 'target', 'train')
     self.target_test = inputs.load(self.run_config, 'target', 'test')
     checks.check_data(self.run_config, self.target)
     # What makes the numbers: records and checkpoints of another fingerprint are never reused.
     self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
     if prepare:
-      resume.discard_stale_checkpoints(workdir, self.fingerprint)
+      parallel.on_writer('discarding stale checkpoints', resume.discard_stale_checkpoints,
+                         workdir, self.fingerprint)
     self.num_classes = self.target.num_classes
     model = compiled.model_for(self.run_config, self.num_classes)
     checks.validate_cases(self.run_config, model.keras_layers())  # before hours go into the first
@@ -100,9 +98,14 @@ class _Sweep:
     self.specs = [freezing.case_spec(c, model.keras_layers(), config.case_counting, params=params)
                   for c in config.cases]
     self.seeds = [int(s) for s in config.seeds]
-    self.done = {(s.name, seed): resume.load_done(workdir, case_lib.run_key(s.name, seed),
-                                                  self.fingerprint)
-                 for seed in self.seeds for s in self.specs}
+    parallel.on_writer('discarding stale records', self._load_done)  # moves them away
+    self.done = self._load_done()
+    parallel.same_on_all('finished runs', sorted(k for k, r in self.done.items() if r))
+
+  def _load_done(self):
+    return {(s.name, seed): resume.load_done(self.workdir, case_lib.run_key(s.name, seed),
+                                             self.fingerprint)
+            for seed in self.seeds for s in self.specs}
 
   def todo(self, seed):
     return [s for s in self.specs if self.done[(s.name, seed)] is None]
@@ -124,11 +127,13 @@ class _Sweep:
     for k, r in keys.items():
       d = resume.case_dir(self.workdir, k)
       if r is None and os.path.isdir(d):
-        step = resume.Checkpoints(d).latest_step()
+        ckpt = resume.Checkpoints(d)  # collective with several processes
+        step = ckpt.latest_step()
+        ckpt.close()
         if step is not None:
           resumable[k] = step
-    resume.filter_metrics(self.metrics_path, {k for k, r in keys.items() if r is not None},
-                          resumable)
+    parallel.on_writer('filtering the metrics', resume.filter_metrics, self.metrics_path,
+                       {k for k, r in keys.items() if r is not None}, resumable)
 
   @property
   def metrics_path(self):
@@ -138,7 +143,7 @@ class _Sweep:
 def _train_and_evaluate(config, workdir):
   sw = _Sweep(config, workdir)
   sw.filter_metrics()
-  metrics = report.MetricsWriter(sw.metrics_path)
+  metrics = report.MetricsWriter(sw.metrics_path if parallel.is_writer() else None)
   try:
     t0 = time.perf_counter()
     plans = _plan(sw)
@@ -148,7 +153,7 @@ def _train_and_evaluate(config, workdir):
       _run_seed(sw, seed, plans, metrics, summary, t0)
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
-    outputs.write(workdir, summary)
+    parallel.on_writer('writing the summary', outputs.write, workdir, summary)
   finally:
     metrics.close()
   return summary
@@ -184,18 +189,25 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
       logging.info('Case %s, seed %d finished in an earlier run: kept.', *key)
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
-    outputs.write(sw.workdir, summary)
+    parallel.on_writer('writing the summary', outputs.write, sw.workdir, summary)
+
+
+def _check_workdir(workdir, config, identity):
+  """The workdir is writable, holds no other config's or data's run (resume)."""
+  resume.prepare_workdir(workdir, config)
+  resume.check_data(workdir, identity)
 
 
 def train_run(sw, plan, spec, seed, pretrained, metrics):
   """Trains (case `spec`, `seed`) from `pretrained` with its compiled `plan`; saves and returns
   its record."""
   rc = seed_config(sw.run_config, seed)
-  interrupt.check(f'before case {spec.name}, seed {seed}')
+  parallel.check_interrupt(f'before case {spec.name}, seed {seed}')
   c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
   rec = case_lib.run_case(rc, plan, c, sw.target, sw.target_test, metrics, sw.workdir, sw.mesh)
   sw.done[(spec.name, seed)] = rec
-  resume.save_done(sw.workdir, case_lib.run_key(spec.name, seed), rec, sw.fingerprint)
+  parallel.on_writer('writing a record', resume.save_done, sw.workdir,
+                     case_lib.run_key(spec.name, seed), rec, sw.fingerprint)
   return rec
 
 

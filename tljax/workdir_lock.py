@@ -5,6 +5,7 @@ import fcntl
 import os
 import time
 
+from tljax import parallel
 from tljax import resume
 
 LOCK_NAME = '.tljax.lock'
@@ -14,9 +15,8 @@ class WorkdirLockedError(OSError):
   """Another process holds the workdir."""
 
 
-def lock_path(workdir, process_id=0):
-  # Each process of a multi-host run writes the same workdir: one lock per process id.
-  return os.path.join(workdir, LOCK_NAME if not process_id else f'{LOCK_NAME}.{process_id}')
+def lock_path(workdir):
+  return os.path.join(workdir, LOCK_NAME)
 
 
 def _holder(fd):
@@ -29,31 +29,48 @@ def _holder(fd):
   return 'unknown'
 
 
-@contextlib.contextmanager
-def held(workdir, process_id=0):
-  """Holds `workdir` for this process; raises WorkdirLockedError at once if another holds it.
-
-  The lock file stays (removing it would let two processes lock two different files); only the
-  PID inside it is cleared on release. A killed process's lock is released by the OS.
-  """
+def _lock(workdir):
+  """The fd of `workdir`'s lock file, locked, with this PID in it; raises if another holds it."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(lock_path(workdir, process_id), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path(workdir), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
     raise resume.not_writable(workdir, e) from e
   try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = _holder(fd)
+    os.close(fd)
+    raise WorkdirLockedError(
+        f'The workdir {workdir} is in use by another tljax run (PID {holder}); wait for '
+        'it to end or stop it, or pass --workdir=DIR for another folder.') from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+  return fd
+
+
+@contextlib.contextmanager
+def held(workdir, process_id=0):
+  """Holds `workdir` for this run; raises WorkdirLockedError at once if another run holds it.
+
+  In a multi-process run process 0 (`process_id`) alone holds the lock, for all of them (it
+  alone writes the workdir); the others wait until it has it, and fail when it failed.
+  The lock file stays (removing it would let two processes lock two different files); only the
+  PID inside it is cleared on release. A killed process's lock is released by the OS.
+  """
+  fd = error = None
+  if not process_id:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise WorkdirLockedError(
-          f'The workdir {workdir} is in use by another tljax run (PID {_holder(fd)}); wait for '
-          'it to end or stop it, or pass --workdir=DIR for another folder.') from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
-    try:
-      yield
-    finally:
+      fd = _lock(workdir)
+    except OSError as e:
+      error = e
+  parallel.barrier('locking the workdir', error is None)
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    if fd is not None:
       os.ftruncate(fd, 0)
       fcntl.flock(fd, fcntl.LOCK_UN)
-  finally:
-    os.close(fd)
+      os.close(fd)
