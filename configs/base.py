@@ -100,6 +100,10 @@ def get_config():
   # XLA:CPU compiler options that tljax measured to be faster (tljax/backend.py); False
   # compiles with XLA's defaults. Ignored on GPU/TPU.
   c.xla_cpu_tuning = True
+  # JAX's persistent compilation cache (tljax/backend.py): a second run of the same sweep loads
+  # every compiled step from disk instead of compiling it. '' = <cache_dir>/xla_compiled.
+  c.compilation_cache = True
+  c.compilation_cache_dir = ''
   c.dry_run = False  # one step per case on mock data with random weights
   # Fan-out (README "Sweeps on a cluster"): 'inline' runs every (case, seed) in this process;
   # 'local' and 'slurm' run one submitit job per seed's pretraining and per (case, seed), then

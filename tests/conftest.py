@@ -24,6 +24,7 @@ def shrunk_default(cache_dir):
   c.progress = False
   c.cache_dir = str(cache_dir)
   c.device_xla_check = False  # one compile fewer per case; on in tests/test_summary_fields.py
+  c.compilation_cache = False  # every test compiles what it measures; on in its own test
   return c
 
 

@@ -1,8 +1,9 @@
-"""XLA compiler options per backend: the CPU settings that make tljax's steps fast."""
+"""XLA compilation: the CPU options that make tljax's steps fast, and the persistent cache."""
 
 import os
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 # On XLA:CPU (jaxlib 0.10) the default YNNPACK library fusions fold whole chains of
 # convolutions into one fused call that ran on one core here: a frozen small-CNN prefix took
@@ -31,3 +32,32 @@ def compiler_options(config=None) -> dict:
 def compile(lowered, config=None):  # pylint: disable=redefined-builtin
   """`lowered.compile()` with this backend's options."""
   return lowered.compile(compiler_options=compiler_options(config) or None)
+
+
+def compilation_cache_dir(config):
+  """Where config's compiled steps are kept between runs; None when the cache is off."""
+  if not config.get('compilation_cache', False):
+    return None
+  d = config.get('compilation_cache_dir', '') or os.path.join(config.cache_dir, 'xla_compiled')
+  return os.path.abspath(os.path.expanduser(d))
+
+
+def use_compilation_cache(config):
+  """Turns JAX's persistent compilation cache on at config's directory, or off.
+
+  Every compiled step is kept whatever its compile time, so a second run of a sweep compiles
+  nothing. An executable loaded from the cache has the same XLA cost and memory analyses
+  (FLOPs, bytes) as a fresh compile (tests/test_backend.py). Process-wide: the last config wins.
+  """
+  path = compilation_cache_dir(config)
+  want = (path is not None, path or '')
+  have = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir or '')
+  if want == have:
+    return
+  if path is not None:
+    os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_enable_compilation_cache', path is not None)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  compilation_cache.reset_cache()  # JAX reads the directory once: make it read it again

@@ -171,6 +171,8 @@ FIELDS = {
     'coordinator_address': Field(str, lambda v, c: c.num_processes <= 1 or bool(v),
                                  "'host:port' of process 0 (needed when num_processes > 1)"),
     'xla_cpu_tuning': Field(bool, lambda v, c: True, 'must be True or False'),
+    'compilation_cache': Field(bool, lambda v, c: True, 'must be True or False'),
+    'compilation_cache_dir': Field(str, None, "a directory ('' = <cache_dir>/xla_compiled)"),
     'dry_run': Field(bool, lambda v, c: True, 'must be True or False'),
     'launcher': Field(str, lambda v, c: v in LAUNCHERS and (v == 'inline' or c.num_processes == 1),
                       f'must be one of {LAUNCHERS} (jobs run one process each: '

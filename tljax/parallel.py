@@ -156,7 +156,9 @@ def stop_requested():
 
 def check_interrupt(detail=''):
   """interrupt.check, agreed by every process: all raise Interrupted when any was signalled."""
-  if stop_requested():
+  if not multi_process():
+    interrupt.check(detail)
+  elif stop_requested():
     interrupt.check(detail)
     raise interrupt.Interrupted(signal.SIGTERM, f'{detail}; another process of this run was '
                                 'stopped')

@@ -76,6 +76,7 @@ class _Sweep:
 
   def __init__(self, config, workdir, prepare=True):
     self.config, self.workdir = config, workdir
+    backend.use_compilation_cache(config)  # before the first compile
     self.run_config = dry_run_config(config) if config.dry_run else config
     self.mesh = parallel.Mesh.for_config(config)
     self.mesh.check_batch('batch_size', self.run_config.batch_size)
