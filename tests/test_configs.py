@@ -35,6 +35,8 @@ def test_config_dry_run(name, tmp_path):
   config.dry_run = True
   config.progress = False
   config.cache_dir = str(tmp_path / 'cache')
+  config.device_xla_check = False  # one compile fewer per case (tested in test_summary_fields)
+  config.compilation_cache = False  # (tested in test_compilation_cache)
   for role in ('source', 'target'):  # folder datasets: a tiny tree with the expected classes
     dataset = config[f'{role}_dataset']
     if dataset in data.FOLDER_DATASETS:
