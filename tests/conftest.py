@@ -1,7 +1,9 @@
 """Shared test setup: quiet TensorFlow, the repo root importable, shrunken configs."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -9,6 +11,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import pytest  # pylint: disable=g-import-not-at-top
+
+# One persistent XLA compilation cache for the whole test session (both xdist workers): the
+# shrunk configs compile the same steps in many tests, and a loaded executable is the compiled
+# one (tests/test_compilation_cache.py checks the numbers are equal). A fresh directory per
+# session, made by the controlling process (the workers inherit its environment) and removed
+# at its end, so no test ever loads another session's (or another jaxlib's) executables.
+_OWNS_XLA_CACHE = 'TLJAX_TESTS_XLA_CACHE' not in os.environ
+if _OWNS_XLA_CACHE:
+  os.environ['TLJAX_TESTS_XLA_CACHE'] = tempfile.mkdtemp(prefix='tljax-tests-xla-')
+XLA_CACHE = os.environ['TLJAX_TESTS_XLA_CACHE']
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWNS_XLA_CACHE and 'PYTEST_XDIST_WORKER' not in os.environ:
+    shutil.rmtree(XLA_CACHE, ignore_errors=True)
 
 
 def shrunk_default(cache_dir):
@@ -24,7 +42,7 @@ def shrunk_default(cache_dir):
   c.progress = False
   c.cache_dir = str(cache_dir)
   c.device_xla_check = False  # one compile fewer per case; on in tests/test_summary_fields.py
-  c.compilation_cache = False  # every test compiles what it measures; on in its own test
+  c.compilation_cache_dir = XLA_CACHE
   return c
 
 

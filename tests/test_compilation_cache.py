@@ -39,7 +39,7 @@ def _numbers(summary):
 def test_a_second_sweep_loads_every_step_from_the_cache(tmp_path):
   config = shrunk_default(tmp_path / 'cache')
   config.cases = (1, 23)
-  config.compilation_cache = True
+  config.compilation_cache, config.compilation_cache_dir = True, ''  # under cache_dir
   try:
     first, miss = _sweep_counting_cache_events(config, tmp_path / 'first')
     cache = tmp_path / 'cache' / 'xla_compiled'

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from tests.conftest import XLA_CACHE
 from tljax import data
 from tljax import sweep
 
@@ -36,7 +37,7 @@ def test_config_dry_run(name, tmp_path):
   config.progress = False
   config.cache_dir = str(tmp_path / 'cache')
   config.device_xla_check = False  # one compile fewer per case (tested in test_summary_fields)
-  config.compilation_cache = False  # (tested in test_compilation_cache)
+  config.compilation_cache_dir = XLA_CACHE
   for role in ('source', 'target'):  # folder datasets: a tiny tree with the expected classes
     dataset = config[f'{role}_dataset']
     if dataset in data.FOLDER_DATASETS:
