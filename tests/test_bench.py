@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tljax import bench
+from benchmarks import step as bench
 from tljax import report
 
 
@@ -101,7 +101,7 @@ def test_fractions_ratios_and_table():
 
 
 def test_prefix_cache_end_to_end_runs(monkeypatch):
-  from tljax import bench_prefix  # pylint: disable=g-import-not-at-top
+  from benchmarks import prefix as bench_prefix  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(bench_prefix.SIZES, 'small_cnn', {'quick': (192, 64)})
   monkeypatch.setattr(bench_prefix, 'EPOCHS', 2)
   spec = bench.model_specs(quick=True, models=('small_cnn',))[0]

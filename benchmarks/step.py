@@ -305,7 +305,7 @@ def peer_available(name):
 
 
 def run_peer(name, spec, cases, timing, timeout=1800, wait_idle=0.0):
-  """Runs `python -m tljax.bench --peer=name` in a subprocess; its JSON, or a skip note."""
+  """Runs `python -m benchmarks.step --peer=name` in a subprocess; its JSON, or a skip note."""
   ok, note = peer_available(name)
   if not ok:
     return dict(available=False, note=note, cases=[])
@@ -321,7 +321,7 @@ def run_peer(name, spec, cases, timing, timeout=1800, wait_idle=0.0):
     job_path = os.path.join(tmp, 'job.json')
     with open(job_path, 'w') as f:
       json.dump(job, f)
-    cmd = [sys.executable, '-m', 'tljax.bench', f'--peer_job={job_path}', f'--peer_out={out}']
+    cmd = [sys.executable, '-m', 'benchmarks.step', f'--peer_job={job_path}', f'--peer_out={out}']
     try:
       with CpuContention() as contention:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -706,7 +706,7 @@ def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depth
     log(f'{spec["model"]}:')
     result['models'].append(bench_model(spec, peers, log, wait_idle))
     if prefix:
-      from tljax import bench_prefix  # pylint: disable=g-import-not-at-top
+      from benchmarks import prefix as bench_prefix  # pylint: disable=g-import-not-at-top
       result['models'][-1]['prefix_cache'] = bench_prefix.bench(_config(spec), spec, quick, log)
   for m in result['models']:
     for p in m['peers'].values():
@@ -720,7 +720,7 @@ def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depth
 
 
 def _args(argv):
-  p = argparse.ArgumentParser(prog='python -m tljax.bench', description=__doc__)
+  p = argparse.ArgumentParser(prog='python -m benchmarks.step', description=__doc__)
   p.add_argument('--out', help='JSON file to write.')
   p.add_argument('--quick', action='store_true', help='Fewer timed steps; EfficientNet without '
                  "its 'all' case and 'grouped' rows (about 3 minutes on an idle 2-core CPU).")
@@ -751,7 +751,7 @@ def main(argv=None):
   peers = tuple(p for p in args.peers.split(',') if p)
   bad = [p for p in peers if p not in PEERS]
   if bad:
-    sys.exit(f'tljax.bench: unknown peers {bad}; known: {list(PEERS)}')
+    sys.exit(f'benchmarks.step: unknown peers {bad}; known: {list(PEERS)}')
   depthwise = tuple(args.depthwise.split(',')) if args.depthwise else None
   result = run(args.quick, models, peers, depthwise, log=_stderr, wait_idle=args.wait_idle,
                xla_cpu_tuning=not args.no_xla_cpu_tuning, prefix=not args.no_prefix_cache)
@@ -765,7 +765,7 @@ def main(argv=None):
     print()
     print(format_tables(m))
     if m.get('prefix_cache'):
-      from tljax import bench_prefix  # pylint: disable=g-import-not-at-top
+      from benchmarks import prefix as bench_prefix  # pylint: disable=g-import-not-at-top
       print()
       print(bench_prefix.format_table(m['prefix_cache']))
   if args.out:
