@@ -1,4 +1,4 @@
-"""Prefix-cache benchmark: one head-only case end to end, with and without the cache."""
+"""Prefix-cache benchmark: one head-only case end to end, with and without the cache (its table: tables.prefix_table)."""
 
 import tempfile
 import time
@@ -79,18 +79,3 @@ def bench(config, spec, quick, log=print):
               accuracy_difference=abs(cached['test_accuracy'] - plain['test_accuracy']),
               loss_difference=abs(cached['test_loss'] - plain['test_loss']))
 
-
-def format_table(result):
-  """A few lines: the two runs and the quotients."""
-  r = result
-  lines = [f'prefix cache: head-only case, {r["epochs"]} epochs, {r["train_examples"]} train + '
-           f'{r["test_examples"]} test synthetic examples, end to end = compile + fill + train',
-           f'{"run":10s} {"compile s":>10s} {"train s":>9s} {"end to end s":>13s}  test loss']
-  for name in ('cached', 'uncached'):
-    x = r['runs'][name]
-    lines.append(f'{name:10s} {x["compile_s"]:10.2f} {x["wall_s"]:9.2f} {x["end_to_end_s"]:13.2f}'
-                 f'  {x["test_loss"]:.6f}')
-  lines.append(f'speed-up: {r["speedup_end_to_end"]:.1f}x end to end, '
-               f'{r["speedup_training"]:.1f}x without compilation; |loss difference| '
-               f'{r["loss_difference"]:.1e}, |accuracy difference| {r["accuracy_difference"]:.1e}')
-  return '\n'.join(lines)

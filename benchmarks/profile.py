@@ -89,12 +89,12 @@ def main(argv=None):
   from tljax import compiled  # pylint: disable=g-import-not-at-top
   spec = bench.model_specs(True, models=(args.model,))[0]
   spec['xla_cpu_tuning'] = not args.no_xla_cpu_tuning
-  config = bench._config(spec)  # pylint: disable=protected-access
+  config = bench.config_for(spec)
   case = case_lib.make_case(config, args.case, spec['num_classes'])
   train_c = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                    eval_batch=spec['batch_size']).train
   names = op_names(train_c.as_text())
-  x, y = (jax.device_put(a) for a in bench._random_batch(spec))  # pylint: disable=protected-access
+  x, y = (jax.device_put(a) for a in bench.random_batch(spec))
   busy, wall = profile_step(lambda s, x, y: (train_c(s, x, y)[0], x, y), (case.state, x, y),
                             args.steps)
   total = sum(busy.values())
