@@ -1,4 +1,4 @@
-"""The PyTorch peers: the small CNN and EfficientNetB0 in torch.nn, their timed train steps."""
+"""The PyTorch peers: the small CNN and EfficientNetB0 in torch.nn, their timed train steps, the whole sweep."""
 
 import os
 import time
@@ -134,3 +134,100 @@ def step_peer(spec, cases, xn, yn, timing_args, wait_idle=0.0):
                     waited_for_idle_s=waited))
   return dict(versions={'torch': torch.__version__}, threads=torch.get_num_threads(),
               note='eager, channels_last; frozen layers requires_grad=False, eval mode', cases=out)
+
+
+# --- The whole sweep, as a user's PyTorch script ---------------------------------------------
+
+
+def sweep(job, data, log=print):
+  """The small-CNN sweep in eager PyTorch: pretraining on the source (every layer), then per
+  case the pretrained weights with a new head, the frozen layers `requires_grad=False` in eval
+  mode (as step_peer freezes them), training with a checkpoint per epoch, evaluation.
+
+  job: benchmarks.sweep's job (epochs, cases, batch sizes, learning rate, seed, workdir).
+  data: {(role, split): (uint8 NHWC images, int labels)}. Returns the phases' wall seconds and
+  test accuracies.
+  """
+  t0 = time.perf_counter()
+  import torch  # pylint: disable=g-import-not-at-top
+  imports_s = time.perf_counter() - t0
+  torch.set_num_threads(os.cpu_count())
+  t1 = time.perf_counter()
+  # The arrays once as float tensors in [0, 1], NCHW in the channels_last memory layout.
+  tensors = {k: (torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
+                 .contiguous(memory_format=torch.channels_last),
+                 torch.from_numpy(y.astype(np.int64))) for k, (x, y) in data.items()}
+  load_s = time.perf_counter() - t1
+  classes = {role: job['data_info']['roles'][role]['classes'] for role in ('source', 'target')}
+  torch.manual_seed(job['seed'])
+  ckpt_dir = os.path.join(job['workdir'], 'checkpoints')
+  os.makedirs(ckpt_dir, exist_ok=True)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  bs = job['batch_size']
+
+  def train(model, frozen, x, y, epochs, name):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=job['learning_rate'])
+    steps = 0
+    for epoch in range(epochs):
+      model.train()
+      for m in frozen:
+        m.eval()
+      te = time.perf_counter()
+      perm = torch.randperm(len(y))
+      for i in range(len(y) // bs):  # the last partial batch dropped, as tljax does
+        idx = perm[i * bs:(i + 1) * bs]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        steps += 1
+      torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'epoch': epoch},
+                 os.path.join(ckpt_dir, f'{name}.pt'))
+      log(f'{name} epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}, '
+          f'{(len(y) // bs) * bs / (time.perf_counter() - te):.0f} ex/s')
+    return steps
+
+  def evaluate(model, x, y):
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+      for i in range(0, len(y), job['eval_batch_size']):
+        out = model(x[i:i + job['eval_batch_size']])
+        correct += (out.argmax(1) == y[i:i + job['eval_batch_size']]).sum().item()
+    return correct / len(y)
+
+  phases = {}
+  t_sweep = time.perf_counter()
+  log('pretraining')
+  tp = time.perf_counter()
+  model = torch.nn.Sequential(*small_cnn(torch, classes['source']))
+  model.to(memory_format=torch.channels_last)
+  steps = train(model, [], *tensors[('source', 'train')], job['pretrain_epochs'], 'pretrain')
+  acc = evaluate(model, *tensors[('source', 'test')])
+  pretrained = {k: v.clone() for k, v in model.state_dict().items()}
+  torch.save(pretrained, os.path.join(ckpt_dir, 'pretrained.pt'))
+  phases['pretraining'] = dict(wall_s=time.perf_counter() - tp, test_accuracy=acc, steps=steps)
+  log(f'pretraining: {phases["pretraining"]["wall_s"]:.1f} s, source test accuracy {acc:.4f}')
+  for n in job['cases']:
+    tc = time.perf_counter()
+    layers = small_cnn(torch, classes['target'])
+    model = torch.nn.Sequential(*layers)
+    head = f'{len(layers) - 1}.'  # a new classifier: the pretrained weights but the last Linear's
+    model.load_state_dict({k: v for k, v in pretrained.items() if not k.startswith(head)},
+                          strict=False)
+    model.to(memory_format=torch.channels_last)
+    frozen = layers[:len(layers) - n]
+    for m in frozen:
+      m.requires_grad_(False)
+    steps = train(model, frozen, *tensors[('target', 'train')], job['epochs'], f'case_{n}')
+    acc = evaluate(model, *tensors[('target', 'test')])
+    phases[f'case {n}'] = dict(wall_s=time.perf_counter() - tc, test_accuracy=acc, steps=steps)
+    log(f'case {n}: {phases[f"case {n}"]["wall_s"]:.1f} s, test accuracy {acc:.4f}')
+  sweep_s = time.perf_counter() - t_sweep
+  return dict(framework='torch', versions={'torch': torch.__version__},
+              threads=torch.get_num_threads(), imports_s=imports_s, data_load_s=load_s,
+              phases=phases, other_s=sweep_s - sum(p['wall_s'] for p in phases.values()),
+              sweep_s=sweep_s,
+              note='eager, channels_last, batches indexed from tensors in memory; frozen layers '
+                   'requires_grad=False, eval mode; a checkpoint per epoch')
