@@ -169,7 +169,7 @@ def format_row(name, r):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog='python -m benchmarks.data', description=__doc__.splitlines()[0])
   p.add_argument('--quick', action='store_true', help='a tenth of the images')
   p.add_argument('--dir', default='', help='where the folders go (default: a temporary dir)')
   p.add_argument('--out', default='', help='also write the figures as JSON here')

@@ -1,5 +1,12 @@
-"""Prefix-cache benchmark: one head-only case end to end, with and without the cache (its table: tables.prefix_table)."""
+"""Prefix-cache benchmark: one head-only case end to end, with and without the cache.
 
+  python -m benchmarks.prefix [--quick] [--models=small_cnn,efficientnet_b0] [--out=FILE.json]
+
+(python -m benchmarks.step runs it too, after its step timings.)
+"""
+
+import argparse
+import sys
 import tempfile
 import time
 from unittest import mock
@@ -79,3 +86,28 @@ def bench(config, spec, quick, log=print):
               accuracy_difference=abs(cached['test_accuracy'] - plain['test_accuracy']),
               loss_difference=abs(cached['test_loss'] - plain['test_loss']))
 
+
+def main(argv=None):
+  from benchmarks import step  # pylint: disable=g-import-not-at-top
+  from benchmarks import tables  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(prog='python -m benchmarks.prefix',
+                              description=__doc__.split('\n')[0])
+  p.add_argument('--quick', action='store_true', help='Fewer examples; small CNN only.')
+  p.add_argument('--models', default='small_cnn,efficientnet_b0')
+  p.add_argument('--out', help='JSON file to write.')
+  args = p.parse_args(argv)
+  results = {}
+  for spec in step.model_specs(args.quick, tuple(m for m in args.models.split(',') if m)):
+    print(f'{spec["model"]}:', file=sys.stderr)
+    r = bench(step.config_for(spec), spec, args.quick, log=lambda m: print(m, file=sys.stderr))
+    if r is not None:
+      results[spec['model']] = r
+      print(f'{spec["model"]}\n' + tables.prefix_table(r) + '\n')
+  if args.out:
+    from tljax import report  # pylint: disable=g-import-not-at-top
+    report.write_json(args.out, results)
+    print(f'written to {args.out}')
+
+
+if __name__ == '__main__':
+  main()

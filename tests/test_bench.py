@@ -103,11 +103,13 @@ def test_fractions_ratios_and_table():
   assert 'keras_tf: not installed' in table
 
 
-def test_prefix_cache_end_to_end_runs(monkeypatch):
+def test_prefix_cache_end_to_end_runs(monkeypatch, tmp_path, capsys):
   monkeypatch.setitem(prefix_bench.SIZES, 'small_cnn', {'quick': (192, 64)})
   monkeypatch.setattr(prefix_bench, 'EPOCHS', 2)
-  spec = bench.model_specs(quick=True, models=('small_cnn',))[0]
-  r = prefix_bench.bench(bench.config_for(spec), spec, quick=True, log=lambda s: None)
+  out = tmp_path / 'prefix.json'
+  prefix_bench.main(['--quick', '--models=small_cnn', f'--out={out}'])  # python -m benchmarks.prefix
+  assert 'end to end' in capsys.readouterr().out
+  r = json.loads(out.read_text())['small_cnn']
   cached, plain = r['runs']['cached'], r['runs']['uncached']
   assert cached['prefix_cache'] and not plain['prefix_cache']
   assert cached['cut_layer'] == 'dense_1' and cached['cache_bytes'] == (192 + 64) * 128 * 4
