@@ -1,22 +1,25 @@
-"""The benchmark's own functions on the small CNN: two timed steps of one case, JSON and table."""
+"""The step benchmark's own functions on the small CNN: two timed steps of one case, JSON and table."""
 
 import json
 
 import pytest
 
-from tljax import bench
+from benchmarks import prefix as prefix_bench
+from benchmarks import step as bench
+from benchmarks import tables
+from benchmarks import timing
 from tljax import report
 
 
 def test_median_time_counts_calls():
   calls = []
-  med, samples = bench.median_time(lambda: calls.append(1), number=3, repeat=2, warmup=1)
+  med, samples = timing.median_time(lambda: calls.append(1), number=3, repeat=2, warmup=1)
   assert len(calls) == 7 and len(samples) == 2 and med >= 0
 
 
 def test_median_time_rejects_zero_steps():
   with pytest.raises(ValueError):
-    bench.median_time(lambda: None, number=0, repeat=1)
+    timing.median_time(lambda: None, number=0, repeat=1)
 
 
 def test_small_cnn_one_case(tmp_path):
@@ -48,7 +51,7 @@ def test_small_cnn_one_case(tmp_path):
     assert row['peers'][name] > 0
   if peers:
     assert row['ratio_to_fastest_peer'] > 0 and row['fastest_peer'] in peers
-  table = bench.format_tables(m)
+  table = tables.step_tables(m)
   assert 'small_cnn' in table and 'tljax/best' in table and 'quotient' in table
   assert any(line.startswith('4 ') for line in table.splitlines())
   path = tmp_path / 'bench.json'
@@ -68,7 +71,7 @@ def test_b0_case_labels():
   spec = bench.model_specs(quick=False, models=('efficientnet_b0',))[0]
   assert spec['cases'] == (0, 3, 237)  # 237 base layers: Keras's 238 less the InputLayer
   assert [bench.case_label(spec, n) for n in spec['cases']] == ['head', 'top', 'all']
-  assert [bench._peer_case_kind(spec, n) for n in spec['cases']] == ['head', 'top', 'all']  # pylint: disable=protected-access
+  assert [bench.peer_case_kind(spec, n) for n in spec['cases']] == ['head', 'top', 'all']
 
 
 def _row(case, step_s, flops, share=0.0):
@@ -94,18 +97,19 @@ def test_fractions_ratios_and_table():
   assert r4['fastest_peer'] == 'torch' and r4['max_other_cpu_share'] == pytest.approx(0.2)
   assert r4['peer_time_frac_full'] == {'torch': pytest.approx(0.5)}
   assert r23['time_to_flops'] == pytest.approx(1.0)
-  table = bench.format_tables(result)
+  table = tables.step_tables(result)
   line4 = next(l for l in table.splitlines() if l.startswith('4 ') and '2.50' in l)
   assert line4.split()[-2:] == ['0.500', '-'] and '2.50*' in line4
   assert 'keras_tf: not installed' in table
 
 
-def test_prefix_cache_end_to_end_runs(monkeypatch):
-  from tljax import bench_prefix  # pylint: disable=g-import-not-at-top
-  monkeypatch.setitem(bench_prefix.SIZES, 'small_cnn', {'quick': (192, 64)})
-  monkeypatch.setattr(bench_prefix, 'EPOCHS', 2)
-  spec = bench.model_specs(quick=True, models=('small_cnn',))[0]
-  r = bench_prefix.bench(bench._config(spec), spec, quick=True, log=lambda s: None)
+def test_prefix_cache_end_to_end_runs(monkeypatch, tmp_path, capsys):
+  monkeypatch.setitem(prefix_bench.SIZES, 'small_cnn', {'quick': (192, 64)})
+  monkeypatch.setattr(prefix_bench, 'EPOCHS', 2)
+  out = tmp_path / 'prefix.json'
+  prefix_bench.main(['--quick', '--models=small_cnn', f'--out={out}'])  # python -m benchmarks.prefix
+  assert 'end to end' in capsys.readouterr().out
+  r = json.loads(out.read_text())['small_cnn']
   cached, plain = r['runs']['cached'], r['runs']['uncached']
   assert cached['prefix_cache'] and not plain['prefix_cache']
   assert cached['cut_layer'] == 'dense_1' and cached['cache_bytes'] == (192 + 64) * 128 * 4
@@ -114,4 +118,4 @@ def test_prefix_cache_end_to_end_runs(monkeypatch):
   assert r['loss_difference'] < 1e-5 and r['accuracy_difference'] == 0
   assert r['speedup_end_to_end'] == plain['end_to_end_s'] / cached['end_to_end_s']
   assert cached['compute_flops_total'] < plain['compute_flops_total']
-  assert 'end to end' in bench_prefix.format_table(r)
+  assert 'end to end' in tables.prefix_table(r)

@@ -2,7 +2,7 @@
 
 import os
 
-from tljax import bench_data
+from benchmarks import data as bench_data
 
 
 def test_measure_prepares_then_reuses(tmp_path):

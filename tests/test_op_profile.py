@@ -1,6 +1,6 @@
 """The op profiler: real operations of the compiled step, mapped to the JAX ops they came from."""
 
-from tljax import op_profile
+from benchmarks import profile as op_profile
 
 
 def test_op_names_reads_shapes_and_jax_ops():

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from tljax import bench_data
+from benchmarks import data as bench_data
 from tljax import prefix_cache
 from tljax import resume
 from tljax import inputs

@@ -1,6 +1,6 @@
 """Data benchmark: image folders prepared for a model (time, peak memory, reuse) and input speed.
 
-  python -m tljax.bench_data [--quick] [--dir=DIR] [--out=FILE.json]
+  python -m benchmarks.data [--quick] [--dir=DIR] [--out=FILE.json]
 
 Generates JPEG folders (50,000 + 10,000 at 32x32, 5,000 + 1,000 at 224x224; --quick: a tenth),
 then for each, in a fresh process: the time to prepare it for its model, the peak resident
@@ -106,9 +106,11 @@ def measure(root, model, image_size, cache_dir, input_seconds=3.0):
 
 
 def _measure_in_child(root, model, image_size, cache_dir):
-  code = ('import json,sys; from tljax import bench_data as b; '
+  code = ('import json,sys; from benchmarks import data as b; '
           'print("RESULT " + json.dumps(b.measure(*sys.argv[1:3], int(sys.argv[3]), sys.argv[4])))')
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
   out = subprocess.run([sys.executable, '-c', code, root, model, str(image_size), cache_dir],
                        capture_output=True, text=True, env=env, check=False)
   for line in out.stdout.splitlines():
@@ -118,8 +120,8 @@ def _measure_in_child(root, model, image_size, cache_dir):
 
 
 def _train_step_rate(model, image_size):
-  """Examples/s of tljax's fastest train step of `model` that reads images (tljax.bench)."""
-  from tljax import bench  # pylint: disable=g-import-not-at-top
+  """Examples/s of tljax's fastest train step of `model` that reads images (benchmarks.step)."""
+  from benchmarks import step as bench  # pylint: disable=g-import-not-at-top
   spec = next(s for s in bench.model_specs(quick=True, models=(model,)))
   spec = dict(spec, image_size=image_size)
   rates = {}
@@ -167,7 +169,7 @@ def format_row(name, r):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog='python -m benchmarks.data', description=__doc__.splitlines()[0])
   p.add_argument('--quick', action='store_true', help='a tenth of the images')
   p.add_argument('--dir', default='', help='where the folders go (default: a temporary dir)')
   p.add_argument('--out', default='', help='also write the figures as JSON here')

@@ -1,5 +1,12 @@
-"""Prefix-cache benchmark: one head-only case end to end, with and without the cache."""
+"""Prefix-cache benchmark: one head-only case end to end, with and without the cache.
 
+  python -m benchmarks.prefix [--quick] [--models=small_cnn,efficientnet_b0] [--out=FILE.json]
+
+(python -m benchmarks.step runs it too, after its step timings.)
+"""
+
+import argparse
+import sys
 import tempfile
 import time
 from unittest import mock
@@ -80,17 +87,27 @@ def bench(config, spec, quick, log=print):
               loss_difference=abs(cached['test_loss'] - plain['test_loss']))
 
 
-def format_table(result):
-  """A few lines: the two runs and the quotients."""
-  r = result
-  lines = [f'prefix cache: head-only case, {r["epochs"]} epochs, {r["train_examples"]} train + '
-           f'{r["test_examples"]} test synthetic examples, end to end = compile + fill + train',
-           f'{"run":10s} {"compile s":>10s} {"train s":>9s} {"end to end s":>13s}  test loss']
-  for name in ('cached', 'uncached'):
-    x = r['runs'][name]
-    lines.append(f'{name:10s} {x["compile_s"]:10.2f} {x["wall_s"]:9.2f} {x["end_to_end_s"]:13.2f}'
-                 f'  {x["test_loss"]:.6f}')
-  lines.append(f'speed-up: {r["speedup_end_to_end"]:.1f}x end to end, '
-               f'{r["speedup_training"]:.1f}x without compilation; |loss difference| '
-               f'{r["loss_difference"]:.1e}, |accuracy difference| {r["accuracy_difference"]:.1e}')
-  return '\n'.join(lines)
+def main(argv=None):
+  from benchmarks import step  # pylint: disable=g-import-not-at-top
+  from benchmarks import tables  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(prog='python -m benchmarks.prefix',
+                              description=__doc__.split('\n')[0])
+  p.add_argument('--quick', action='store_true', help='Fewer examples; small CNN only.')
+  p.add_argument('--models', default='small_cnn,efficientnet_b0')
+  p.add_argument('--out', help='JSON file to write.')
+  args = p.parse_args(argv)
+  results = {}
+  for spec in step.model_specs(args.quick, tuple(m for m in args.models.split(',') if m)):
+    print(f'{spec["model"]}:', file=sys.stderr)
+    r = bench(step.config_for(spec), spec, args.quick, log=lambda m: print(m, file=sys.stderr))
+    if r is not None:
+      results[spec['model']] = r
+      print(f'{spec["model"]}\n' + tables.prefix_table(r) + '\n')
+  if args.out:
+    from tljax import report  # pylint: disable=g-import-not-at-top
+    report.write_json(args.out, results)
+    print(f'written to {args.out}')
+
+
+if __name__ == '__main__':
+  main()

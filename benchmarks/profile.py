@@ -1,6 +1,6 @@
 """Where a case's train step spends its time: XLA operations ranked from a jax.profiler trace.
 
-python -m tljax.op_profile --model=small_cnn --case=23 [--steps=10] [--top=25] [--no_xla_cpu_tuning]
+python -m benchmarks.profile --model=small_cnn --case=23 [--steps=10] [--top=25] [--no_xla_cpu_tuning]
 
 Each row is one operation of the compiled step (a fusion, a convolution, a library call),
 with its time per step summed over the threads that ran it and the JAX operation it came
@@ -76,7 +76,7 @@ def profile_step(step, args, steps=10):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog='python -m tljax.op_profile', description=__doc__.split('\n')[0])
+  p = argparse.ArgumentParser(prog='python -m benchmarks.profile', description=__doc__.split('\n')[0])
   p.add_argument('--model', default='small_cnn', choices=('small_cnn', 'efficientnet_b0'))
   p.add_argument('--case', type=int, required=True)
   p.add_argument('--steps', type=int, default=10)
@@ -84,17 +84,17 @@ def main(argv=None):
   p.add_argument('--no_xla_cpu_tuning', action='store_true')
   args = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
-  from tljax import bench  # pylint: disable=g-import-not-at-top
+  from benchmarks import step as bench  # pylint: disable=g-import-not-at-top
   from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
   from tljax import compiled  # pylint: disable=g-import-not-at-top
   spec = bench.model_specs(True, models=(args.model,))[0]
   spec['xla_cpu_tuning'] = not args.no_xla_cpu_tuning
-  config = bench._config(spec)  # pylint: disable=protected-access
+  config = bench.config_for(spec)
   case = case_lib.make_case(config, args.case, spec['num_classes'])
   train_c = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                    eval_batch=spec['batch_size']).train
   names = op_names(train_c.as_text())
-  x, y = (jax.device_put(a) for a in bench._random_batch(spec))  # pylint: disable=protected-access
+  x, y = (jax.device_put(a) for a in bench.random_batch(spec))
   busy, wall = profile_step(lambda s, x, y: (train_c(s, x, y)[0], x, y), (case.state, x, y),
                             args.steps)
   total = sum(busy.values())
