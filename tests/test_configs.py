@@ -43,11 +43,13 @@ def test_config_dry_run(name, tmp_path):
     if dataset in data.FOLDER_DATASETS:
       classes = data.FOLDER_DATASETS[dataset].get('classes', ('a', 'b', 'c'))
       config[f'{role}_data_dir'] = _tiny_folder(tmp_path / role, classes)
-  if name != 'default':  # shrunk for CI's 2 cores: the first and last cases, smaller images
-    config.cases = (config.cases[0], config.cases[-1])
-    if config.model != 'small_cnn':  # EfficientNet: the cheapest case at the smallest input
-      config.cases = config.cases[:1]  # (trainable depthwise layers: test_depthwise_flops.py)
-      config.image_size = 32
+  # Shrunk for CI's 2 cores: the first and last cases (every default case runs end to end in
+  # test_launch.py), smaller images.
+  config.cases = (config.cases[0], config.cases[-1])
+  if config.model != 'small_cnn':  # EfficientNet: the cheapest case at the smallest input
+    config.cases = config.cases[:1]  # (trainable depthwise layers: test_depthwise_flops.py)
+    config.image_size = 32
+    config.prefix_cache = False  # B0's prefix steps: test_prefix_cache.py
   summary = sweep.train_and_evaluate(config, str(tmp_path / 'w'))
   on_disk = json.loads((tmp_path / 'w' / 'summary.json').read_text())
   assert on_disk['dry_run'] is True

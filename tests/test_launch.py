@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.conftest import XLA_CACHE
 from tljax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,8 +18,10 @@ CASE_FIELDS = ('case', 'trainable_layers', 'trainable_params', 'total_params', '
                'xla_to_analytic_train_flops', 'energy_per_example_j', 'energy_per_step_j',
                'energy_total_j', 'thesis_energy_per_example_j', 'train_memory_bytes', 'wall_s',
                'examples_per_s', 'compile_s')
+# The shrunk config's settings (conftest.shrunk_default) and its session compilation cache.
 FAST = ['--config.pretrain_epochs=1', '--config.epochs=1', '--config.steps_per_epoch=3',
-        '--config.batch_size=16', '--config.progress=False']
+        '--config.batch_size=16', '--config.eval_batch_size=128', '--config.progress=False',
+        f'--config.compilation_cache_dir={XLA_CACHE}']
 
 
 def _launch(*args, cwd=ROOT):

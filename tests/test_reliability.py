@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import XLA_CACHE
 from tljax import backend
 from tljax import data
 from tljax import interrupt
@@ -44,7 +45,8 @@ def _metrics(workdir, pretrain=False):
 
 RUN = ['--config.pretrain_epochs=1', '--config.epochs=2', '--config.batch_size=16',
        '--config.cases=(1, 9)', '--config.checkpoint_every_steps=10',
-       '--config.log_every_steps=5', '--config.progress=False']
+       '--config.log_every_steps=5', '--config.progress=False',
+       f'--config.compilation_cache_dir={XLA_CACHE}']
 
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
