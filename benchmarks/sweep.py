@@ -304,6 +304,7 @@ def tljax_config(job):
   c.seeds = (job['seed'],)
   c.new_head = 'always'  # a new classifier for the target task, as the peers attach
   c.cache_dir = os.path.join(job['workdir'], 'tljax_cache')
+  c.compilation_cache_dir = job.get('compilation_cache_dir', '')  # '' = under the fresh cache
   c.progress = False
   info = job['data_info']['roles']
   c.source_data_dir = info['source']['folder'] or ''
@@ -357,10 +358,13 @@ def available(name):
 
 def run(frameworks=FRAMEWORKS, *, scale=1.0, pretrain_epochs=3, epochs=2, cases=CASES,
         batch_size=64, eval_batch_size=256, learning_rate=1e-3, source_dir='', target_dir='',
-        workdir='', timeout=6 * 3600, seed=0, wait_idle=0.0, progress=timing.stderr):
+        workdir='', timeout=6 * 3600, seed=0, wait_idle=0.0, progress=timing.stderr,
+        compilation_cache_dir=''):
   """The whole benchmark: data, then each framework's sweep in its own process; a JSON-able
   dict (`tables.sweep_table` formats it). wait_idle: before each framework, wait up to this
-  many seconds for other processes to leave the CPU."""
+  many seconds for other processes to leave the CPU. compilation_cache_dir: tljax's persistent
+  compilation cache ('' = a fresh one per run, every step compiled; a directory kept between
+  two runs times the second run's loads instead)."""
   t0 = time.perf_counter()
   own = not workdir
   workdir = workdir or tempfile.mkdtemp(prefix='tljax_sweep_bench_')
@@ -376,7 +380,9 @@ def run(frameworks=FRAMEWORKS, *, scale=1.0, pretrain_epochs=3, epochs=2, cases=
         for role, v in info['roles'].items()))
     job = dict(data=data_dir, data_info=info, pretrain_epochs=pretrain_epochs, epochs=epochs,
                cases=list(cases), batch_size=batch_size, eval_batch_size=eval_batch_size,
-               learning_rate=learning_rate, seed=seed)
+               learning_rate=learning_rate, seed=seed,
+               compilation_cache_dir=os.path.abspath(compilation_cache_dir)
+               if compilation_cache_dir else '')
     results = {}
     for name in frameworks:
       ok, note = available(name)
@@ -405,7 +411,8 @@ def run(frameworks=FRAMEWORKS, *, scale=1.0, pretrain_epochs=3, epochs=2, cases=
               settings=dict(model='small_cnn', image=f'{SIDE}x{SIDE}x1', scale=scale,
                             pretrain_epochs=pretrain_epochs, epochs=epochs, cases=list(cases),
                             batch_size=batch_size, eval_batch_size=eval_batch_size,
-                            optimizer=f'Adam({learning_rate})', seed=seed),
+                            optimizer=f'Adam({learning_rate})', seed=seed,
+                            compilation_cache_dir=compilation_cache_dir or None),
               frameworks=results, wall_s=time.perf_counter() - t0)
 
 
@@ -433,6 +440,9 @@ def _args(argv):
                  help='Before each framework wait up to this many seconds for other processes '
                  'to leave the CPU (shared machines: PyTorch slows down several times when its '
                  'threads share the cores).')
+  p.add_argument('--compilation_cache_dir', default='',
+                 help="tljax's persistent compilation cache: '' = a fresh one (every step "
+                 'compiled); the same directory in two runs times the second run loading them.')
   p.add_argument('--peer_job', help=argparse.SUPPRESS)
   p.add_argument('--peer_out', help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -454,7 +464,7 @@ def main(argv=None):
                epochs=args.epochs, cases=tuple(int(c) for c in args.cases.split(',') if c),
                batch_size=args.batch_size, source_dir=args.source_dir,
                target_dir=args.target_dir, workdir=args.workdir, timeout=args.timeout,
-               wait_idle=args.wait_idle)
+               wait_idle=args.wait_idle, compilation_cache_dir=args.compilation_cache_dir)
   print(tables.sweep_table(result))
   if args.out:
     with open(args.out, 'w') as f:
