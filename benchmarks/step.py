@@ -31,14 +31,18 @@ TIMING = {
               'grouped': dict(number=1, repeat=2, warmup=1),
               'input': dict(number=10, repeat=3, warmup=1)},
 }
+# On a GPU a step takes milliseconds: more steps per timing, the same for every model.
+GPU_TIMING = dict(number=20, repeat=5, warmup=3)
 
 
 # ---------------------------------------------------------------------------------------------
 # Benchmark specs.
 
 
-def model_specs(quick, models=('small_cnn', 'efficientnet_b0'), depthwise=None):
-  """What to time per model: config fields, cases, timing, input source."""
+def model_specs(quick, models=('small_cnn', 'efficientnet_b0'), depthwise=None,
+                b0_batch_sizes=(32,), gpu=False):
+  """What to time per model: config fields, cases, timing, input source (EfficientNet once per
+  batch size in `b0_batch_sizes`)."""
   mode = 'quick' if quick else 'full'
   specs = []
   if 'small_cnn' in models:
@@ -49,12 +53,15 @@ def model_specs(quick, models=('small_cnn', 'efficientnet_b0'), depthwise=None):
     n_base = _base_layer_count('efficientnet_b0')
     impls = tuple(depthwise or (('auto',) if quick else ('auto', 'grouped')))
     cases = (0, B0_TOP) if quick else (0, B0_TOP, n_base)
-    specs.append(dict(model='efficientnet_b0', image_size=224, channels=3, batch_size=32,
-                      num_classes=100, counting='base', cases=cases, n_base=n_base, impls=impls,
-                      timing=TIMING[mode]['efficientnet_b0'], grouped_timing=TIMING[mode]['grouped'],
-                      input='uint8_32'))
+    for batch_size in b0_batch_sizes:
+      specs.append(dict(model='efficientnet_b0', image_size=224, channels=3,
+                        batch_size=batch_size, num_classes=100, counting='base', cases=cases,
+                        n_base=n_base, impls=impls, timing=TIMING[mode]['efficientnet_b0'],
+                        grouped_timing=TIMING[mode]['grouped'], input='uint8_32'))
   for s in specs:
     s['input_timing'] = TIMING[mode]['input']
+    if gpu:
+      s['timing'] = s['grouped_timing'] = dict(GPU_TIMING)
   return specs
 
 
@@ -156,6 +163,9 @@ def time_input(spec, timing=None):
   from tljax import data  # pylint: disable=g-import-not-at-top
   from tljax import models  # pylint: disable=g-import-not-at-top
   timing = timing or spec['input_timing']
+  if importlib.util.find_spec('tensorflow') is None:  # digits' upsampling, the resize: TF's
+    return dict(source='TensorFlow not installed', batch_size=spec['batch_size'], step_s=None,
+                samples_s=[], examples_per_s=None, timing=dict(timing))
   if spec['input'] == 'digits':
     arrays = data.load('digits', 'train')
     source = 'digits train split (real, 32x32 float)'
@@ -268,7 +278,8 @@ def _bench_model(spec, peers, log, wait_idle):
   waited = timing_lib.wait_for_idle(wait_idle, log=log)
   inp = time_input(spec)
   inp['waited_for_idle_s'] = waited
-  log(f'  input pipeline: {inp["examples_per_s"]:.0f} examples/s')
+  log(f'  input pipeline: {inp["examples_per_s"]:.0f} examples/s' if inp['step_s'] else
+      f'  input pipeline: not timed ({inp["source"]})')
   peer_results = {}
   for name in peers:
     t0 = time.perf_counter()
@@ -314,11 +325,18 @@ def _derive(result):
 
 
 def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depthwise=None,
-        log=print, specs=None, wait_idle=0.0, xla_cpu_tuning=True, prefix=True):
-  """The whole benchmark: a JSON-able dict. `specs` replaces model_specs(...) when given."""
+        log=print, specs=None, wait_idle=0.0, xla_cpu_tuning=True, prefix=True,
+        b0_batch_sizes=(32,), partial=None):
+  """The whole benchmark: a JSON-able dict. `specs` replaces model_specs(...) when given.
+
+  partial(result): called after each model with what is done so far (written to --out, so a run
+  cut off by a time limit keeps its finished models).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   from tljax import backend  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  specs = specs or model_specs(quick, models, depthwise)
+  gpu = jax.default_backend() == 'gpu'
+  specs = specs or model_specs(quick, models, depthwise, b0_batch_sizes, gpu)
   for spec in specs:
     spec.setdefault('xla_cpu_tuning', xla_cpu_tuning)
   result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -334,6 +352,8 @@ def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depth
     if prefix:
       from benchmarks import prefix as prefix_bench  # pylint: disable=g-import-not-at-top
       result['models'][-1]['prefix_cache'] = prefix_bench.bench(config_for(spec), spec, quick, log)
+    if partial:
+      partial(dict(result, partial=True))
   for m in result['models']:
     for p in m['peers'].values():
       result['versions'].update(p.get('versions', {}))
@@ -352,6 +372,8 @@ def _args(argv):
                  "its 'all' case and 'grouped' rows (about 3 minutes on an idle 2-core CPU).")
   p.add_argument('--models', default='small_cnn,efficientnet_b0')
   p.add_argument('--peers', default=','.join(PEERS), help="Comma list; '' for none.")
+  p.add_argument('--b0_batch_sizes', default='32',
+                 help='Comma list: EfficientNetB0 is timed once per batch size (e.g. 32,128).')
   p.add_argument('--depthwise', default=None,
                  help='EfficientNet depthwise impls to time, e.g. auto,grouped.')
   p.add_argument('--wait_idle', type=float, default=0.0,
@@ -380,9 +402,12 @@ def main(argv=None):
     sys.exit(f'benchmarks.step: unknown peers {bad}; known: {list(PEERS)}')
   depthwise = tuple(args.depthwise.split(',')) if args.depthwise else None
   result = run(args.quick, models, peers, depthwise, log=timing_lib.stderr, wait_idle=args.wait_idle,
-               xla_cpu_tuning=not args.no_xla_cpu_tuning, prefix=not args.no_prefix_cache)
+               xla_cpu_tuning=not args.no_xla_cpu_tuning, prefix=not args.no_prefix_cache,
+               b0_batch_sizes=tuple(int(b) for b in args.b0_batch_sizes.split(',') if b),
+               partial=(lambda r: _write(args.out, r)) if args.out else None)
   print(f'tljax bench {result["date"]}, {result["machine"]["cpu"]}, '
-        f'{result["machine"]["cores"]} cores; ' + ', '.join(
+        f'{result["machine"]["cores"]} cores, JAX device {result["versions"]["jax_device"]}; '
+        + ', '.join(
             f'{k} {v}' for k, v in result['versions'].items()))
   print(f'tljax XLA compiler options: {result["xla_compiler_options"] or "XLA defaults"}')
   print(f'wall {result["wall_s"]:.0f} s, of which {result["waited_for_idle_s"]:.0f} s waiting '
@@ -394,9 +419,13 @@ def main(argv=None):
       print()
       print(tables.prefix_table(m['prefix_cache']))
   if args.out:
-    from tljax import report  # pylint: disable=g-import-not-at-top
-    report.write_json(args.out, result)
+    _write(args.out, result)
     print(f'\nwritten to {args.out}')
+
+
+def _write(path, result):
+  from tljax import report  # pylint: disable=g-import-not-at-top
+  report.write_json(path, result)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ def step_tables(result):
   peers = list(result['peers'])
   head = (f'{result["model"]}: batch {result["batch_size"]}, {result["image_size"]}x'
           f'{result["image_size"]}x{result["channels"]}, {result["counting"]!r} counting; '
-          f'input pipeline {result["input"]["examples_per_s"]:.0f} ex/s '
+          f'input pipeline {_f(result["input"]["examples_per_s"], ".0f")} ex/s '
           f'({result["input"]["source"]})')
   share = result.get('contention', {}).get('other_cpu_share')
   if share is not None:
@@ -31,7 +31,7 @@ def step_tables(result):
         f'{label:<12}{r["trainable_layers"]:>7}{r["step_s"] * 1e3:>10.1f}'
         f'{r["examples_per_s"]:>9.1f}{r["train_flops_per_step"] / 1e9:>9.2f}'
         f'{r["gflops_per_s"]:>9.1f}{r["compile_s"]:>11.1f}'
-        f'{result["input"]["examples_per_s"]:>12.0f}'
+        f'{_f(result["input"]["examples_per_s"], ".0f"):>12}'
         + ''.join(f'{_f(r["peers"].get(p), ".1f"):>15}' for p in peers)
         + f'{_f(r["ratio_to_fastest_peer"], ".2f"):>12}'
         + f'{_f(None if r["max_other_cpu_share"] is None else 100 * r["max_other_cpu_share"], ".0f"):>9}')

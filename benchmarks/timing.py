@@ -112,12 +112,32 @@ def versions():
   import jax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tljax  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf_version = tf.__version__
+  except ImportError:  # a run on arrays in memory needs no TensorFlow (a GPU image may lack it)
+    tf_version = 'not installed'
   return {'tljax': tljax.__version__, 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
           'flax': flax.__version__, 'optax': optax.__version__, 'numpy': np.__version__,
-          'tensorflow': tf.__version__, 'python': platform.python_version(),
-          'jax_backend': jax.default_backend()}
+          'tensorflow': tf_version, 'python': platform.python_version(),
+          'jax_backend': jax.default_backend(), 'jax_device': jax.devices()[0].device_kind}
+
+
+def torch_device(torch):
+  """What a user's PyTorch script picks: the GPU when there is one, else the CPU; and its sync."""
+  if torch.cuda.is_available():
+    return torch.device('cuda'), lambda out: torch.cuda.synchronize()
+  torch.set_num_threads(os.cpu_count())
+  return torch.device('cpu'), lambda out: out
+
+
+def torch_versions(torch, device):
+  """The peer's versions, with the GPU's name when it ran on one."""
+  v = {'torch': torch.__version__}
+  if device.type == 'cuda':
+    v['torch_device'] = torch.cuda.get_device_name(device)
+  return v
 
 
 def stderr(msg):

@@ -56,7 +56,7 @@ def b0(torch, num_classes):
       if not self.skip:
         return y
       if self.training and self.drop > 0:
-        keep = torch.rand(y.shape[0], 1, 1, 1) >= self.drop
+        keep = torch.rand(y.shape[0], 1, 1, 1, device=y.device) >= self.drop
         y = y * keep / (1.0 - self.drop)
       return y + x
 
@@ -90,11 +90,12 @@ def step_peer(spec, cases, xn, yn, timing_args, wait_idle=0.0):
   xn, yn: one batch (NHWC float32, int labels).
   """
   import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count())
+  device, sync = timing.torch_device(torch)
   torch.manual_seed(0)
-  # channels_last: oneDNN's fast layout for convolutions (1.3-1.8x over NCHW here).
-  x = torch.from_numpy(xn).permute(0, 3, 1, 2)
-  y = torch.from_numpy(yn.astype(np.int64))
+  # channels_last: oneDNN's fast layout for convolutions (1.3-1.8x over NCHW here), cuDNN's too.
+  x = torch.from_numpy(xn).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+  x = x.to(device)
+  y = torch.from_numpy(yn.astype(np.int64)).to(device)
   out = []
   for n, kind in cases:
     if spec['model'] == 'small_cnn':
@@ -105,7 +106,7 @@ def step_peer(spec, cases, xn, yn, timing_args, wait_idle=0.0):
       model, groups = b0(torch, spec['num_classes'])
       frozen = {'head': groups['base'], 'top': [m for m in groups['base'] if m is not groups['top'][0]],
                 'all': []}[kind]
-    model.to(memory_format=torch.channels_last)
+    model.to(device=device, memory_format=torch.channels_last)
     model.train()
     for m in frozen:
       m.requires_grad_(False)
@@ -122,18 +123,19 @@ def step_peer(spec, cases, xn, yn, timing_args, wait_idle=0.0):
       return loss
 
     t0 = time.perf_counter()
-    step()
+    sync(step())
     first_s = time.perf_counter() - t0
     waited = timing.wait_for_idle(wait_idle, log=timing.stderr)
     with timing.CpuContention() as contention:
-      step_s, samples = timing.median_time(step, **timing_args)
+      step_s, samples = timing.median_time(step, sync=sync, **timing_args)
     out.append(dict(case=n, step_s=step_s, samples_s=samples,
                     examples_per_s=spec['batch_size'] / step_s, first_step_s=first_s,
                     trainable_params=sum(p.numel() for p in params),
                     other_cpu_share=contention.result.get('other_cpu_share'),
                     waited_for_idle_s=waited))
-  return dict(versions={'torch': torch.__version__}, threads=torch.get_num_threads(),
-              note='eager, channels_last; frozen layers requires_grad=False, eval mode', cases=out)
+  return dict(versions=timing.torch_versions(torch, device), threads=torch.get_num_threads(),
+              device=str(device), cases=out,
+              note='eager, channels_last; frozen layers requires_grad=False, eval mode')
 
 
 # --- The whole sweep, as a user's PyTorch script ---------------------------------------------
@@ -151,12 +153,13 @@ def sweep(job, data, log=print):
   t0 = time.perf_counter()
   import torch  # pylint: disable=g-import-not-at-top
   imports_s = time.perf_counter() - t0
-  torch.set_num_threads(os.cpu_count())
+  device, _ = timing.torch_device(torch)
   t1 = time.perf_counter()
-  # The arrays once as float tensors in [0, 1], NCHW in the channels_last memory layout.
+  # The arrays once as float tensors in [0, 1], NCHW in the channels_last memory layout, on the
+  # device (the GPU holds the whole small dataset: 0.6 GB at full size).
   tensors = {k: (torch.from_numpy(x).permute(0, 3, 1, 2).float().div_(255.0)
-                 .contiguous(memory_format=torch.channels_last),
-                 torch.from_numpy(y.astype(np.int64))) for k, (x, y) in data.items()}
+                 .contiguous(memory_format=torch.channels_last).to(device),
+                 torch.from_numpy(y.astype(np.int64)).to(device)) for k, (x, y) in data.items()}
   load_s = time.perf_counter() - t1
   classes = {role: job['data_info']['roles'][role]['classes'] for role in ('source', 'target')}
   torch.manual_seed(job['seed'])
@@ -174,7 +177,7 @@ def sweep(job, data, log=print):
       for m in frozen:
         m.eval()
       te = time.perf_counter()
-      perm = torch.randperm(len(y))
+      perm = torch.randperm(len(y), device=device)
       for i in range(len(y) // bs):  # the last partial batch dropped, as tljax does
         idx = perm[i * bs:(i + 1) * bs]
         opt.zero_grad(set_to_none=True)
@@ -202,7 +205,7 @@ def sweep(job, data, log=print):
   log('pretraining')
   tp = time.perf_counter()
   model = torch.nn.Sequential(*small_cnn(torch, classes['source']))
-  model.to(memory_format=torch.channels_last)
+  model.to(device=device, memory_format=torch.channels_last)
   steps = train(model, [], *tensors[('source', 'train')], job['pretrain_epochs'], 'pretrain')
   acc = evaluate(model, *tensors[('source', 'test')])
   pretrained = {k: v.clone() for k, v in model.state_dict().items()}
@@ -216,7 +219,7 @@ def sweep(job, data, log=print):
     head = f'{len(layers) - 1}.'  # a new classifier: the pretrained weights but the last Linear's
     model.load_state_dict({k: v for k, v in pretrained.items() if not k.startswith(head)},
                           strict=False)
-    model.to(memory_format=torch.channels_last)
+    model.to(device=device, memory_format=torch.channels_last)
     frozen = layers[:len(layers) - n]
     for m in frozen:
       m.requires_grad_(False)
@@ -225,8 +228,9 @@ def sweep(job, data, log=print):
     phases[f'case {n}'] = dict(wall_s=time.perf_counter() - tc, test_accuracy=acc, steps=steps)
     log(f'case {n}: {phases[f"case {n}"]["wall_s"]:.1f} s, test accuracy {acc:.4f}')
   sweep_s = time.perf_counter() - t_sweep
-  return dict(framework='torch', versions={'torch': torch.__version__},
-              threads=torch.get_num_threads(), imports_s=imports_s, data_load_s=load_s,
+  return dict(framework='torch', versions=timing.torch_versions(torch, device),
+              threads=torch.get_num_threads(), device=str(device), imports_s=imports_s,
+              data_load_s=load_s,
               phases=phases, other_s=sweep_s - sum(p['wall_s'] for p in phases.values()),
               sweep_s=sweep_s,
               note='eager, channels_last, batches indexed from tensors in memory; frozen layers '

@@ -9,17 +9,9 @@ import threading
 from absl import logging
 import numpy as np
 import psutil
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from tljax import folder_data
 from tljax import prepare
-
-# TensorFlow only feeds the input pipeline; keep it off the accelerators JAX uses.
-try:
-  tf.config.set_visible_devices([], 'GPU')
-except (RuntimeError, ValueError):
-  pass
 
 # TFDS datasets tljax knows: class count, how to fit images to the model's size
 # ('pad': zero-pad smaller images, as the thesis padded MNIST 28 -> 32;
@@ -163,7 +155,7 @@ def _load_digits(split):
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   digits = load_digits()
   images = digits.images.astype(np.float32)[..., None] / 16.0
-  images = tf.image.resize(images, (32, 32), method='bilinear').numpy()
+  images = prepare.tensorflow().image.resize(images, (32, 32), method='bilinear').numpy()
   images = np.clip(images, 0.0, 1.0)
   labels = digits.target.astype(np.int32)
   rng = np.random.default_rng(0)
@@ -184,7 +176,15 @@ def _hosts_reachable(hosts, timeout=5.0):
   return True
 
 
+def _tfds():
+  """tensorflow_datasets, imported on first use (with TensorFlow kept off the accelerators)."""
+  prepare.tensorflow()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
 def _load_tfds(name, split, data_dir, mock, mock_examples=MOCK_EXAMPLES):
+  tfds = _tfds()
   if mock:
     with tfds.testing.mock_data(num_examples=mock_examples):
       return _to_numpy(tfds.load(name, split=split, as_supervised=True))
@@ -210,7 +210,7 @@ def _load_tfds(name, split, data_dir, mock, mock_examples=MOCK_EXAMPLES):
 def _to_numpy(ds):
   """A (image, label) tf.data split as two numpy arrays (label int32)."""
   xs, ys = [], []
-  for x, y in tfds.as_numpy(ds.batch(4096)):
+  for x, y in _tfds().as_numpy(ds.batch(4096)):
     xs.append(x)
     ys.append(y)
   return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
@@ -268,7 +268,7 @@ def identity(name, *, root=None, data_dir=None, mock=False):
   if name == 'digits':
     import sklearn  # pylint: disable=g-import-not-at-top
     return dict(dataset=name, scikit_learn=sklearn.__version__)
-  return dict(dataset=name, tfds_version=str(tfds.builder_cls(name).VERSION))
+  return dict(dataset=name, tfds_version=str(_tfds().builder_cls(name).VERSION))
 
 
 def preprocess(images, *, image_size, channels, fit='resize', pixel_scale=1.0):
@@ -294,7 +294,7 @@ def preprocess(images, *, image_size, channels, fit='resize', pixel_scale=1.0):
       top, left = (image_size - h) // 2, (image_size - w) // 2
       x = np.pad(x, ((0, 0), (top, image_size - h - top), (left, image_size - w - left), (0, 0)))
     else:
-      x = tf.image.resize(x, (image_size, image_size), method='bilinear').numpy()
+      x = prepare.tensorflow().image.resize(x, (image_size, image_size), method='bilinear').numpy()
   if pixel_scale != 1.0:
     x = x * np.float32(pixel_scale)
   return np.ascontiguousarray(x, np.float32)

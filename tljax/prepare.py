@@ -19,19 +19,26 @@ import time
 from absl import logging
 import numpy as np
 from PIL import Image
-import tensorflow as tf
 
 from tljax import report
-
-# TensorFlow only feeds the input pipeline; keep it off the accelerators JAX uses.
-try:
-  tf.config.set_visible_devices([], 'GPU')
-except (RuntimeError, ValueError):  # devices already initialized, or none to hide
-  pass
 
 # Bump when the decoding or fitting below changes: old caches are then not reused.
 VERSION = 1
 DONE = 'prepared.json'
+_TF = []
+
+
+def tensorflow():
+  """TensorFlow, imported on first use (a run on arrays in memory never needs it) and kept off
+  the accelerators JAX uses: it only feeds the input pipeline."""
+  if not _TF:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    try:
+      tf.config.set_visible_devices([], 'GPU')
+    except (RuntimeError, ValueError):  # devices already initialized, or none to hide
+      pass
+    _TF.append(tf)
+  return _TF[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +52,7 @@ class Fit:
 
 def _fit_image(x, fit):
   """One float32 (h, w, c) image in [0, 255] to (S, S, c)."""
-  s = fit.image_size
+  tf, s = tensorflow(), fit.image_size
   resize = lambda: tf.image.resize(x, (s, s), method='bilinear', antialias=True)
   if fit.rule != 'pad':
     return resize()
@@ -55,6 +62,8 @@ def _fit_image(x, fit):
 
 
 def _decode_fn(fit):
+  tf = tensorflow()
+
   def decode(path, index):
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8,
                                expand_animations=False)
@@ -79,6 +88,7 @@ def _why(path):
 
 def decode_into(paths, fit, out, batch=64):
   """Decodes `paths` into `out[i]` (uint8 (N, S, S, C)) in parallel; ValueError naming bad files."""
+  tf = tensorflow()
   ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths), tf.range(len(paths))))
   options = tf.data.Options()
   options.deterministic = False  # each image goes to its own index, so order does not matter
