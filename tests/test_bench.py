@@ -74,6 +74,16 @@ def test_b0_case_labels():
   assert [bench.peer_case_kind(spec, n) for n in spec['cases']] == ['head', 'top', 'all']
 
 
+def test_b0_batch_sizes_and_gpu_timing():
+  specs = bench.model_specs(quick=False, models=('efficientnet_b0',), depthwise=('grouped',),
+                            b0_batch_sizes=(32, 128), gpu=True)
+  assert [s['batch_size'] for s in specs] == [32, 128]
+  assert all(s['impls'] == ('grouped',) and s['timing'] == bench.GPU_TIMING
+             and s['grouped_timing'] == bench.GPU_TIMING for s in specs)
+  cpu = bench.model_specs(quick=True, models=('efficientnet_b0',))[0]
+  assert cpu['timing'] == bench.TIMING['quick']['efficientnet_b0']
+
+
 def _row(case, step_s, flops, share=0.0):
   return dict(case=case, label=str(case), depthwise_impl=None, trainable_layers=case,
               step_s=step_s, examples_per_s=64 / step_s, train_flops_per_step=flops,
@@ -101,6 +111,8 @@ def test_fractions_ratios_and_table():
   line4 = next(l for l in table.splitlines() if l.startswith('4 ') and '2.50' in l)
   assert line4.split()[-2:] == ['0.500', '-'] and '2.50*' in line4
   assert 'keras_tf: not installed' in table
+  result['input'] = dict(examples_per_s=None, source='TensorFlow not installed')  # a GPU image
+  assert 'input pipeline - ex/s (TensorFlow not installed)' in tables.step_tables(result)
 
 
 def test_prefix_cache_end_to_end_runs(monkeypatch, tmp_path, capsys):
@@ -119,3 +131,17 @@ def test_prefix_cache_end_to_end_runs(monkeypatch, tmp_path, capsys):
   assert r['speedup_end_to_end'] == plain['end_to_end_s'] / cached['end_to_end_s']
   assert cached['compute_flops_total'] < plain['compute_flops_total']
   assert 'end to end' in tables.prefix_table(r)
+
+
+def test_conv_layouts_compute_the_same_gradients():
+  from benchmarks import conv_layout  # pylint: disable=g-import-not-at-top
+  diff, out = conv_layout.measure(rounds=1, steps=1, batch=2)
+  assert diff < 1e-5 and all(len(v) == 1 and v[0] > 0 for v in out.values())
+
+
+def test_checkpoint_bench_times_both_kinds_of_save():
+  from benchmarks import checkpoint  # pylint: disable=g-import-not-at-top
+  out = checkpoint.measure(case=1, examples=640, every=4, rounds=1, log=lambda m: None)
+  for kind in ('sync', 'async'):
+    (row,) = out[kind]
+    assert row['saves'] == 2 and row['examples_per_s'] > 0 and row['save_blocked_s'] > 0

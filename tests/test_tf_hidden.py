@@ -1,33 +1,38 @@
-"""TensorFlow only feeds the input pipeline: importing tljax.data hides the GPUs from it.
+"""TensorFlow only feeds the input pipeline: imported on first use, with every GPU hidden from it.
 
 On a machine without a GPU, `tf.config.get_visible_devices('GPU') == []` holds whatever the code
-does (the old check in tests/test_folder_data.py), so this test records the call that hides them.
+does, so these tests record the call that hides them.
 """
 
-import importlib.util
-import os
+import subprocess
+import sys
 
 import tensorflow as tf
 
-DATA_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tljax',
-                       'data.py')
+from tljax import prepare
 
 
-def _import_a_fresh_copy(name):
-  spec = importlib.util.spec_from_file_location(name, DATA_PY)  # not tljax.data itself
-  spec.loader.exec_module(importlib.util.module_from_spec(spec))
-
-
-def test_importing_tljax_data_hides_every_gpu_from_tensorflow(monkeypatch):
+def test_first_use_hides_every_gpu_from_tensorflow(monkeypatch):
   calls = []
   monkeypatch.setattr(tf.config, 'set_visible_devices',
                       lambda devices, device_type=None: calls.append((list(devices), device_type)))
-  _import_a_fresh_copy('_tf_hidden_probe')
-  assert ([], 'GPU') in calls
+  monkeypatch.setattr(prepare, '_TF', [])
+  assert prepare.tensorflow() is tf and prepare.tensorflow() is tf
+  assert calls == [([], 'GPU')]  # once
 
 
 def test_hiding_after_tensorflow_started_is_not_an_error(monkeypatch):
   def already_initialised(devices, device_type=None):
     raise RuntimeError('Visible devices cannot be modified after being initialized')
   monkeypatch.setattr(tf.config, 'set_visible_devices', already_initialised)
-  _import_a_fresh_copy('_tf_hidden_probe_2')
+  monkeypatch.setattr(prepare, '_TF', [])
+  assert prepare.tensorflow() is tf
+
+
+def test_a_run_on_arrays_imports_no_tensorflow():
+  """The sweep, its launcher and the steps run without TensorFlow (a GPU image may lack it)."""
+  code = ('import sys, tljax.sweep, tljax.launcher, tljax.case, tljax.pretrain; '
+          'print(sorted(m for m in sys.modules if m.split(".")[0] in '
+          '("tensorflow", "tensorflow_datasets", "keras")))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == '[]', out.stdout[:300]

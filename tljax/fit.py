@@ -102,6 +102,7 @@ def _stop(state, p, ckpt, epoch, where):
   if ckpt is not None and p.steps > p.last_ckpt:
     ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'pending': _pack_pending(p.pending),
                       'wall_s': p.wall()})
+    ckpt.wait()  # on disk before the stop is reported
   parallel.check_interrupt(where + (f', checkpoint saved in {ckpt.directory}'
                                     if ckpt is not None and p.steps else ''))
 
