@@ -23,6 +23,8 @@ def _config(tmp_path):
   c.eval_batch_size = 64
   c.progress = False
   c.cache_dir = str(tmp_path / 'cache')
+  c.prefix_cache = False  # fewer compiles on CI's 2 cores (the prefix steps: test_prefix_cache)
+  c.device_xla_check = False
   return c
 
 
@@ -52,6 +54,8 @@ def test_offline_imagenet_weights_name_the_url_and_the_path(tmp_path, monkeypatc
   def refuse(*a, **k):
     raise OSError('network is unreachable')
   monkeypatch.setattr(weights.urllib.request, 'urlopen', refuse)
+  monkeypatch.setattr(case_lib, 'plan_case',
+                      lambda *a, **k: pytest.fail('compiled before asking for the weights'))
   config = _config(tmp_path)
   with pytest.raises(weights.WeightsUnavailableError) as e:
     sweep.train_and_evaluate(config, str(tmp_path / 'w'))

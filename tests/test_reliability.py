@@ -299,6 +299,7 @@ def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
   ck = resume.Checkpoints(resume.case_dir(str(tmp_path), RUN_1))
   case = case_lib.make_case(tiny_config, 1, num_classes=5)
   ck.save(case.state, {'step': 2, 'epoch': 0, 'wall_s': 0.0})
+  ck.close()  # on disk (saves are asynchronous) before it is damaged
   for root, _, files in os.walk(resume.case_dir(str(tmp_path), RUN_1)):
     for f in files:
       if 'state' in root:

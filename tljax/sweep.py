@@ -86,6 +86,9 @@ class _Sweep:
     self.target = inputs.load(self.run_config, 'target', 'train')
     self.target_test = inputs.load(self.run_config, 'target', 'test')
     checks.check_data(self.run_config, self.target)
+    if prepare and config.pretrained == 'imagenet' and not config.dry_run:
+      from tljax import weights  # pylint: disable=g-import-not-at-top  # h5py, only here
+      weights.ensure_converted(config.model, config.cache_dir)  # offline: fails before compiling
     # What makes the numbers: records and checkpoints of another fingerprint are never reused.
     self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
     if prepare:

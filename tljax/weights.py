@@ -68,16 +68,20 @@ def checkpoint_dir(model_name: str, cache_dir: str) -> str:
 
 
 def imagenet_variables(model_name: str, cache_dir: str, timeout: float = 60.0) -> dict:
-  """{'params', 'batch_stats'} of the base model with Keras's ImageNet weights.
+  """{'params', 'batch_stats'} of the base model with Keras's ImageNet weights, from the
+  converted checkpoint in cache_dir (made first by `ensure_converted` if absent)."""
+  return convert.load_converted(ensure_converted(model_name, cache_dir, timeout), model_name)
 
-  Reuses the converted checkpoint in cache_dir if there is one; else converts
-  the .h5 in cache_dir (downloading it first, once, if it is absent).
-  """
+
+def ensure_converted(model_name: str, cache_dir: str, timeout: float = 60.0) -> str:
+  """The converted checkpoint's directory in cache_dir. If absent: converts the .h5 in
+  cache_dir (downloading it first, once, if it is absent, and checking its md5); offline, a
+  WeightsUnavailableError naming the URL and the path (a sweep asks before compiling)."""
   name, want_md5 = _entry(model_name)
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   ckpt = checkpoint_dir(model_name, cache_dir)
   if os.path.isdir(ckpt):
-    return convert.load_converted(ckpt, model_name)
+    return ckpt
   os.makedirs(cache_dir, exist_ok=True)
   path = os.path.join(cache_dir, name)
   if not os.path.exists(path):
@@ -94,4 +98,4 @@ def imagenet_variables(model_name: str, cache_dir: str, timeout: float = 60.0) -
     convert.save_converted(variables, ckpt, meta)
   except FileExistsError:
     pass  # another process converted it meanwhile
-  return variables
+  return ckpt
