@@ -49,8 +49,9 @@ def measure(case=23, examples=12800, every=20, rounds=3, log=timing.stderr):
         state = compiled.new_state(c.variables, c.tx, 0, mesh)
         t0 = time.perf_counter()
         try:
-          _, steps, _, _ = fit.fit(state, train_c, arrays, config, prep=prep, epochs=1,
-                                   desc=kind, metrics=_NoMetrics(), tags={}, mesh=mesh, ckpt=ckpt)
+          _, steps, _, _ = fit.fit(state, fit.Loop(
+              train_c, arrays, config, prep=prep, epochs=1, desc=kind, metrics=_NoMetrics(),
+              tags={}, mesh=mesh, ckpt=ckpt))
         finally:
           ckpt.close()  # the last save's writing counts too
         wall = time.perf_counter() - t0

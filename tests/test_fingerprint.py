@@ -1,30 +1,61 @@
-"""Records carry their config: a record or checkpoint of another config or data is never reused."""
+"""The (case, seed) run is the unit: its record is reused exactly when its own fingerprint
+matches, so a finished sweep can grow (more seeds, more cases) without retraining."""
 
 import json
 import logging
 import os
 
+import pytest
+
 from configs import base
 from tljax import case as case_lib
+from tljax import checks
+from tljax import freezing
 from tljax import resume
 from tljax import sweep
 
+SPEC = freezing.CaseSpec('last:1', 'last', (('dense/.*', 'trainable'), ('.*', 'frozen')),
+                         ('dense',))
 
-def test_the_fingerprint_covers_every_field_that_changes_numbers_and_the_data():
+
+def _changed(v):
+  if isinstance(v, bool):
+    return not v
+  if isinstance(v, (int, float)):
+    return v + 1
+  if isinstance(v, (tuple, list)):
+    return tuple(v) + (99,)
+  return v + '/x'
+
+
+def test_the_fingerprint_covers_every_field_that_changes_numbers_and_nothing_else():
   c = base.get_config()
-  fp = resume.run_fingerprint(c, {})
-  assert len(fp) == 64 and fp == resume.run_fingerprint(c.to_dict(), {})
-  for field in resume.SAFE_FIELDS:  # these change no number
+  fp = resume.run_fingerprint(c, {}, SPEC, 0)
+  assert len(fp) == 64 and fp == resume.run_fingerprint(c.to_dict(), {}, SPEC, 0)
+  for field in resume.SAFE_FIELDS:  # cases, seeds, name, log_every_steps...: no number
     d = c.to_dict()
-    d[field] = not d[field] if isinstance(d[field], bool) else d[field] + 1 if isinstance(
-        d[field], (int, float)) else d[field] + '/x'
-    assert resume.run_fingerprint(d, {}) == fp, field
-  for field, value in [('learning_rate', 0.01), ('seeds', (1,)), ('cases', (1,)), ('dry_run', True)]:
+    d[field] = _changed(d[field])
+    assert resume.run_fingerprint(d, {}, SPEC, 0) == fp, field
+  for field in ('name', 'log_every_steps', 'device_xla_check', 'cases', 'seeds'):
+    assert field in resume.SAFE_FIELDS, field
+  for field in ('learning_rate', 'dry_run', 'epochs', 'e_mac_j', 'model'):
     d = c.to_dict()
-    d[field] = value
-    assert resume.run_fingerprint(d, {}) != fp, field
-  assert resume.run_fingerprint(c, {'train': 'abc'}) != fp
-  assert resume.run_fingerprint(c, {'train': 'abc'}) == resume.run_fingerprint(c, {'train': 'abc'})
+    d[field] = _changed(d[field])
+    assert resume.run_fingerprint(d, {}, SPEC, 0) != fp, field
+  assert resume.run_fingerprint(c, {'train': 'abc'}, SPEC, 0) != fp
+  assert resume.run_fingerprint(c, {}, SPEC, 1) != fp  # the run's own seed
+  other = freezing.CaseSpec('last:1', 'last', (('conv/.*', 'trainable'), ('.*', 'frozen')),
+                            ('conv',))
+  assert resume.run_fingerprint(c, {}, other, 0) != fp  # same name, other rules
+  newer = dict(resume.versions(), jax='99.0')
+  assert resume.run_fingerprint(c, {}, SPEC, 0, tools=newer) != fp  # an upgrade
+
+
+def test_the_safe_and_pretraining_lists_come_from_the_field_table():
+  assert set(resume.SAFE_FIELDS) == {f for f, s in checks.FIELDS.items() if not s.numbers}
+  assert set(checks.PRETRAIN_FIELDS) <= {f for f, s in checks.FIELDS.items() if s.numbers}
+  from tljax import pretrain  # pylint: disable=g-import-not-at-top
+  assert pretrain.PRETRAIN_FIELDS == checks.PRETRAIN_FIELDS + ('seed',)
 
 
 def test_a_record_of_another_fingerprint_is_moved_aside_not_reused(tmp_path, caplog):
@@ -32,7 +63,7 @@ def test_a_record_of_another_fingerprint_is_moved_aside_not_reused(tmp_path, cap
   assert resume.load_done(str(tmp_path), 4, 'a' * 64) == {'case': 4, 'test_accuracy': 0.5}
   with caplog.at_level(logging.WARNING):
     assert resume.load_done(str(tmp_path), 4, 'b' * 64) is None
-  assert 'Case 4: its record was made by another config or data' in caplog.text
+  assert 'Run 4: its record was made by another config, data or version' in caplog.text
   assert not os.path.exists(resume.done_path(str(tmp_path), 4))
   kept = tmp_path / 'cases' / 'discarded' / f'4_{"a" * 12}.json'
   assert json.loads(kept.read_text())['test_accuracy'] == 0.5  # kept for the user, never reused
@@ -40,29 +71,91 @@ def test_a_record_of_another_fingerprint_is_moved_aside_not_reused(tmp_path, cap
   assert resume.load_done(str(tmp_path), 5, 'a' * 64) is None
 
 
-def test_checkpoints_of_another_fingerprint_are_deleted(tmp_path):
-  step = tmp_path / 'checkpoints' / 'case_9' / '20'
+def test_checkpoints_of_another_fingerprint_are_deleted_per_run(tmp_path):
+  step = tmp_path / 'checkpoints' / 'last-9_seed0' / '20'
+  other = tmp_path / 'checkpoints' / 'last-1_seed0' / '20'
   step.mkdir(parents=True)
-  resume.discard_stale_checkpoints(str(tmp_path), 'a' * 64)  # unmarked: from an unknown run
-  assert not step.exists()
+  other.mkdir(parents=True)
+  resume.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'a' * 64)  # unmarked: unknown run's
+  assert not step.exists() and other.exists()  # another run's checkpoints are not touched
   step.mkdir(parents=True)
-  resume.discard_stale_checkpoints(str(tmp_path), 'a' * 64)  # marked as this run's: kept
+  resume.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'a' * 64)  # marked as this run's
   assert step.exists()
-  resume.discard_stale_checkpoints(str(tmp_path), 'b' * 64)
-  assert not step.exists()
+  resume.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'b' * 64)
+  assert not step.exists() and other.exists()
 
 
-def test_without_config_json_a_changed_config_retrains_instead_of_reusing(tiny_config, tmp_path):
-  tiny_config.cases = (1,)
-  first = sweep.train_and_evaluate(tiny_config, str(tmp_path))
-  os.remove(tmp_path / 'config.json')  # the workdir-level check is gone; the record's remains
+def _records(workdir):
+  d = os.path.join(workdir, 'cases')
+  return {n: open(os.path.join(d, n), 'rb').read() for n in os.listdir(d) if n.endswith('.json')}
+
+
+def test_a_finished_sweep_grows_by_seeds_and_cases_training_only_the_new_runs(
+    tiny_config, tmp_path, caplog):
+  workdir = str(tmp_path / 'w')
+  tiny_config.cases = ('last:1',)
+  tiny_config.seeds = (0,)
+  first = sweep.train_and_evaluate(tiny_config, workdir)
+  before = _records(workdir)
+  tiny_config.cases = ('last:1', 'last:2')
+  tiny_config.seeds = (0, 1)
+  tiny_config.name = 'renamed'  # changes no number
+  tiny_config.log_every_steps = 2
+  with caplog.at_level(logging.INFO):
+    grown = sweep.train_and_evaluate(tiny_config, workdir)
+  assert '2 cases x 2 seeds: 1 run kept, 3 to train.' in caplog.text
+  after = _records(workdir)
+  assert len(after) == 4
+  for name, blob in before.items():
+    assert after[name] == blob  # byte-identical: kept, not rewritten
+  assert [(r['case'], r['seed']) for r in grown['runs']] == [
+      ('last:1', 0), ('last:1', 1), ('last:2', 0), ('last:2', 1)]
+  assert grown['runs'][0] == first['runs'][0]
+  # A case removed from the config: its records stay on disk, out of the summary.
+  tiny_config.cases = ('last:2',)
+  shrunk = sweep.train_and_evaluate(tiny_config, workdir)
+  assert [r['case'] for r in shrunk['cases']] == ['last:2']
+  assert _records(workdir) == after
+  runs = {json.loads(l)['run'] for l in open(os.path.join(workdir, 'metrics.jsonl'))}
+  assert case_lib.run_key('last:1', 1) in runs  # its metrics are kept too
+
+
+def test_a_number_changing_field_is_still_refused_with_the_list(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'w')
+  tiny_config.cases = ('last:1',)
+  sweep.train_and_evaluate(tiny_config, workdir)
   tiny_config.learning_rate = 0.05
-  second = sweep.train_and_evaluate(tiny_config, str(tmp_path))
-  assert second['fingerprint'] != first['fingerprint']
-  assert second['cases'][0]['test_loss'] != first['cases'][0]['test_loss']  # trained again
+  tiny_config.seeds = (0, 1)
+  with pytest.raises(resume.ConfigChangedError, match=r'learning_rate: 0\.001 -> 0\.05') as e:
+    sweep.train_and_evaluate(tiny_config, workdir)
+  assert 'seeds' not in str(e.value).split('Fields that may change')[0]
+
+
+def test_a_tool_upgrade_retrains_instead_of_mixing_records(tiny_config, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'w')
+  tiny_config.cases = ('last:1',)
+  sweep.train_and_evaluate(tiny_config, workdir)
   run = case_lib.run_key('last:1', 0)
-  assert os.listdir(tmp_path / 'cases' / 'discarded') == [f'{run}_{first["fingerprint"][:12]}.json']
-  record = json.loads((tmp_path / 'cases' / f'{run}.json').read_text())
-  assert record['fingerprint'] == second['fingerprint']
-  third = sweep.train_and_evaluate(tiny_config, str(tmp_path))  # same config: the record is kept
-  assert third['cases'][0] == second['cases'][0]
+  old = json.loads((tmp_path / 'w' / 'cases' / f'{run}.json').read_text())['fingerprint']
+  real = resume.versions()
+  monkeypatch.setattr(resume, 'versions', lambda: dict(real, flax='99.0'))
+  sweep.train_and_evaluate(tiny_config, workdir)
+  new = json.loads((tmp_path / 'w' / 'cases' / f'{run}.json').read_text())['fingerprint']
+  assert new != old
+  assert os.listdir(tmp_path / 'w' / 'cases' / 'discarded') == [f'{run}_{old[:12]}.json']
+
+
+def test_a_run_on_another_device_kind_than_its_case_is_refused_before_training(
+    tiny_config, tmp_path):
+  workdir = tmp_path / 'w'
+  tiny_config.cases = ('last:1',)
+  sweep.train_and_evaluate(tiny_config, str(workdir))
+  path = workdir / 'cases' / f'{case_lib.run_key("last:1", 0)}.json'
+  rec = json.loads(path.read_text())
+  path.write_text(json.dumps(dict(rec, device_kind='TPU v9', data_parallel_width=1)))
+  tiny_config.seeds = (0, 1)
+  with pytest.raises(ValueError, match=r'Case last:1, seed 1 would train on .* x1, but its seed 0 '
+                     r'ran on TPU v9 x1: the runs of a case must share their compiled costs'):
+    sweep.train_and_evaluate(tiny_config, str(workdir))
+  assert not (workdir / 'cases' / f'{case_lib.run_key("last:1", 1)}.json').exists()
+  assert not (workdir / 'checkpoints' / case_lib.run_key('last:1', 1)).exists()

@@ -294,8 +294,10 @@ def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
   tiny_config.steps_per_epoch = 4
   tiny_config.log_every_steps = 1
   sweep.train_and_evaluate(tiny_config, str(tmp_path))
-  # Make case 1 look unfinished with a damaged checkpoint.
+  # Make case 1 look unfinished with a damaged checkpoint (marked as this run's).
+  fp = json.loads((tmp_path / 'cases' / f'{RUN_1}.json').read_text())['fingerprint']
   os.remove(tmp_path / 'cases' / f'{RUN_1}.json')
+  resume.claim_checkpoints(str(tmp_path), RUN_1, fp)
   ck = resume.Checkpoints(resume.case_dir(str(tmp_path), RUN_1))
   case = case_lib.make_case(tiny_config, 1, num_classes=5)
   ck.save(case.state, {'step': 2, 'epoch': 0, 'wall_s': 0.0})

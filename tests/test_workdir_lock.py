@@ -54,3 +54,60 @@ def test_process_0_alone_locks_for_a_multi_host_run(tmp_path):
   with workdir_lock.held(str(tmp_path), process_id=0):
     with workdir_lock.held(str(tmp_path), process_id=1):  # the others rely on process 0's lock
       assert os.listdir(tmp_path) == [workdir_lock.LOCK_NAME]
+
+
+HOLD_RUN = ('import sys, time\n'
+            'from tljax import workdir_lock\n'
+            'with workdir_lock.run_lock(sys.argv[1], sys.argv[2]):\n'
+            '  print("held", flush=True)\n'
+            '  time.sleep(float(sys.argv[3]))\n')
+
+
+def test_an_inline_run_waits_for_a_job_that_holds_its_run_then_keeps_its_record(
+    tiny_config, tmp_path, monkeypatch, caplog):
+  """A job of an earlier launch (launcher_wait=False) still trains last:1 at seed 0: the inline
+  sweep on the same workdir waits for its lock instead of training it in the same folders."""
+  import json  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax import sweep  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'w'
+  tiny_config.cases = ('last:1',)
+  first = sweep.train_and_evaluate(tiny_config, str(workdir))  # the record the "job" will write
+  run = case_lib.run_key('last:1', 0)
+  record = (workdir / 'cases' / f'{run}.json').read_bytes()
+  os.remove(workdir / 'cases' / f'{run}.json')
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+  job = subprocess.Popen([sys.executable, '-c', HOLD_RUN, str(workdir), run, '4'], env=env,
+                         stdout=subprocess.PIPE, text=True)
+  try:
+    assert job.stdout.readline().strip() == 'held'
+    real_lock = workdir_lock._try_run_lock  # pylint: disable=protected-access
+    def try_lock(w, r):  # the job writes its record just before it releases the lock
+      fd, holder = real_lock(w, r)
+      if fd is None and job.poll() is None and not (workdir / 'cases' / f'{run}.json').exists():
+        (workdir / 'cases' / f'{run}.json').write_bytes(record)
+      return fd, holder
+    monkeypatch.setattr(workdir_lock, '_try_run_lock', try_lock)
+    monkeypatch.setattr(workdir_lock, 'RUN_LOCK_POLL_S', 0.2)
+    t0 = time.time()
+    with caplog.at_level(logging.INFO):
+      again = sweep.train_and_evaluate(tiny_config, str(workdir))
+    assert time.time() - t0 >= 2  # it waited for the holder
+  finally:
+    job.kill()
+    job.wait()
+  assert f'Run {run} is being trained by another process' in caplog.text
+  assert 'was finished by another process: kept' in caplog.text
+  assert (workdir / 'cases' / f'{run}.json').read_bytes() == record  # not trained again
+  assert again['runs'][0]['test_accuracy'] == first['runs'][0]['test_accuracy']
+  assert json.loads(record)['fingerprint']
+
+
+def test_the_run_lock_is_reentrant_and_exclusive_between_processes(tmp_path):
+  with workdir_lock.run_lock(str(tmp_path), 'r'):
+    with workdir_lock.run_lock(str(tmp_path), 'r'):  # a job's train_run inside its own lock
+      pass
+    fd, holder = workdir_lock._try_run_lock(str(tmp_path), 'r')  # pylint: disable=protected-access
+    assert fd is None and f'PID {os.getpid()}' in holder

@@ -236,9 +236,9 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):
       train_c, eval_c = plan.cached.train, plan.cached.eval
       train_arrays, test_arrays, prep = cache.train, cache.test, prefix_cache.identity_prep
     desc = f'{tags["case"]} (seed {tags["seed"]})'
-    state, steps, wall, diverged_at = fit.fit(
-        state, train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
-        metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh)
+    state, steps, wall, diverged_at = fit.fit(state, fit.Loop(
+        train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
+        metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh))
     acc = loss = None
     if diverged_at is None:
       acc, loss = fit.evaluate(eval_c, state, test_arrays, config, prep, mesh)

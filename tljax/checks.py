@@ -30,10 +30,24 @@ def _slurm_extra(v, c):
 
 
 class Field(NamedTuple):
-  """One config field: its type, its accepted values and the words that say which."""
+  """One config field: its type, its accepted values and the words that say which; whether it
+  changes a run's numbers (then it is in every run's fingerprint and a workdir refuses a change
+  of it) and whether it changes the source pretraining (then it is in its cache key)."""
   kind: Any  # a type or tuple of types; bool is never accepted as an int or a float
   ok: Callable[[Any, Any], bool] | None  # ok(value, config); None = free-form (type only)
   accepted: str | Callable[[Any], str]  # completes 'config.FIELD=VALUE: ...'; or f(config)
+  numbers: bool = True
+  pretraining: bool = False
+
+
+def _safe(field):
+  """`field` changes no number: a workdir may be resumed or grown with it changed."""
+  return field._replace(numbers=False)
+
+
+def _pre(field):
+  """`field` changes the source pretraining too."""
+  return field._replace(pretraining=True)
 
 
 def _is(kind, v):
@@ -104,65 +118,73 @@ def _dataset(role):
 # ok=None. A check that needs the data loaded (e.g. batch_size against the dataset) is in
 # check_data below.
 FIELDS = {
-    'model': Field(str, lambda v, c: v in models.names(),
-                   lambda c: f'unknown model; known models: {", ".join(models.names())}'),
-    'name': Field(str, None, 'any string (the default workdir is artifacts/<name>)'),
-    'image_size': Field(int, _image_size, _image_size_accepted),
-    'channels': Field(int, lambda v, c: v == models.default_input_shape(c.model)[-1],
-                      _channels_accepted),
+    'model': _pre(Field(str, lambda v, c: v in models.names(),
+                        lambda c: f'unknown model; known models: {", ".join(models.names())}')),
+    'name': _safe(Field(str, None, 'any string (the default workdir is artifacts/<name>)')),
+    'image_size': _pre(Field(int, _image_size, _image_size_accepted)),
+    'channels': _pre(Field(int, lambda v, c: v == models.default_input_shape(c.model)[-1],
+                           _channels_accepted)),
     'pretrained': Field(str, lambda v, c: v in PRETRAINED and (
         v != 'imagenet' or c.model.startswith('efficientnet')),
                         f"must be one of {PRETRAINED} ('imagenet' needs an EfficientNet model)"),
-    'source_dataset': _dataset('source'),
-    'source_classes': Field((tuple, list), _class_list,
-                            'must be a tuple of distinct labels >= 0 (() = all)'),
+    'source_dataset': _pre(_dataset('source')),
+    'source_classes': _pre(Field((tuple, list), _class_list,
+                                 'must be a tuple of distinct labels >= 0 (() = all)')),
     'target_dataset': _dataset('target'),
     'target_classes': Field((tuple, list), _class_list,
                             'must be a tuple of distinct labels >= 0 (() = all)'),
-    'source_data_dir': Field(str, None, "the source image folder's root ('' for TFDS/digits)"),
-    'target_data_dir': Field(str, None, "the target image folder's root ('' for TFDS/digits)"),
-    'data_dir': Field(str, None, "TFDS's data directory ('' = ~/tensorflow_datasets)"),
-    'data_memory_mb': _number_in(0, math.inf, lo_open=False, hi_open=True,
-                                 what=' (MiB; 0 = half the available RAM)'),
-    'cache_dir': Field(str, None, 'a directory for pretrained models and weights'),
-    'pretrain_epochs': Field(int, lambda v, c: v >= 1 or (v >= 0 and c.pretrained != 'source'),
-                             "must be an int >= 1 (>= 0 when pretrained is not 'source')"),
-    'pretrain_learning_rate': _number_in(0, 10, lo_open=True, hi_open=True),
-    'bn_momentum': _number_in(0, 1, lo_open=False, hi_open=True,
-                              what=' (BatchNorm moving-average momentum; Keras: 0.99)'),
+    # The folders' paths change no number: their contents are fingerprinted (the data identity).
+    'source_data_dir': _safe(Field(str, None,
+                                   "the source image folder's root ('' for TFDS/digits)")),
+    'target_data_dir': _safe(Field(str, None,
+                                   "the target image folder's root ('' for TFDS/digits)")),
+    'data_dir': _safe(Field(str, None, "TFDS's data directory ('' = ~/tensorflow_datasets)")),
+    'data_memory_mb': _safe(_number_in(0, math.inf, lo_open=False, hi_open=True,
+                                       what=' (MiB; 0 = half the available RAM)')),
+    'cache_dir': _safe(Field(str, None, 'a directory for pretrained models and weights')),
+    'pretrain_epochs': _pre(Field(
+        int, lambda v, c: v >= 1 or (v >= 0 and c.pretrained != 'source'),
+        "must be an int >= 1 (>= 0 when pretrained is not 'source')")),
+    'pretrain_learning_rate': _pre(_number_in(0, 10, lo_open=True, hi_open=True)),
+    'bn_momentum': _pre(_number_in(0, 1, lo_open=False, hi_open=True,
+                                   what=' (BatchNorm moving-average momentum; Keras: 0.99)')),
     'new_head': _one_of(NEW_HEAD),
     'frozen_dropout': _one_of(models.FROZEN_DROPOUT),
     'depthwise_impl': _one_of(models.DEPTHWISE_IMPLS),
-    'cases': Field((tuple, list), _cases, 'must be a non-empty tuple of distinct cases, each an '
-                   "int N, a string 'last:N', 'bias:N', 'norm:N', 'block:NAME', 'layers:A..B', "
-                   "or a tuple of (regex, label) rules"),
+    # The sweep's lists: each run's own case (its rules) and seed are in its fingerprint, so
+    # cases and seeds may be added to a finished workdir (only the new runs train).
+    'cases': _safe(Field(
+        (tuple, list), _cases, 'must be a non-empty tuple of distinct cases, each an '
+        "int N, a string 'last:N', 'bias:N', 'norm:N', 'block:NAME', 'layers:A..B', "
+        "or a tuple of (regex, label) rules")),
     'case_counting': _one_of(freezing.COUNTINGS),
     'epochs': _int_at_least(1),
-    'steps_per_epoch': _int_at_least(0, ' (0 = whole epochs)'),
-    'batch_size': _int_at_least(1),
+    'steps_per_epoch': _pre(_int_at_least(0, ' (0 = whole epochs)')),
+    'batch_size': _pre(_int_at_least(1)),
     'eval_batch_size': _int_at_least(1),
     'learning_rate': _number_in(0, 10, lo_open=True, hi_open=True),
-    'seeds': Field((tuple, list), lambda v, c: len(v) > 0 and len(set(v)) == len(v) and all(
-        _is(int, s) and 0 <= s <= MAX_SEED for s in v),
-                   f'must be a non-empty tuple of distinct ints in [0, {MAX_SEED}]'),
+    'seeds': _safe(Field(
+        (tuple, list), lambda v, c: len(v) > 0 and len(set(v)) == len(v) and all(
+            _is(int, s) and 0 <= s <= MAX_SEED for s in v),
+        f'must be a non-empty tuple of distinct ints in [0, {MAX_SEED}]')),
     'prefix_cache': Field(bool, lambda v, c: True, 'must be True or False'),
     'e_mac_j': _number_in(0, MAX_E_MAC_J, lo_open=True, hi_open=False,
                           what=' (J per multiply-accumulate; 3.2 pJ = 3.2e-12)'),
     'device_batch_size': _int_at_least(1, ' (examples per step on the edge device)'),
     'device_frozen_dtype': _one_of(DEVICE_DTYPES),
-    'device_xla_check': Field(bool, lambda v, c: True, 'must be True or False'),
-    'max_energy_per_example_j': _number_in(0, math.inf, lo_open=False, hi_open=True,
-                                           what=' (J per training example; 0 = no limit)'),
-    'max_train_memory_mb': _number_in(0, math.inf, lo_open=False, hi_open=True,
-                                      what=' (MiB; 0 = no limit)'),
-    'min_accuracy': _number_in(0, 1, lo_open=False, hi_open=False,
-                               what=' (a fraction: 0.9 = 90 %; 0 = no limit)'),
-    'budget_memory': _one_of(BUDGET_MEMORY),
-    'log_every_steps': _int_at_least(1),
-    'progress': Field(bool, lambda v, c: True, 'must be True or False'),
-    'checkpoint_every_steps': _int_at_least(0, ' (0 = no periodic checkpoints)'),
-    'restart': Field(bool, lambda v, c: True, 'must be True or False'),
-    'data_parallel': Field(bool, lambda v, c: True, 'must be True or False'),
+    'device_xla_check': _safe(Field(bool, lambda v, c: True, 'must be True or False')),
+    'max_energy_per_example_j': _safe(_number_in(0, math.inf, lo_open=False, hi_open=True,
+                                                 what=' (J per training example; 0 = no limit)')),
+    'max_train_memory_mb': _safe(_number_in(0, math.inf, lo_open=False, hi_open=True,
+                                            what=' (MiB; 0 = no limit)')),
+    'min_accuracy': _safe(_number_in(0, 1, lo_open=False, hi_open=False,
+                                     what=' (a fraction: 0.9 = 90 %; 0 = no limit)')),
+    'budget_memory': _safe(_one_of(BUDGET_MEMORY)),
+    'log_every_steps': _safe(_int_at_least(1)),
+    'progress': _safe(Field(bool, lambda v, c: True, 'must be True or False')),
+    'checkpoint_every_steps': _safe(_int_at_least(0, ' (0 = no periodic checkpoints)')),
+    'restart': _safe(Field(bool, lambda v, c: True, 'must be True or False')),
+    'data_parallel': _pre(Field(bool, lambda v, c: True, 'must be True or False')),
     'num_processes': Field(int, lambda v, c: v == 1 or (v > 1 and c.data_parallel),
                            'must be an int >= 1, and 1 unless data_parallel=True (the processes '
                            'of a run share each batch)'),
@@ -170,24 +192,32 @@ FIELDS = {
                         lambda c: f'must be an int in [0, num_processes) = [0, {c.num_processes})'),
     'coordinator_address': Field(str, lambda v, c: c.num_processes <= 1 or bool(v),
                                  "'host:port' of process 0 (needed when num_processes > 1)"),
-    'xla_cpu_tuning': Field(bool, lambda v, c: True, 'must be True or False'),
-    'compilation_cache': Field(bool, lambda v, c: True, 'must be True or False'),
-    'compilation_cache_dir': Field(str, None, "a directory ('' = <cache_dir>/xla_compiled)"),
+    'xla_cpu_tuning': _pre(Field(bool, lambda v, c: True, 'must be True or False')),
+    'compilation_cache': _safe(Field(bool, lambda v, c: True, 'must be True or False')),
+    'compilation_cache_dir': _safe(Field(str, None, "a directory ('' = <cache_dir>/xla_compiled)")),
     'dry_run': Field(bool, lambda v, c: True, 'must be True or False'),
-    'launcher': Field(str, lambda v, c: v in LAUNCHERS and (v == 'inline' or c.num_processes == 1),
-                      f'must be one of {LAUNCHERS} (jobs run one process each: '
-                      "'local' and 'slurm' need num_processes=1)"),
-    'max_parallel_jobs': _int_at_least(1, " (jobs running at once with launcher='local')"),
-    'slurm_partition': Field(str, None, "a SLURM partition ('' = the cluster's default)"),
-    'slurm_gpus_per_job': _int_at_least(0),
-    'slurm_time_minutes': _int_at_least(1, ' (the time limit of each job)'),
-    'slurm_extra': Field(str, _slurm_extra, "must be sbatch options as on its command line, "
-                         "each '--name=value' or '--name', e.g. '--account=abc --qos=high'"),
-    'launcher_wait': Field(bool, lambda v, c: v or c.launcher == 'slurm',
-                           "must be True or False; False needs launcher='slurm' (local jobs are "
-                           'started by the waiting launcher)'),
-    'job_retries': _int_at_least(0),
+    'launcher': _safe(Field(
+        str, lambda v, c: v in LAUNCHERS and (v == 'inline' or c.num_processes == 1),
+        f'must be one of {LAUNCHERS} (jobs run one process each: '
+        "'local' and 'slurm' need num_processes=1)")),
+    'max_parallel_jobs': _safe(_int_at_least(1, " (jobs running at once with launcher='local')")),
+    'slurm_partition': _safe(Field(str, None, "a SLURM partition ('' = the cluster's default)")),
+    'slurm_gpus_per_job': _safe(_int_at_least(0)),
+    'slurm_time_minutes': _safe(_int_at_least(1, ' (the time limit of each job)')),
+    'slurm_extra': _safe(Field(str, _slurm_extra, "must be sbatch options as on its command line, "
+                               "each '--name=value' or '--name', e.g. '--account=abc --qos=high'")),
+    'launcher_wait': _safe(Field(
+        bool, lambda v, c: v or c.launcher == 'slurm',
+        "must be True or False; False needs launcher='slurm' (local jobs are "
+        'started by the waiting launcher)')),
+    'job_retries': _safe(_int_at_least(0)),
 }
+
+
+# Derived from FIELDS (one source of truth): the fields that change no number, and those the
+# source pretraining depends on (its cache key, with the run's seed).
+SAFE_FIELDS = tuple(f for f, spec in FIELDS.items() if not spec.numbers)
+PRETRAIN_FIELDS = tuple(f for f, spec in FIELDS.items() if spec.pretraining)
 
 
 def check_field(config, field):

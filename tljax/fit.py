@@ -40,16 +40,40 @@ def steps_per_epoch(config, arrays):
   return min(n, config.steps_per_epoch) if config.steps_per_epoch else n
 
 
-def fit(state, train_c, arrays, config, *, prep, epochs, desc, metrics, tags, mesh, ckpt=None):
-  """Runs the compiled step over `epochs` epochs, from the latest checkpoint in `ckpt` if any.
+@dataclasses.dataclass
+class Loop:
+  """What one training loop runs besides its state.
+
+  train_c: the compiled train step; arrays: the train split (data.Arrays, or cached prefix
+  features); prep: the batch preprocessing; desc: the progress bar's label; metrics: a
+  report.MetricsWriter; tags: {'case', 'seed', 'run'}, labelling its lines; mesh: the
+  parallel.Mesh batches are sharded over; ckpt: the run's resume.Checkpoints or None.
+  """
+  train_c: Any
+  arrays: Any
+  config: Any
+  prep: Any
+  epochs: int
+  desc: str
+  metrics: Any
+  tags: dict
+  mesh: Any
+  ckpt: Any = None
+
+
+def fit(state, loop):
+  """Runs `loop.train_c` over `loop.epochs` epochs, from the latest checkpoint in `loop.ckpt`
+  if any.
 
   Checkpoints (every config.checkpoint_every_steps, at logging steps so no metric is pending)
   hold the whole train state; the data position follows from its step, since batches depend
-  only on (seed, epoch, index). `tags` ({'case', 'seed', 'run'}) label the metrics lines.
-  Batches are sharded over `mesh` (parallel.Mesh); with several processes every one of them
-  runs this loop in step (checkpoints are saved and restored collectively).
+  only on (seed, epoch, index). With several processes every one of them runs this loop in
+  step (checkpoints are saved and restored collectively).
   Returns (state, steps, wall_s, diverged_at).
   """
+  train_c, arrays, config, prep, epochs = (loop.train_c, loop.arrays, loop.config, loop.prep,
+                                           loop.epochs)
+  desc, metrics, tags, mesh, ckpt = loop.desc, loop.metrics, loop.tags, loop.mesh, loop.ckpt
   per_epoch = steps_per_epoch(config, arrays)
   total = epochs * per_epoch
   state, p = _restore(state, ckpt, mesh, desc, total)

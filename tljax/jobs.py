@@ -1,10 +1,7 @@
-"""The launcher's bookkeeping: jobs.json, the state of each submitit job, per-run files and locks."""
+"""The launcher's bookkeeping: jobs.json, the state of each submitit job, per-run files."""
 
-import contextlib
-import fcntl
 import json
 import os
-import socket
 import time
 
 from tljax import report
@@ -35,26 +32,6 @@ def read_info(workdir, run, fingerprint):
   except (OSError, ValueError):
     return None
   return info if info.get('fingerprint') == fingerprint else None
-
-
-@contextlib.contextmanager
-def run_lock(workdir, run):
-  """Holds `run` for this job (flock): a second job of the same run stops at once."""
-  path = os.path.join(workdir, 'job_info', f'{run}.lock')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'unknown'
-      raise ValueError(f'Run {run} is being trained by another job ({holder}); this job '
-                       'leaves it to that one.') from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f'host {socket.gethostname()}, PID {os.getpid()}\n'.encode(), 0)
-    yield
-  finally:
-    os.close(fd)
 
 
 class Book:

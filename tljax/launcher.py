@@ -73,6 +73,7 @@ def launch(config, workdir):
   with workdir_lock.held(workdir, config.process_id):
     interrupt.check('before starting')
     sw = sweep._Sweep(config, workdir)  # pylint: disable=protected-access
+    logging.info('%s', sw.plan_line())
     book = jobs_lib.Book(workdir)
     launcher = _Launcher(config, workdir, book, sw.facts())
     launcher.adopt(book)
@@ -474,7 +475,7 @@ def _job_metrics(workdir, run):
   path = jobs_lib.metrics_path(workdir, run)
   d = resume.case_dir(workdir, run)
   step = resume.Checkpoints(d).latest_step() if os.path.isdir(d) else None
-  resume.filter_metrics(path, set(), {} if step is None else {run: step})
+  resume.filter_metrics(path, {run}, {} if step is None else {run: step})
   return report.MetricsWriter(path)
 
 
@@ -489,7 +490,7 @@ def _pretrain_job(job):
   """Pretrains one seed into the cache (pretrain.variables)."""
   sw = _open(job)
   rc = sweep.seed_config(sw.run_config, job.task.seed)
-  with jobs_lib.run_lock(job.workdir, job.task.run):
+  with workdir_lock.run_lock(job.workdir, job.task.run):
     metrics = _job_metrics(job.workdir, job.task.run)
     try:
       _, info = pretrain.variables(rc, metrics, job.workdir, sw.identity, sw.mesh)
@@ -508,7 +509,8 @@ def _case_job(job):
     raise ValueError(f'The pretraining of seed {seed} is not in the cache '
                      f'({pretrain.path(rc, sw.identity["source"])}): its job did not finish. '
                      f'python -m tljax.status --workdir={job.workdir} shows it; rerun the launch.')
-  with jobs_lib.run_lock(job.workdir, job.task.run):
+  with workdir_lock.run_lock(job.workdir, job.task.run):  # waits for a live job of the run
+    sw.done[(name, seed)] = sw.load((name, seed))
     if sw.done[(name, seed)] is not None:
       return f'{job.task.run}: finished earlier'
     spec = next(s for s in sw.specs if s.name == name)
@@ -542,8 +544,8 @@ def gather(config, workdir, facts, wall_s):
   files on disk; returns the summary. `facts`: sweep._Sweep.facts of the launch."""
   fp, seeds = facts['fingerprint'], facts['seeds']
   keys = [(n, s) for n in facts['cases'] for s in seeds]  # case-major, as the inline sweep
-  runs = [r for r in (resume.load_done(workdir, case_lib.run_key(n, s), fp) for n, s in keys)
-          if r is not None]
+  runs = [r for r in (resume.load_done(workdir, k, facts['run_fingerprints'][k]) for k in
+                      (case_lib.run_key(n, s) for n, s in keys)) if r is not None]
   if not runs:
     raise NothingToGather(f'No run of this sweep has finished in {workdir}: nothing to gather; '
                           f'python -m tljax.status --workdir={workdir} shows its jobs.')
@@ -587,4 +589,7 @@ def merge_metrics(workdir, facts):
           out += [l if l.endswith('\n') else l + '\n' for l in f if l.strip()]
       else:
         out += old.get(run, [])
+      old.pop(run, None)
+  for lines in old.values():  # runs this sweep does not plan (a case removed): kept
+    out += lines
   report.atomic_write_bytes(path, ''.join(out).encode())

@@ -10,6 +10,7 @@ import jax
 import optax
 import orbax.checkpoint as ocp
 
+from tljax import checks
 from tljax import compiled
 from tljax import fit
 from tljax import freezing
@@ -18,18 +19,18 @@ from tljax import parallel
 from tljax import report
 from tljax import resume
 
-# The fields that pretraining depends on: its cache key. `seed` is the run's one seed
-# (sweep.seed_config), not the config's `seeds`.
-PRETRAIN_FIELDS = ('model', 'image_size', 'channels', 'source_dataset', 'source_classes',
-                   'pretrain_epochs', 'pretrain_learning_rate', 'batch_size', 'seed',
-                   'steps_per_epoch', 'bn_momentum', 'data_parallel', 'xla_cpu_tuning')
+# The fields that pretraining depends on (checks.FIELDS marks them), and the run's one seed
+# (sweep.seed_config), not the config's `seeds`: its cache key.
+PRETRAIN_FIELDS = checks.PRETRAIN_FIELDS + ('seed',)
 
 
 def key(config, source_identity):
-  """Cache key of the pretrained model: PRETRAIN_FIELDS and the source data's identity (for a
-  folder its fingerprint, not its path: a moved copy is the same data)."""
+  """Cache key of the pretrained model: PRETRAIN_FIELDS, the source data's identity (for a
+  folder its fingerprint, not its path: a moved copy is the same data) and the tool versions
+  (resume.versions)."""
   fields = {f: compiled.seed_of(config) if f == 'seed' else config[f] for f in PRETRAIN_FIELDS}
   fields['source_data'] = {k: v for k, v in source_identity.items() if k != 'root'}
+  fields['tools'] = resume.versions()
   blob = json.dumps(fields, sort_keys=True, default=list)
   return f'{config.model}_{config.source_dataset}_' + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -76,6 +77,8 @@ def _pretrain(config, metrics, workdir, source_identity, mesh):
     with open(os.path.join(where, 'pretrain.json')) as f:
       info = dict(json.load(f), cached=True)
     return ocp.StandardCheckpointer().restore(os.path.join(where, 'variables'), init), info
+  parallel.on_writer('claiming the pretraining checkpoints', resume.claim_checkpoints, workdir,
+                     run_key(config), key(config, source_identity))
   state, info = _train(config, model, init, src, metrics, workdir, mesh)
   info['path'] = where
   # On the host: the replicated arrays of a multi-process mesh are whole in every process.
@@ -101,10 +104,10 @@ def _train(config, model, init, src, metrics, workdir, mesh):
   tags = {'case': 'pretrain', 'seed': compiled.seed_of(config), 'run': run_key(config)}
   ckpt = resume.Checkpoints(resume.case_dir(workdir, run_key(config)))
   try:
-    state, steps, wall, diverged = fit.fit(
-        state, compiled_steps.train, src, config, prep=prep, epochs=config.pretrain_epochs,
+    state, steps, wall, diverged = fit.fit(state, fit.Loop(
+        compiled_steps.train, src, config, prep=prep, epochs=config.pretrain_epochs,
         desc=f'pretrain (seed {compiled.seed_of(config)})', metrics=metrics, tags=tags,
-        ckpt=ckpt, mesh=mesh)
+        ckpt=ckpt, mesh=mesh))
   finally:
     ckpt.close()
   if diverged:

@@ -10,18 +10,16 @@ import jax
 import orbax.checkpoint as ocp
 import psutil
 
+from tljax import checks
 from tljax import report
 
-# Config fields that change no number in the summary: a workdir may be resumed with them changed.
-# The data folders' paths are among them because their contents are checked instead
-# (check_data: a fingerprint of every file), so a moved copy resumes and a changed folder does not.
-# The budget fields only choose the recommendation, which every run recomputes from the records.
-SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_data_dir',
-               'data_memory_mb', 'restart', 'checkpoint_every_steps', 'max_energy_per_example_j',
-               'max_train_memory_mb', 'min_accuracy', 'budget_memory', 'launcher',
-               'max_parallel_jobs', 'slurm_partition', 'slurm_gpus_per_job', 'slurm_time_minutes',
-               'slurm_extra', 'launcher_wait', 'job_retries', 'compilation_cache',
-               'compilation_cache_dir')
+# Config fields that change no number (checks.FIELDS says which): a workdir may be resumed or
+# grown with them changed. They include the sweep's lists `cases` and `seeds` (a run's own case
+# and seed are in its fingerprint) and the data folders' paths (their contents are fingerprinted
+# instead: a moved copy resumes and a changed folder does not).
+SAFE_FIELDS = checks.SAFE_FIELDS
+# The tools whose versions are in every fingerprint: an upgrade never mixes old records with new.
+TOOLS = ('tljax', 'jax', 'jaxlib', 'flax')
 # Fields of one process (or one launch) of a multi-host run, not of the run: fingerprinted and
 # compared at these values, so the processes of a run share one fingerprint, a rerun may use
 # another coordinator address, and a single-process run's fingerprint is what it always was.
@@ -56,15 +54,34 @@ def not_writable(workdir, e):
                          '--workdir=DIR with a writable folder.')
 
 
-def run_fingerprint(config, data_identity=None):
-  """sha256 of what makes a run's numbers: the canonical JSON of every config field except
-  SAFE_FIELDS, and `data_identity` (a JSON-able dict describing the data beyond the config,
-  e.g. image-folder fingerprints; {} when the config names the data fully)."""
-  cfg = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
-  blob = json.dumps({'config': {k: v for k, v in _normalise(cfg).items() if k not in SAFE_FIELDS},
-                     'data': _normalise(data_identity or {})},
-                    sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+def versions():
+  """{tool: version} of TOOLS, as installed in this process."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  import tljax  # pylint: disable=g-import-not-at-top
+  return {'tljax': tljax.__version__, 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+          'flax': flax.__version__}
+
+
+def _sha256(obj):
+  blob = json.dumps(obj, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
   return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_fingerprint(config, data_identity=None, case=None, seed=None, tools=None):
+  """sha256 of what makes a run's numbers: the canonical JSON of every config field except
+  SAFE_FIELDS, `data_identity` (a JSON-able dict describing the data beyond the config, e.g.
+  image-folder fingerprints; {} when the config names the data fully), the versions of TOOLS
+  (`tools`, default this process's) and, for one (case, seed) run, the case's freeze rules and
+  training-mode layers (`case`: a freezing.CaseSpec) and its seed. Without `case` it is the
+  sweep's config fingerprint, which every run of the workdir shares."""
+  cfg = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  blob = {'config': {k: v for k, v in _normalise(cfg).items() if k not in SAFE_FIELDS},
+          'data': _normalise(data_identity or {}), 'tools': tools or versions()}
+  if case is not None:
+    blob['run'] = _normalise({'case': case.name, 'family': case.family, 'rules': case.rules,
+                              'active_layers': case.active_layers, 'seed': int(seed)})
+  return _sha256(blob)
 
 
 def prepare_workdir(workdir, config):
@@ -147,10 +164,11 @@ def done_path(workdir, run):
 
 
 def load_done(workdir, case, fingerprint):
-  """The record of a finished case made with `fingerprint` (run_fingerprint), or None.
+  """The record of a finished run made with `fingerprint` (run_fingerprint), or None.
 
-  A record made by another config or data (or without a fingerprint) is never reused: it moves
-  to cases/discarded/ with a log line, and the case trains again.
+  A record made by another config, data, case rules or tool versions (or without a
+  fingerprint) is never reused: it moves to cases/discarded/ with a log line, and the run
+  trains again.
   """
   path = done_path(workdir, case)
   if not os.path.exists(path):
@@ -159,44 +177,55 @@ def load_done(workdir, case, fingerprint):
     try:
       record = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f'The finished-case record {path} is corrupt ({e}); delete it to rerun '
-                       'that case, or pass --config.restart=True.') from e
+      raise ValueError(f'The finished-run record {path} is corrupt ({e}); delete it to rerun '
+                       'that run, or pass --config.restart=True.') from e
   stored = record.pop('fingerprint', None)
+  record.pop('config_fingerprint', None)
   if stored == fingerprint:
     return record
   away = os.path.join(workdir, 'cases', 'discarded', f'{case}_{(stored or "none")[:12]}.json')
   os.makedirs(os.path.dirname(away), exist_ok=True)
   os.replace(path, away)
-  logging.warning('Case %s: its record was made by another config or data (fingerprint %s, this '
-                  'run %s): not reused, moved to %s; the case trains again.', case,
+  logging.warning('Run %s: its record was made by another config, data or version (fingerprint '
+                  '%s, this run %s): not reused, moved to %s; the run trains again.', case,
                   (stored or 'none')[:12], fingerprint[:12], away)
   return None
 
 
-def save_done(workdir, case, record, fingerprint):
-  """Writes a finished case's record with the fingerprint of the run that made it."""
-  report.write_json(done_path(workdir, case), dict(record, fingerprint=fingerprint))
+def save_done(workdir, case, record, fingerprint, config_fingerprint=None):
+  """Writes a finished run's record with the fingerprint of the run that made it (and its
+  sweep's config fingerprint, which tljax.status matches), then drops its checkpoints."""
+  report.write_json(done_path(workdir, case), dict(record, fingerprint=fingerprint,
+                                                   config_fingerprint=config_fingerprint))
   shutil.rmtree(case_dir(workdir, case), ignore_errors=True)
+  _remove(case_dir(workdir, case) + '.fingerprint')
 
 
-def discard_stale_checkpoints(workdir, fingerprint):
-  """Removes in-case checkpoints that a run of another config or data left (they carry its
-  fingerprint in checkpoints/fingerprint.json); the rest are marked as this run's."""
-  root = os.path.join(workdir, 'checkpoints')
-  mark = os.path.join(root, 'fingerprint.json')
-  if os.path.isdir(root) and set(os.listdir(root)) - {'fingerprint.json'}:
-    try:
-      with open(mark) as f:
-        stored = json.load(f).get('fingerprint')
-    except (OSError, ValueError, AttributeError):
-      stored = None
-    if stored != fingerprint:
-      logging.warning('The checkpoints in %s were made by another config or data (fingerprint '
-                      '%s, this run %s): deleted; their cases start from step 0.', root,
-                      (stored or 'none')[:12], fingerprint[:12])
-      shutil.rmtree(root)
-  os.makedirs(root, exist_ok=True)
-  report.write_json(mark, {'fingerprint': fingerprint})
+def _remove(path):
+  try:
+    os.remove(path)
+  except FileNotFoundError:
+    pass
+
+
+def claim_checkpoints(workdir, run, fingerprint):
+  """Deletes the checkpoints of `run` that a run of another fingerprint left (another config,
+  data, case rules or tool versions: <run>.fingerprint beside them says whose they are), then
+  marks them as this fingerprint's. Call it with the run's lock held, before it resumes."""
+  d = case_dir(workdir, run)
+  mark = d + '.fingerprint'
+  try:
+    with open(mark, encoding='utf-8') as f:
+      stored = f.read().strip()
+  except OSError:
+    stored = None
+  if os.path.isdir(d) and stored != fingerprint:
+    logging.warning('The checkpoints of run %s were made by another config, data or version '
+                    '(fingerprint %s, this run %s): deleted; it starts from step 0.', run,
+                    (stored or 'none')[:12], fingerprint[:12])
+    shutil.rmtree(d)
+  if stored != fingerprint:
+    report.atomic_write_bytes(mark, fingerprint.encode())
 
 
 class Checkpoints:
@@ -262,11 +291,12 @@ def _from_tree(like_state, tree):
                             rng=jax.random.wrap_key_data(tree['rng']))
 
 
-def filter_metrics(path, keep_runs, resume_steps):
-  """Rewrites metrics.jsonl keeping the lines of `keep_runs` (finished) and those of the runs
-  in `resume_steps` up to their checkpoint's step; lines written after a checkpoint (or by a
-  run that left none) are dropped, since the resumed run writes them again. A line's run is
-  its 'run' field (case.run_key)."""
+def filter_metrics(path, redo_runs, resume_steps):
+  """Rewrites metrics.jsonl without the lines that will be written again: those of `redo_runs`
+  (planned runs that have not finished) after their checkpoint's step (`resume_steps`: {run:
+  step}; a run without a checkpoint loses all its lines). Lines of finished runs, and of runs
+  this sweep does not plan (a case removed from the config), are kept. A line's run is its
+  'run' field (case.run_key)."""
   if not os.path.exists(path):
     return
   keep = []
@@ -277,7 +307,7 @@ def filter_metrics(path, keep_runs, resume_steps):
       except json.JSONDecodeError:  # a line cut by the kill
         continue
       run = rec.get('run')
-      if run in keep_runs or (run in resume_steps and rec.get('step', 0) <= resume_steps[run]):
+      if run not in redo_runs or rec.get('step', 0) <= resume_steps.get(run, -1):
         keep.append(line if line.endswith('\n') else line + '\n')
   report.atomic_write_bytes(path, ''.join(keep).encode())
 

@@ -31,13 +31,14 @@ def fingerprint(workdir):
 
 
 def finished_runs(workdir, fp):
-  """[(run, record)] of cases/*.json made by this workdir's config (sorted by run)."""
+  """[(run, record)] of cases/*.json made by this workdir's config, data and tool versions
+  (sorted by run)."""
   d = os.path.join(workdir, 'cases')
   out = []
   for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
     if name.endswith('.json'):
       rec = _read_json(os.path.join(d, name), 'run record')
-      if isinstance(rec, dict) and rec.get('fingerprint') == fp:
+      if isinstance(rec, dict) and rec.get('config_fingerprint') == fp:
         out.append((name[:-len('.json')], rec))
   return out
 

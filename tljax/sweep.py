@@ -88,12 +88,12 @@ class _Sweep:
     checks.check_data(self.run_config, self.target)
     if prepare and config.pretrained == 'imagenet' and not config.dry_run:
       from tljax import weights  # pylint: disable=g-import-not-at-top  # h5py, only here
-      weights.ensure_converted(config.model, config.cache_dir)  # offline: fails before compiling
-    # What makes the numbers: records and checkpoints of another fingerprint are never reused.
+      # Offline: fails before compiling. Process 0 alone converts; the others wait for it.
+      parallel.on_writer('converting the ImageNet weights', weights.ensure_converted,
+                         config.model, config.cache_dir)
+    # What makes the numbers: the sweep's config fingerprint (every run shares it), and each
+    # (case, seed) run's own, which decides whether its record or checkpoints are reused.
     self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
-    if prepare:
-      parallel.on_writer('discarding stale checkpoints', resume.discard_stale_checkpoints,
-                         workdir, self.fingerprint)
     self.num_classes = self.target.num_classes
     model = compiled.model_for(self.run_config, self.num_classes)
     checks.validate_cases(self.run_config, model.keras_layers())  # before hours go into the first
@@ -102,14 +102,39 @@ class _Sweep:
     self.specs = [freezing.case_spec(c, model.keras_layers(), config.case_counting, params=params)
                   for c in config.cases]
     self.seeds = [int(s) for s in config.seeds]
+    self.fingerprints = {(s.name, seed): resume.run_fingerprint(config, self.identity, s, seed)
+                         for seed in self.seeds for s in self.specs}
     parallel.on_writer('discarding stale records', self._load_done)  # moves them away
     self.done = self._load_done()
     parallel.same_on_all('finished runs', sorted(k for k, r in self.done.items() if r))
 
   def _load_done(self):
-    return {(s.name, seed): resume.load_done(self.workdir, case_lib.run_key(s.name, seed),
-                                             self.fingerprint)
-            for seed in self.seeds for s in self.specs}
+    return {key: self.load(key) for key in self.fingerprints}
+
+  def load(self, key):
+    """The finished record of run `key` (case name, seed) on disk, or None."""
+    return resume.load_done(self.workdir, case_lib.run_key(*key), self.fingerprints[key])
+
+  def plan_line(self):
+    """What this sweep reuses and what it trains, in one line."""
+    kept = sum(r is not None for r in self.done.values())
+    todo = len(self.done) - kept
+    return (f'{len(self.specs)} cases x {len(self.seeds)} seeds: {kept} run'
+            f'{"s" if kept != 1 else ""} kept, {todo} to train.')
+
+  def check_device(self, name, seed):
+    """Refuses to train (case `name`, `seed`) on another device kind or data-parallel width than
+    its case's finished runs: a case's runs must share their compiled costs."""
+    here = (str(jax.devices()[0].device_kind), self.mesh.num_devices)
+    for (n, s), r in self.done.items():
+      if n != name or r is None or 'device_kind' not in r:
+        continue
+      there = (r['device_kind'], r.get('data_parallel_width'))
+      if there != here:
+        raise ValueError(
+            f'Case {name}, seed {seed} would train on {here[0]} x{here[1]}, but its seed {s} ran '
+            f'on {there[0]} x{there[1]}: the runs of a case must share their compiled costs. Run '
+            'it where the others ran, or in another --workdir.')
 
   def todo(self, seed):
     return [s for s in self.specs if self.done[(s.name, seed)] is None]
@@ -119,25 +144,26 @@ class _Sweep:
     return dict(num_classes=self.num_classes, train_examples=len(self.target),
                 test_examples=len(self.target_test), data=self.identity,
                 fingerprint=self.fingerprint, cases=[s.name for s in self.specs],
-                seeds=self.seeds)
+                seeds=self.seeds, run_fingerprints={
+                    case_lib.run_key(*k): fp for k, fp in self.fingerprints.items()})
 
   def filter_metrics(self):
-    """Keeps the metrics of finished runs and of resumable ones up to their checkpoint."""
-    keys = {case_lib.run_key(n, s): r for (n, s), r in self.done.items()}
-    keys.update({pretrain.run_key(seed_config(self.run_config, s)): (
-        {} if pretrain.is_cached(seed_config(self.run_config, s), self.identity) else None)
-                 for s in self.seeds})
+    """Cuts the metrics of unfinished runs back to their checkpoint (they write the rest again);
+    finished runs' lines, and those of runs this sweep does not plan, are kept."""
+    redo = [case_lib.run_key(*k) for k, r in self.done.items() if r is None]
+    redo += [pretrain.run_key(seed_config(self.run_config, s)) for s in self.seeds
+             if not pretrain.is_cached(seed_config(self.run_config, s), self.identity)]
     resumable = {}
-    for k, r in keys.items():
+    for k in redo:
       d = resume.case_dir(self.workdir, k)
-      if r is None and os.path.isdir(d):
+      if os.path.isdir(d):
         ckpt = resume.Checkpoints(d)  # collective with several processes
         step = ckpt.latest_step()
         ckpt.close()
         if step is not None:
           resumable[k] = step
     parallel.on_writer('filtering the metrics', resume.filter_metrics, self.metrics_path,
-                       {k for k, r in keys.items() if r is not None}, resumable)
+                       set(redo), resumable)
 
   @property
   def metrics_path(self):
@@ -146,6 +172,9 @@ class _Sweep:
 
 def _train_and_evaluate(config, workdir):
   sw = _Sweep(config, workdir)
+  logging.info('%s', sw.plan_line())
+  for key in [k for k, r in sw.done.items() if r is None]:
+    sw.check_device(*key)  # before any pretraining or compiling
   sw.filter_metrics()
   metrics = report.MetricsWriter(sw.metrics_path if parallel.is_writer() else None)
   try:
@@ -183,7 +212,8 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
   rc = seed_config(sw.run_config, seed)
   pretrained = None
   if sw.todo(seed):
-    pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
+    with workdir_lock.run_lock(sw.workdir, pretrain.run_key(rc), sw.config.process_id):
+      pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
     summary['pretraining'][str(seed)] = info
   for spec in sw.specs:
     key = (spec.name, seed)
@@ -203,15 +233,25 @@ def _check_workdir(workdir, config, identity):
 
 
 def train_run(sw, plan, spec, seed, pretrained, metrics):
-  """Trains (case `spec`, `seed`) from `pretrained` with its compiled `plan`; saves and returns
-  its record."""
+  """Trains (case `spec`, `seed`) from `pretrained` with its compiled `plan`, holding the run's
+  lock (an inline sweep and jobs alike); saves and returns its record. A run that another
+  process finished while this one waited for its lock is not trained again."""
   rc = seed_config(sw.run_config, seed)
+  key, run = (spec.name, seed), case_lib.run_key(spec.name, seed)
   parallel.check_interrupt(f'before case {spec.name}, seed {seed}')
-  c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
-  rec = case_lib.run_case(rc, plan, c, sw.target, sw.target_test, metrics, sw.workdir, sw.mesh)
-  sw.done[(spec.name, seed)] = rec
-  parallel.on_writer('writing a record', resume.save_done, sw.workdir,
-                     case_lib.run_key(spec.name, seed), rec, sw.fingerprint)
+  with workdir_lock.run_lock(sw.workdir, run, sw.config.process_id):
+    sw.done[key] = sw.load(key)
+    if sw.done[key] is not None:
+      logging.info('Case %s, seed %d was finished by another process: kept.', *key)
+      return sw.done[key]
+    sw.check_device(spec.name, seed)
+    parallel.on_writer('claiming the checkpoints', resume.claim_checkpoints, sw.workdir, run,
+                       sw.fingerprints[key])
+    c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
+    rec = case_lib.run_case(rc, plan, c, sw.target, sw.target_test, metrics, sw.workdir, sw.mesh)
+    sw.done[key] = rec
+    parallel.on_writer('writing a record', resume.save_done, sw.workdir, run, rec,
+                       sw.fingerprints[key], sw.fingerprint)
   return rec
 
 

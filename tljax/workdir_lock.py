@@ -1,10 +1,15 @@
-"""One run per workdir: an exclusive OS file lock (flock) that the OS releases when the run dies."""
+"""Locks: one sweep per workdir, one process per (case, seed) run (OS file locks, flock, that
+the OS releases when the holder dies)."""
 
 import contextlib
 import fcntl
 import os
+import socket
 import time
 
+from absl import logging
+
+from tljax import interrupt
 from tljax import parallel
 from tljax import resume
 
@@ -70,6 +75,63 @@ def held(workdir, process_id=0):
   try:
     yield
   finally:
+    if fd is not None:
+      os.ftruncate(fd, 0)
+      fcntl.flock(fd, fcntl.LOCK_UN)
+      os.close(fd)
+
+
+RUN_LOCK_POLL_S = 2.0
+_HELD_RUNS = set()  # (workdir, run) held by this process: run_lock is reentrant
+
+
+def run_lock_path(workdir, run):
+  return os.path.join(workdir, 'job_info', f'{run}.lock')
+
+
+def _try_run_lock(workdir, run):
+  """(fd, None) with `run` locked by this process, or (None, holder) when another holds it."""
+  path = run_lock_path(workdir, run)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'unknown'
+    os.close(fd)
+    return None, holder
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f'host {socket.gethostname()}, PID {os.getpid()}\n'.encode(), 0)
+  return fd, None
+
+
+@contextlib.contextmanager
+def run_lock(workdir, run, process_id=0):
+  """Holds one (case, seed) run, or a seed's pretraining, for this process: an inline sweep and
+  the launcher's jobs take it alike. When another live process holds it (a job of an earlier
+  launch), waits until it is released (SIGINT/SIGTERM still stop the wait), so the caller then
+  finds the run finished or resumes its checkpoint. In a multi-process run process 0 holds it
+  for all (the others wait at a barrier)."""
+  key = (os.path.abspath(workdir), run)
+  if key in _HELD_RUNS:
+    yield
+    return
+  fd = None
+  if not process_id:
+    fd, holder = _try_run_lock(workdir, run)
+    if fd is None:
+      logging.warning('Run %s is being trained by another process (%s): waiting for it.', run,
+                      holder)
+    while fd is None:
+      interrupt.check(f'while waiting for run {run}, held by {holder}')
+      time.sleep(RUN_LOCK_POLL_S)
+      fd, holder = _try_run_lock(workdir, run)
+  parallel.barrier(f'locking run {run}')
+  _HELD_RUNS.add(key)
+  try:
+    yield
+  finally:
+    _HELD_RUNS.discard(key)
     if fd is not None:
       os.ftruncate(fd, 0)
       fcntl.flock(fd, fcntl.LOCK_UN)
