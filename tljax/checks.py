@@ -158,6 +158,7 @@ FIELDS = {
     'min_accuracy': _number_in(0, 1, lo_open=False, hi_open=False,
                                what=' (a fraction: 0.9 = 90 %; 0 = no limit)'),
     'budget_memory': _one_of(BUDGET_MEMORY),
+    'include_incomplete': Field(bool, lambda v, c: True, 'must be True or False'),
     'log_every_steps': _int_at_least(1),
     'progress': Field(bool, lambda v, c: True, 'must be True or False'),
     'checkpoint_every_steps': _int_at_least(0, ' (0 = no periodic checkpoints)'),

@@ -21,7 +21,7 @@ SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_d
                'max_train_memory_mb', 'min_accuracy', 'budget_memory', 'launcher',
                'max_parallel_jobs', 'slurm_partition', 'slurm_gpus_per_job', 'slurm_time_minutes',
                'slurm_extra', 'launcher_wait', 'job_retries', 'compilation_cache',
-               'compilation_cache_dir')
+               'compilation_cache_dir', 'include_incomplete')
 # Fields of one process (or one launch) of a multi-host run, not of the run: fingerprinted and
 # compared at these values, so the processes of a run share one fingerprint, a rerun may use
 # another coordinator address, and a single-process run's fingerprint is what it always was.

@@ -230,7 +230,8 @@ def new_summary(config, facts, eval_compile_s, env=None):
       target_dataset=config.target_dataset, num_classes=facts['num_classes'],
       train_examples=facts['train_examples'], test_examples=facts['test_examples'],
       data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j,
-      seeds=list(facts['seeds']), eval_compile_s=eval_compile_s,
+      seeds=list(facts['seeds']), planned_cases=list(facts['cases']),
+      eval_compile_s=eval_compile_s,
       fingerprint=facts['fingerprint'], config=config.to_dict(),
       environment=env or environment(config), cases=[], runs=[])
 
