@@ -154,8 +154,8 @@ def test_a_run_on_another_device_kind_than_its_case_is_refused_before_training(
   rec = json.loads(path.read_text())
   path.write_text(json.dumps(dict(rec, device_kind='TPU v9', data_parallel_width=1)))
   tiny_config.seeds = (0, 1)
-  with pytest.raises(ValueError, match=r'Case last:1, seed 1 would train on .* x1, but its seed 0 '
-                     r'ran on TPU v9 x1: the runs of a case must share their compiled costs'):
+  with pytest.raises(ValueError, match=r"case 'last:1': seed 0 trained on TPU v9 x1, this process "
+                     r'would train on .*: the runs of one case must share their compiled costs'):
     sweep.train_and_evaluate(tiny_config, str(workdir))
   assert not (workdir / 'cases' / f'{case_lib.run_key("last:1", 1)}.json').exists()
   assert not (workdir / 'checkpoints' / case_lib.run_key('last:1', 1)).exists()

@@ -152,3 +152,20 @@ def test_device_memory_fields(run):
   # tests/test_device_memory.py).
   kept = [c['device_memory']['activation_bytes'] for c in summary['runs']]
   assert kept == [4 * 128, 76_576, 770_336]
+
+
+def test_records_say_where_they_trained_and_cases_what_was_planned(run):
+  """Each run records the device kind and data-parallel width its costs were compiled for; each
+  case its planned and finished seeds and status."""
+  _, summary, rows = run
+  kind = jax.local_devices()[0].device_kind
+  for r, row in zip(summary['runs'], rows):
+    assert (r['device_kind'], r['data_parallel_width']) == (kind, 1)
+    assert (row['device_kind'], row['data_parallel_width']) == (kind, '1')
+  assert summary['planned_cases'] == ['last:1', 'last:9', 'last:23']
+  assert summary['failed_runs'] == []
+  for c in summary['cases']:
+    assert (c['status'], c['status_detail'], c['device_kind']) == ('ok', None, kind)
+    assert (c['n_seeds'], c['n_seeds_planned']) == (1, 1)
+    assert c['seeds'] == c['seeds_planned'] == summary['seeds']
+    assert c['seeds_missing'] == c['seeds_failed'] == c['seeds_diverged'] == []

@@ -56,11 +56,14 @@ def test_process_0_alone_locks_for_a_multi_host_run(tmp_path):
       assert os.listdir(tmp_path) == [workdir_lock.LOCK_NAME]
 
 
-HOLD_RUN = ('import sys, time\n'
+HOLD_RUN = ('import os, sys, time\n'
             'from tljax import workdir_lock\n'
             'with workdir_lock.run_lock(sys.argv[1], sys.argv[2]):\n'
             '  print("held", flush=True)\n'
-            '  time.sleep(float(sys.argv[3]))\n')
+            '  t = time.time()\n'
+            '  while not os.path.exists(sys.argv[3]) and time.time() - t < 300:\n'
+            '    time.sleep(0.1)\n'
+            '  time.sleep(2)\n')
 
 
 def test_an_inline_run_waits_for_a_job_that_holds_its_run_then_keeps_its_record(
@@ -79,7 +82,8 @@ def test_an_inline_run_waits_for_a_job_that_holds_its_run_then_keeps_its_record(
   record = (workdir / 'cases' / f'{run}.json').read_bytes()
   os.remove(workdir / 'cases' / f'{run}.json')
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
-  job = subprocess.Popen([sys.executable, '-c', HOLD_RUN, str(workdir), run, '4'], env=env,
+  done = workdir / 'cases' / f'{run}.json'  # the "job" ends once its record is written
+  job = subprocess.Popen([sys.executable, '-c', HOLD_RUN, str(workdir), run, str(done)], env=env,
                          stdout=subprocess.PIPE, text=True)
   try:
     assert job.stdout.readline().strip() == 'held'

@@ -221,7 +221,7 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh):
   finally:
     if ckpt is not None:
       ckpt.close()
-  return record.run_record(config, plan, case, out)
+  return record.run_record(config, plan, case, out, mesh)
 
 
 def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):

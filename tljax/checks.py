@@ -180,6 +180,7 @@ FIELDS = {
     'min_accuracy': _safe(_number_in(0, 1, lo_open=False, hi_open=False,
                                      what=' (a fraction: 0.9 = 90 %; 0 = no limit)')),
     'budget_memory': _safe(_one_of(BUDGET_MEMORY)),
+    'include_incomplete': _safe(Field(bool, lambda v, c: True, 'must be True or False')),
     'log_every_steps': _safe(_int_at_least(1)),
     'progress': _safe(Field(bool, lambda v, c: True, 'must be True or False')),
     'checkpoint_every_steps': _safe(_int_at_least(0, ' (0 = no periodic checkpoints)')),

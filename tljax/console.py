@@ -38,16 +38,19 @@ def _fmt(v, spec, scale=None):
 
 
 def _accuracy(c):
-  """'98.67 ± 0.52 (3)': mean test accuracy in %, the 95 % CI half-width, seeds ('(2/3)' when
-  one of 3 seeds has no accuracy)."""
+  """'98.67 ± 0.52 (3)': mean test accuracy in %, the 95 % CI half-width, seeds; '(2/3)' when 2
+  of the 3 planned seeds have an accuracy (the others missing, failed or diverged); '- (0/3)'
+  when none has."""
   mean, low, high = c.get('test_accuracy_mean'), c.get('test_accuracy_ci95_low'), c.get(
       'test_accuracy_ci95_high')
-  if mean is None:
-    return '-'
-  half = '' if low is None or high is None else f' ± {100 * (high - low) / 2:.2f}'
   n = c.get('n_seeds', 1)
-  counted = sum(v is not None for v in c.get('test_accuracy_values', [mean]))
-  return f"{100 * mean:.2f}{half} ({n if counted == n else f'{counted}/{n}'})"
+  planned = c.get('n_seeds_planned', n)
+  counted = sum(v is not None for v in c.get('test_accuracy_values', [mean])) if n else 0
+  seeds = f'({n})' if counted == n == planned else f'({counted}/{planned})'
+  if mean is None:
+    return f'- {seeds}'
+  half = '' if low is None or high is None else f' ± {100 * (high - low) / 2:.2f}'
+  return f"{100 * mean:.2f}{half} {seeds}"
 
 
 def _pick(summary):
@@ -67,14 +70,29 @@ def _row(c, pick, energy_scale):
           '<- pick' if pick is not None and c['case'] == pick else '')
 
 
+def _status_lines(cases, include):
+  """A line per case that is not ok (its status_detail), and which of them the front and the
+  recommendation leave out."""
+  bad = [c for c in cases if c.get('status', 'ok') != 'ok']
+  lines = [f"{c['case']}: {c.get('status_detail') or c['status']}." for c in bad]
+  if any(c['status'] in ('incomplete', 'failed') for c in bad):
+    lines.append('Cases with runs missing or failed are ' + (
+        'counted on the front and in the recommendation (config.include_incomplete=True).'
+        if include else 'left off the front and the recommendation '
+        '(config.include_incomplete=True counts them).'))
+  return lines
+
+
 def table(summary, workdir=None):
   """The sweep's answer: one row per case (means over seeds, units in the header), '*' on the
   Pareto front, '<- pick' at the recommendation; then the recommendation's text, and with
   `workdir` the paths of the figures."""
   from tljax import recommend  # pylint: disable=g-import-not-at-top
   from tljax import stats  # pylint: disable=g-import-not-at-top
-  memory = (summary.get('config') or {}).get('budget_memory', 'xla')
-  cases = stats.cases_of(summary, memory=memory)
+  config = summary.get('config') or {}
+  memory = config.get('budget_memory', 'xla')
+  include = bool(config.get('include_incomplete', False))
+  cases = stats.cases_of(summary, memory=memory, include_incomplete=include)
   energies = [c['energy_per_example_j'] for c in cases if c.get('energy_per_example_j')]
   scale, unit = recommend.energy_unit(energies or [1.0])
   rows = [('case', 'trainable params', 'test acc % ± 95% CI (seeds)', 'test loss',
@@ -87,6 +105,7 @@ def table(summary, workdir=None):
   lines.insert(1, '  '.join('-' * w for w in widths))
   lines.append(f"'*': on the Pareto front (mean test accuracy up, energy and {memory.upper()} "
                'train memory down).')
+  lines += _status_lines(cases, include)
   if summary.get('recommendation'):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
   if workdir is not None:

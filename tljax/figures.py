@@ -94,8 +94,8 @@ def write_figure(path, cases, title):
   for i, c in enumerate(cases):
     if c.get('status', 'ok') != 'ok':
       for ax in axes[:2]:
-        ax.annotate(c.get('status') or '?', (i, 0), ha='center', va='bottom', color='red',
-                    rotation=90, fontsize=8)
+        ax.annotate(_marked(c), (i, 0), ha='center', va='bottom', color='red', rotation=90,
+                    fontsize=8)
   for ax in axes:
     _case_axis(ax, cases)
   fig.suptitle(title)
@@ -103,11 +103,17 @@ def write_figure(path, cases, title):
   _save(fig, path)
 
 
-def _front_names(cases, memory):
+def _marked(c):
+  """'incomplete 1/3': a case's status and, when runs are missing, its finished/planned seeds."""
+  n, planned = c.get('n_seeds', 1), c.get('n_seeds_planned', c.get('n_seeds', 1))
+  return (c.get('status') or '?') + (f' {n}/{planned}' if n != planned else '')
+
+
+def _front_names(cases, memory, include_incomplete=False):
   """The cases marked on_pareto_front, or pareto.front() when they carry no mark."""
   if cases and all('on_pareto_front' in c for c in cases):
     return {c['case'] for c in cases if c['on_pareto_front']}
-  return pareto.front(cases, memory)
+  return pareto.front(cases, memory, include_incomplete)
 
 
 def _round_mib(m):
@@ -136,7 +142,9 @@ def _plot_ok(ax, ok, front, memory):
     on = c['case'] in front
     ax.scatter([e], [acc], s=size(c.get(field)), zorder=2, alpha=0.8,
                facecolor='tab:blue' if on else 'none', edgecolor='tab:blue' if on else 'gray')
-    ax.annotate(str(c['case']), (e, acc), xytext=(6, 6), textcoords='offset points', fontsize=8)
+    label = str(c['case']) if c.get('status', 'ok') == 'ok' else f"{c['case']} ({_marked(c)})"
+    ax.annotate(label, (e, acc), xytext=(6, 6), textcoords='offset points', fontsize=8,
+                color='black' if c.get('status', 'ok') == 'ok' else 'red')
     if c.get('recommended'):
       ax.scatter([e], [acc], s=size(c.get(field)) + 250, marker='*', facecolor='none',
                  edgecolor='tab:red', linewidth=1.5, zorder=3, label='recommended')
@@ -156,34 +164,42 @@ def _plot_front(ax, ok, front):
 
 
 def _plot_failed(ax, failed):
-  """Cases that are not ok: a red x at their energy near the bottom of the axes, labelled."""
+  """Cases that are not ok: a red x at their energy near the bottom of the axes, labelled;
+  those without an energy (no finished run, or costs that differ) named in the corner."""
   at = ax.get_xaxis_transform()  # x in data, y in axes fraction
   for i, c in enumerate(c for c in failed if c.get('energy_per_example_j')):
     e, y = c['energy_per_example_j'], 0.04 + 0.06 * i
     ax.scatter([e], [y], marker='x', color='red', transform=at,
-               label='not ok (a seed diverged)' if i == 0 else None)
-    ax.annotate(f"{c['case']}: {c.get('status')}", (e, y), xycoords=at, xytext=(6, -3),
+               label='not ok (see its status)' if i == 0 else None)
+    ax.annotate(f"{c['case']}: {_marked(c)}", (e, y), xycoords=at, xytext=(6, -3),
                 textcoords='offset points', fontsize=7, color='red')
+  unplaced = [f"{c['case']} ({_marked(c)})" for c in failed if not c.get('energy_per_example_j')]
+  if unplaced:
+    ax.text(0.99, 0.01, 'not shown: ' + ', '.join(unplaced), transform=ax.transAxes,
+            ha='right', va='bottom', fontsize=7, color='red')
 
 
 def _energy_limits(ax, cases):
   """x limits (log) around every case's energy, ok or not."""
   energies = [c['energy_per_example_j'] for c in cases if c.get('energy_per_example_j')]
   if energies:
+    ax.set_xlim(min(energies) / 1.25, max(energies) * 1.25)  # first: one point is no range
     ax.set_xscale('log')
-    ax.set_xlim(min(energies) / 1.25, max(energies) * 1.25)
 
 
-def write_pareto(path, cases, title, memory='xla'):
+def write_pareto(path, cases, title, memory='xla', include_incomplete=False):
   """pareto.png: mean test accuracy (%, 95 % CI bars) against training energy per example
   (J, log x), one labelled point per case, marker area = `memory`'s train memory, the Pareto
-  front as a step line, cases not ok as red x, the case with recommended=True starred."""
+  front as a step line, cases not ok (pareto.is_ok with `include_incomplete`) as red x, those
+  included with runs missing labelled in red with their status, the case with
+  recommended=True starred."""
   pareto.memory_field(memory)
-  ok = [c for c in cases if pareto.is_ok(c) and c.get('energy_per_example_j')]
-  failed = [c for c in cases if not pareto.is_ok(c)]
+  ok = [c for c in cases if pareto.is_ok(c, include_incomplete) and c.get('energy_per_example_j')]
+  failed = [c for c in cases if not pareto.is_ok(c, include_incomplete)]
+  front = _front_names(cases, memory, include_incomplete)
   fig, ax = plt.subplots(figsize=(8.5, 5.8))
-  _plot_ok(ax, ok, _front_names(cases, memory), memory)
-  _plot_front(ax, ok, _front_names(cases, memory))
+  _plot_ok(ax, ok, front, memory)
+  _plot_front(ax, ok, front)
   _plot_failed(ax, failed)
   ax.margins(y=0.15)
   _energy_limits(ax, cases)

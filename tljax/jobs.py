@@ -147,3 +147,17 @@ def error_line(entry):
 def log_path(entry):
   from submitit.core import utils  # pylint: disable=g-import-not-at-top
   return str(utils.JobPaths(entry['folder'], entry['job_id']).stderr)
+
+
+def ended_without_record(book, runs):
+  """[{case, seed, reason}] of `runs` ({run: (case, seed)}: runs without a record) whose latest
+  job in `book` has ended (failed, cancelled, killed, timed out): the runs that failed for good
+  in a launch whose gather job found them missing."""
+  latest = book.latest()
+  entries = [latest[r] for r in runs if r in latest]
+  out = []
+  for e, st in zip(entries, states(entries)):
+    if not is_active(e, st) and st != 'COMPLETED':
+      case, seed = runs[e['run']]
+      out.append(dict(case=case, seed=seed, reason=f"job {e['job_id']} {st}: {error_line(e)}"))
+  return out

@@ -85,7 +85,9 @@ def launch(config, workdir):
       return launcher.submit_all(tasks)
     launcher.run(tasks)
     try:
-      summary = gather(config, workdir, sw.facts(), time.time() - t0)
+      summary = gather(config, workdir, sw.facts(), time.time() - t0, failed=[
+          dict(case=s.task.case, seed=s.task.seed, reason=s.reason)
+          for s in launcher.failed() if s.task.kind == 'case'])
     except NothingToGather:
       if not launcher.failed():
         raise
@@ -539,16 +541,22 @@ def _gather_job(job):
       time.sleep(10)
 
 
-def gather(config, workdir, facts, wall_s):
+def gather(config, workdir, facts, wall_s, failed=None):
   """Writes the outputs (outputs.write) from the runs' records, the jobs' info files and metrics
-  files on disk; returns the summary. `facts`: sweep._Sweep.facts of the launch."""
+  files on disk; returns the summary. `facts`: sweep._Sweep.facts of the launch; `failed`:
+  {case, seed, reason} of the runs that failed for good (None: the runs without a record whose
+  latest job in jobs.json has ended)."""
   fp, seeds = facts['fingerprint'], facts['seeds']
   keys = [(n, s) for n in facts['cases'] for s in seeds]  # case-major, as the inline sweep
-  runs = [r for r in (resume.load_done(workdir, k, facts['run_fingerprints'][k]) for k in
-                      (case_lib.run_key(n, s) for n, s in keys)) if r is not None]
+  records = [resume.load_done(workdir, k, facts['run_fingerprints'][k]) for k in
+             (case_lib.run_key(n, s) for n, s in keys)]
+  runs = [r for r in records if r is not None]
   if not runs:
     raise NothingToGather(f'No run of this sweep has finished in {workdir}: nothing to gather; '
                           f'python -m tljax.status --workdir={workdir} shows its jobs.')
+  if failed is None:
+    failed = jobs_lib.ended_without_record(jobs_lib.Book(workdir), {
+        case_lib.run_key(n, s): (n, s) for (n, s), r in zip(keys, records) if r is None})
   infos = [i for i in (jobs_lib.read_info(workdir, case_lib.run_key(n, s), fp) for n, s in keys)
            if i is not None]
   summary = sweep.new_summary(
@@ -560,7 +568,7 @@ def gather(config, workdir, facts, wall_s):
     if pre is not None and pre.get('pretraining') is not None:
       summary['pretraining'][str(seed)] = pre['pretraining']
   merge_metrics(workdir, facts)
-  outputs.finish(summary, runs)
+  outputs.finish(summary, runs, failed)
   summary['wall_s'] = wall_s
   outputs.write(workdir, summary)
   return summary

@@ -7,10 +7,12 @@ from tljax import recommend
 from tljax import report
 
 
-def finish(summary, runs):
-  """Fills the summary's runs, per-case statistics, Pareto marks and, under the config's budget,
-  the recommendation (recommend.decide)."""
+def finish(summary, runs, failed=()):
+  """Fills the summary's runs (the finished ones), failed_runs ({case, seed, reason} of runs
+  that failed for good), per-case statistics against the summary's planned_cases and seeds,
+  Pareto marks and, under the config's budget, the recommendation (recommend.decide)."""
   summary['runs'] = runs
+  summary['failed_runs'] = [dict(f) for f in failed]
   recommend.decide(summary)
 
 
@@ -22,7 +24,8 @@ def write(workdir, summary):
   title = _title(summary)
   figures.write_figure(os.path.join(workdir, 'figure.png'), summary['cases'], title)
   figures.write_pareto(os.path.join(workdir, 'pareto.png'), summary['cases'], title,
-                       memory=summary['config']['budget_memory'])
+                       memory=summary['config']['budget_memory'],
+                       include_incomplete=summary['config'].get('include_incomplete', False))
 
 
 def _title(summary):

@@ -17,9 +17,20 @@ def accuracy(case):
   return case.get('test_accuracy_mean', case.get('test_accuracy'))
 
 
-def is_ok(case):
-  """A case whose every seed finished and has a test accuracy."""
-  return case.get('status', 'ok') == 'ok' and accuracy(case) is not None
+# Statuses (stats.STATUSES) of cases with runs missing or failed for good: off the front and
+# the recommendation unless config.include_incomplete.
+INCOMPLETE = ('incomplete', 'failed')
+
+
+def is_ok(case, include_incomplete=False):
+  """A case whose every planned seed finished with a test accuracy and the same costs; with
+  `include_incomplete` also one whose other runs are missing or failed for good (status
+  'incomplete' or 'failed'), as long as a run finished and none diverged."""
+  if accuracy(case) is None:
+    return False
+  status = case.get('status', 'ok')
+  return status == 'ok' or bool(
+      include_incomplete and status in INCOMPLETE and not case.get('seeds_diverged'))
 
 
 def costs(case, memory='xla'):
@@ -42,8 +53,8 @@ def dominates(a, b):
   return at_least and (a[0] > b[0] or a[1] < b[1] or a[2] < b[2])
 
 
-def front(cases, memory='xla'):
-  """Names of the ok cases that no other ok case dominates (cases with equal costs both stay);
-  a case that is not ok (a seed diverged) is never on it."""
-  ok = {c['case']: costs(c, memory) for c in cases if is_ok(c)}
+def front(cases, memory='xla', include_incomplete=False):
+  """Names of the ok cases (is_ok) that no other ok case dominates (cases with equal costs both
+  stay); a case that is not ok (a seed diverged or missing, costs that differ) is never on it."""
+  ok = {c['case']: costs(c, memory) for c in cases if is_ok(c, include_incomplete)}
   return {n for n, p in ok.items() if not any(dominates(q, p) for m, q in ok.items() if m != n)}

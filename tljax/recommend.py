@@ -9,6 +9,9 @@ MIB = 2 ** 20  # "MB" in the budget fields and flags means MiB: 2**20 bytes
 LIMITS = ('max_energy_per_example_j', 'max_train_memory_mb', 'min_accuracy')
 _ENERGY_UNITS = ((1.0, 'J'), (1e-3, 'mJ'), (1e-6, 'µJ'), (1e-9, 'nJ'), (1e-12, 'pJ'))
 _MEMORY_NAMES = {'xla': 'XLA train memory', 'device': 'device train memory'}
+# The rules that tie two cases (tie_rule): both have a 95 % interval, or one has a single seed.
+OVERLAP = 'overlapping 95 % confidence intervals of the mean'
+EQUAL_MEANS = 'equal mean accuracy, as one seed gives no confidence interval'
 
 
 def energy_unit(joules):
@@ -44,6 +47,8 @@ def _entry(c, memory):
   acc, energy, mem = pareto.costs(c, memory)
   low, high = c.get('test_accuracy_ci95_low'), c.get('test_accuracy_ci95_high')
   return dict(case=c['case'], test_accuracy=acc, n_seeds=c.get('n_seeds', 1),
+              n_seeds_planned=c.get('n_seeds_planned', c.get('n_seeds', 1)),
+              status=c.get('status', 'ok'),
               ci95=None if low is None or high is None else [low, high],
               energy_per_example_j=energy, memory_bytes=mem)
 
@@ -61,10 +66,16 @@ def _breaks(e, budget):
   return out
 
 
+def tie_rule(a, b):
+  """The rule that compares entries a and b: OVERLAP when both have a 95 % CI, else
+  EQUAL_MEANS."""
+  return EQUAL_MEANS if a['ci95'] is None or b['ci95'] is None else OVERLAP
+
+
 def tied(a, b):
-  """Whether entries a and b are statistically tied: their 95 % CIs of the mean overlap, or,
-  where either has one seed (no CI), their mean accuracies are equal."""
-  if a['ci95'] is None or b['ci95'] is None:
+  """Whether entries a and b are statistically tied by tie_rule(a, b): their 95 % CIs of the
+  mean overlap, or, where either has one seed (no CI), their mean accuracies are equal."""
+  if tie_rule(a, b) == EQUAL_MEANS:
     return a['test_accuracy'] == b['test_accuracy']
   return a['ci95'][0] <= b['ci95'][1] and b['ci95'][0] <= a['ci95'][1]
 
@@ -75,12 +86,14 @@ def _cheapest(entries):
 
 
 def recommend(cases, *, max_energy_per_example_j=0, max_train_memory_mb=0, min_accuracy=0,
-              memory='xla'):
+              memory='xla', include_incomplete=False):
   """The case to train within a budget (0 = no limit; memory in MiB = 2**20 bytes of
-  `memory`'s field, pareto.MEMORY_FIELDS), from aggregated cases (stats.aggregate).
+  `memory`'s field, pareto.MEMORY_FIELDS), from aggregated cases (stats.aggregate); only ok
+  cases count (pareto.is_ok: with `include_incomplete` also those with runs missing or failed).
 
   pick: the ok in-budget case of highest mean accuracy (ties: less energy, then memory);
-  tied: the other in-budget cases tied with it (see tied()), cheapest (energy) first;
+  tied: the other in-budget cases tied with it (see tied()), cheapest (energy) first, each with
+  the tie_rule that tied it; compared: the rules of every pair (pick, other in-budget case);
   next_better: the cheapest case above the pick's mean accuracy that breaks the budget, with
   accuracy_gain (fraction) and breaks (the budget fields it exceeds); when no case meets the
   budget, pick None and cheapest: the least-energy ok case with what it breaks.
@@ -92,21 +105,23 @@ def recommend(cases, *, max_energy_per_example_j=0, max_train_memory_mb=0, min_a
   budget = dict(max_energy_per_example_j=max_energy_per_example_j,
                 max_train_memory_mb=max_train_memory_mb, min_accuracy=min_accuracy,
                 memory=memory)
-  ok = [_entry(c, memory) for c in cases if pareto.is_ok(c)]
+  ok = [_entry(c, memory) for c in cases if pareto.is_ok(c, include_incomplete)]
   inside = [e for e in ok if not _breaks(e, budget)]
-  one_seed = any(e['ci95'] is None for e in ok)
-  rec = dict(budget=budget, pick=None, tied=[], next_better=None, cheapest=None,
-             tie_rule=('equal mean accuracy, as one seed gives no confidence interval'
-                       if one_seed else 'overlapping 95 % confidence intervals of the mean'))
+  rec = dict(budget=budget, include_incomplete=bool(include_incomplete), pick=None, tied=[],
+             compared=[], next_better=None, cheapest=None)
   if not inside:
     rec['cheapest'] = _cheapest(ok) and dict(_cheapest(ok), breaks=_breaks(_cheapest(ok), budget))
     rec['message'] = ('No case meets the budget.' if ok else
-                      'No case finished on every seed (all diverged): nothing to recommend.')
+                      'No case finished on every planned seed (see each case\'s status): '
+                      'nothing to recommend.')
     return rec
   pick = min(inside, key=lambda e: (-e['test_accuracy'], e['energy_per_example_j'],
                                     e['memory_bytes']))
   rec['pick'] = pick
-  rec['tied'] = sorted((e for e in inside if e is not pick and tied(e, pick)),
+  others = [e for e in inside if e is not pick]
+  rec['compared'] = [r for r in (OVERLAP, EQUAL_MEANS) if any(tie_rule(e, pick) == r
+                                                                for e in others)]
+  rec['tied'] = sorted((dict(e, tie_rule=tie_rule(e, pick)) for e in others if tied(e, pick)),
                        key=lambda e: (e['energy_per_example_j'], e['memory_bytes']))
   better = _cheapest([e for e in ok if e['test_accuracy'] > pick['test_accuracy']])
   if better is not None:
@@ -120,11 +135,17 @@ def _pct(fraction):
   return f'{100 * fraction:.2f} %'
 
 
+def _seeds_text(e):
+  """'3 seeds', '1 seed', '1 of 3 seeds' (an incomplete case, with include_incomplete)."""
+  n, planned = e['n_seeds'], e.get('n_seeds_planned', e['n_seeds'])
+  return f"{n} of {planned} seeds" if n != planned else f"{n} seed{'s' if n != 1 else ''}"
+
+
 def _accuracy_text(e):
   if e['ci95'] is None:
-    return f"{_pct(e['test_accuracy'])} (1 seed)"
+    return f"{_pct(e['test_accuracy'])} ({_seeds_text(e)})"
   half = 100 * (e['ci95'][1] - e['ci95'][0]) / 2
-  return f"{_pct(e['test_accuracy'])} ± {half:.2f} (95 % CI, {e['n_seeds']} seeds)"
+  return f"{_pct(e['test_accuracy'])} ± {half:.2f} (95 % CI, {_seeds_text(e)})"
 
 
 def _costs_text(e, memory):
@@ -169,14 +190,7 @@ def format_recommendation(rec):
     return '\n'.join(lines)
   lines.append(f"Recommended: {pick['case']}, test accuracy {_accuracy_text(pick)}, "
                f"{_costs_text(pick, memory)}.")
-  if rec['tied']:
-    lines.append(f"Statistically tied with it ({rec['tie_rule']}), cheapest first: " + '; '.join(
-        f"{e['case']} {_pct(e['test_accuracy'])} at {_costs_text(e, memory)}"
-        for e in rec['tied']) + '.')
-  else:
-    lines.append(f"No other case within the budget is tied with it ({rec['tie_rule']}).")
-  if rec['tie_rule'].startswith('equal'):
-    lines.append('One seed: ties are equal accuracies only; run more seeds for 95 % intervals.')
+  lines += _ties_text(rec, memory)
   b = rec['next_better']
   if b is None:
     lines.append('No case is more accurate.')
@@ -187,11 +201,32 @@ def format_recommendation(rec):
   return '\n'.join(lines)
 
 
+def _ties_text(rec, memory):
+  """The tied cases, grouped by the rule that tied each to the pick, or the rules that tied
+  none; then a hint when a comparison had a one-seed case."""
+  compared = rec.get('compared', [])
+  lines = []
+  for rule in compared:
+    tied_by = [e for e in rec['tied'] if e['tie_rule'] == rule]
+    if tied_by:
+      lines.append(f"Statistically tied with it ({rule}), cheapest first: " + '; '.join(
+          f"{e['case']} {_pct(e['test_accuracy'])} at {_costs_text(e, memory)}"
+          for e in tied_by) + '.')
+  if not rec['tied']:
+    lines.append('No other case within the budget is tied with it (' + (
+        '; '.join(compared) if compared else 'it is the only one') + ').')
+  if EQUAL_MEANS in compared:
+    lines.append('A case with one seed ties only at an equal mean accuracy; run more seeds for '
+                 '95 % intervals.')
+  return lines
+
+
 def budget_of(config):
   """The budget keyword arguments of recommend() from a config (or summary['config'] dict);
-  missing fields are 0 (no limit) and memory 'xla'."""
+  missing fields are 0 (no limit), memory 'xla' and include_incomplete False."""
   get = config.get if isinstance(config, dict) else lambda k, d: getattr(config, k, d)
-  return dict({k: get(k, 0) or 0 for k in LIMITS}, memory=get('budget_memory', 'xla'))
+  return dict({k: get(k, 0) or 0 for k in LIMITS}, memory=get('budget_memory', 'xla'),
+              include_incomplete=bool(get('include_incomplete', False)))
 
 
 def has_limits(budget):
@@ -199,12 +234,15 @@ def has_limits(budget):
 
 
 def decide(summary):
-  """Fills summary['cases'] from summary['runs'] (stats.aggregate, the front on the config's
-  budget_memory) and, when summary['config'] sets a budget, summary['recommendation'] and each
-  case's `recommended`. Returns the summary."""
+  """Fills summary['cases'] from summary['runs'] and the summary's plan (stats.aggregate with
+  stats.plan_of: planned cases, seeds, failed runs; the front on the config's budget_memory and
+  include_incomplete) and, when summary['config'] sets a budget, summary['recommendation'] and
+  each case's `recommended`. Returns the summary."""
   from tljax import stats  # pylint: disable=g-import-not-at-top
   budget = budget_of(summary.get('config') or {})
-  summary['cases'] = stats.aggregate(summary['runs'], memory=budget['memory'])
+  summary['cases'] = stats.aggregate(summary['runs'], memory=budget['memory'],
+                                     include_incomplete=budget['include_incomplete'],
+                                     **stats.plan_of(summary))
   summary.pop('recommendation', None)
   if has_limits(budget):
     rec = recommend(summary['cases'], **budget)
@@ -229,6 +267,9 @@ def _flags():
   flags.DEFINE_enum('memory', None, list(pareto.MEMORY_FIELDS), 'The memory the front and the '
                     "budget read: xla or device (default: the run's budget_memory).",
                     flag_values=fv)
+  flags.DEFINE_boolean('include_incomplete', None, 'Count cases with runs missing or failed on '
+                       "the front and in the recommendation (default: the run's config).",
+                       flag_values=fv)
   return fv
 
 
@@ -264,8 +305,10 @@ def run_cli(argv):
       raise ValueError('--workdir is required: the workdir of a tljax run (holding summary.json)')
     summary = _load_summary(fv.workdir)
     budget = budget_of(summary.get('config') or {} if isinstance(summary, dict) else {})
-    budget.update({k: fv[k].value for k in (*LIMITS, 'memory') if fv[k].value is not None})
-    cases = stats.cases_of(summary, memory=budget['memory'])
+    budget.update({k: fv[k].value for k in (*LIMITS, 'memory', 'include_incomplete')
+                   if fv[k].value is not None})
+    cases = stats.cases_of(summary, memory=budget['memory'],
+                           include_incomplete=budget['include_incomplete'])
     rec = recommend(cases, **budget)
   except (flags.Error, ValueError) as e:
     sys.stderr.write(f'tljax: error: {e}\n')
@@ -275,7 +318,8 @@ def run_cli(argv):
                      f'({type(e).__name__}: {e})\n')
     return 1
   print(console.table({'cases': cases, 'recommendation': rec,
-                       'config': {'budget_memory': budget['memory']}}))
+                       'config': {'budget_memory': budget['memory'],
+                                  'include_incomplete': budget['include_incomplete']}}))
   return 0
 
 

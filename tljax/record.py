@@ -4,6 +4,7 @@ import dataclasses
 from typing import Any
 
 from absl import logging
+import jax
 
 from tljax import accounting
 from tljax import compiled
@@ -22,11 +23,15 @@ class Outcome:
   cache: Any = None  # the prefix_cache.Cache it trained on, or None
 
 
-def run_record(config, plan, case, out):
-  """The run's record: identity, costs from the compiled steps, results, time."""
+def run_record(config, plan, case, out, mesh=None):
+  """The run's record: identity, where it trained (`mesh`, default this process's first
+  device), costs from the compiled steps, results, time."""
+  devices = mesh.devices if mesh is not None else jax.local_devices()[:1]
   rec = dict(case=case.name, family=case.spec.family, seed=compiled.seed_of(config),
              status='ok' if out.diverged_at is None else 'diverged',
-             diverged_at_step=out.diverged_at)
+             diverged_at_step=out.diverged_at,
+             # The compiled costs depend on these: every run of a case must share them.
+             device_kind=str(devices[0].device_kind), data_parallel_width=len(devices))
   rec.update(_what_trains(case))
   rec.update(test_accuracy=out.test_accuracy, test_loss=out.test_loss,
              test_examples=out.test_examples, steps=out.steps, batch_size=config.batch_size)

@@ -24,6 +24,7 @@ from tljax import parallel
 from tljax import pretrain
 from tljax import report
 from tljax import resume
+from tljax import stats
 from tljax import workdir_lock
 
 
@@ -125,16 +126,9 @@ class _Sweep:
   def check_device(self, name, seed):
     """Refuses to train (case `name`, `seed`) on another device kind or data-parallel width than
     its case's finished runs: a case's runs must share their compiled costs."""
-    here = (str(jax.devices()[0].device_kind), self.mesh.num_devices)
-    for (n, s), r in self.done.items():
-      if n != name or r is None or 'device_kind' not in r:
-        continue
-      there = (r['device_kind'], r.get('data_parallel_width'))
-      if there != here:
-        raise ValueError(
-            f'Case {name}, seed {seed} would train on {here[0]} x{here[1]}, but its seed {s} ran '
-            f'on {there[0]} x{there[1]}: the runs of a case must share their compiled costs. Run '
-            'it where the others ran, or in another --workdir.')
+    del seed  # the new run's: any finished run of the case is compared
+    stats.check_same_device([r for r in self.done.values() if r is not None], name,
+                            str(self.mesh.devices[0].device_kind), self.mesh.num_devices)
 
   def todo(self, seed):
     return [s for s in self.specs if self.done[(s.name, seed)] is None]
@@ -270,7 +264,8 @@ def new_summary(config, facts, eval_compile_s, env=None):
       target_dataset=config.target_dataset, num_classes=facts['num_classes'],
       train_examples=facts['train_examples'], test_examples=facts['test_examples'],
       data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j,
-      seeds=list(facts['seeds']), eval_compile_s=eval_compile_s,
+      seeds=list(facts['seeds']), planned_cases=list(facts['cases']),
+      eval_compile_s=eval_compile_s,
       fingerprint=facts['fingerprint'], config=config.to_dict(),
       environment=env or environment(config), cases=[], runs=[])
 
