@@ -213,7 +213,8 @@ def test_tie_wording_names_the_rule_of_each_pair():
 
 def _facts(cases, seeds):
   return dict(fingerprint='f' * 64, seeds=seeds, cases=cases, num_classes=2, train_examples=10,
-              test_examples=10, data={})
+              test_examples=10, data={}, run_fingerprints={
+                  case_lib.run_key(c, s): 'f' * 64 for c in cases for s in seeds})
 
 
 def _gather_workdir(tmp_path):

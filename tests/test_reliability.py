@@ -143,8 +143,9 @@ def test_a_signal_checkpoints_and_exits_with_how_to_resume(tmp_path, reference, 
   assert again_cmd == shlex.join([os.path.basename(sys.executable), *cmd[1:]])
   assert not (work / 'cases' / f'{RUN_9}.json').exists()
   if case == 'last:9':  # case 1 finished before the signal: its record and the summary are written
-    assert [c['case'] for c in json.loads((work / 'summary.json').read_text())['cases']] == [
-        'last:1']
+    cases = json.loads((work / 'summary.json').read_text())['cases']
+    assert [(c['case'], c['status'], c['n_seeds']) for c in cases] == [
+        ('last:1', 'ok', 1), ('last:9', 'incomplete', 0)]
   again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'resuming from the checkpoint at step {saved}' in again.stderr
