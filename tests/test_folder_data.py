@@ -118,8 +118,9 @@ def test_prepared_at_the_model_input_uint8(tree, tmp_path, channels):
 def test_antialiased_shrink_and_bilinear_growth_match_tf(tmp_path):
   pixels = np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)
   for split in ('train', 'test'):
-    os.makedirs(tmp_path / split / 'only')
-    Image.fromarray(pixels).save(tmp_path / split / 'only' / 'noise.png')
+    for name in ('only', 'other'):  # a classifier needs two classes
+      os.makedirs(tmp_path / split / name)
+      Image.fromarray(pixels).save(tmp_path / split / name / 'noise.png')
   got = {}
   for side in (8, 50):
     mi = data.ModelInput(side, 3, str(tmp_path / 'cache'))
@@ -240,3 +241,30 @@ def test_identity_changes_with_the_files_not_the_path(tree, tmp_path):
   os.remove(os.path.join(moved, 'test', 'forest', 'y.png'))
   c = data.identity('image_folder', root=moved)
   assert c['test'] != b['test'] and c['train'] == b['train']
+
+
+def test_a_class_missing_from_a_split_stops_before_anything_is_decoded(tree, model_input,
+                                                                        monkeypatch):
+  shutil.rmtree(os.path.join(tree, 'test', 'forest'))  # train has forest images, test none
+  monkeypatch.setattr(prepare, 'decode_into', lambda *a, **k: pytest.fail('decoded'))
+  where = re.escape(f"Split 'test' of dataset 'image_folder' ({os.path.join(tree, 'test')})")
+  for split, mock in (('train', False), ('test', False), ('train', True)):
+    with pytest.raises(ValueError, match=where + r" has no example of class 'forest' \(label 1\)"
+                       r'.*every split must hold every class.*classes=\(0, 2\)\.$'):
+      _load(tree, split, model_input, mock=mock)
+  monkeypatch.undo()
+  sel = _load(tree, 'test', model_input, classes=(0, 2))  # the classes both splits hold
+  assert sel.num_classes == 2 and sel.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_fewer_than_two_classes_is_an_error_that_says_so(tree, tmp_path, model_input):
+  root = tmp_path / 'one'
+  for split, n in (('train', 24), ('test', 4)):
+    for i in range(n):
+      _write(str(root / split / 'dog' / f'{i}.png'), 'RGB', 'PNG', (4, 4), (9, 9, 9))
+  with pytest.raises(ValueError, match=r"only 1 class \('dog' \(label 0\)\); a classifier needs "
+                     'two or more: add another class'):
+    _load(str(root), 'train', model_input)
+  with pytest.raises(ValueError, match=r"only 1 class \('street scenes' \(label 2\)\).*select "
+                     'two or more with classes'):
+    _load(tree, 'test', model_input, classes=(2,))
