@@ -268,8 +268,9 @@ def test_fewer_than_two_classes_is_an_error_that_says_so(tree, tmp_path, model_i
   for split, n in (('train', 24), ('test', 4)):
     for i in range(n):
       _write(str(root / split / 'dog' / f'{i}.png'), 'RGB', 'PNG', (4, 4), (9, 9, 9))
-  with pytest.raises(ValueError, match=r"only 1 class \('dog' \(label 0\)\); a classifier needs "
-                     'two or more: add another class'):
+  with pytest.raises(ValueError, match=re.escape(f"Split 'train' of dataset 'image_folder' ({root}"
+                                                 f"{os.sep}train): only 1 class ('dog' (label 0)); "
+                                                 'a classifier needs two or more: add another')):
     _load(str(root), 'train', model_input)
   with pytest.raises(ValueError, match=r"only 1 class \('street scenes' \(label 2\)\).*select "
                      'two or more with classes'):

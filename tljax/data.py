@@ -244,14 +244,15 @@ def _load_folder(name, split, classes, root, model_input, mock, mock_examples, f
     raise ValueError(f'Dataset {name!r} is prepared at the model\'s input: pass model_input.')
   # Every split is listed and checked before this one is decoded: a class missing from the
   # test split stops the run before the train split's preparation (minutes on a large folder).
-  for s in [s for s in SPLITS if s != split and folder_data.has_split(root, s)] + [split]:
-    listing = _folder_listing(name, s, root)
-    lut, total = _class_lut(name, classes, len(listing.class_names), listing.class_names)
-    labels = listing.labels if lut is None else lut[listing.labels]
-    keep = labels >= 0
-    check_classes(labels[keep], total, f'Split {s!r} of dataset {name!r} ({listing.split_dir})',
-                  class_names=listing.class_names, classes=classes, field=field)
-  labels = labels[keep]
+  for s in [s for s in SPLITS if s == split or folder_data.has_split(root, s)]:
+    listed = _folder_listing(name, s, root)
+    lut, total = _class_lut(name, classes, len(listed.class_names), listed.class_names)
+    labeled = listed.labels if lut is None else lut[listed.labels]
+    check_classes(labeled[labeled >= 0], total, f'Split {s!r} of dataset {name!r} '
+                  f'({listed.split_dir})', class_names=listed.class_names, classes=classes,
+                  field=field)
+    if s == split:
+      listing, keep, labels = listed, labeled >= 0, labeled[labeled >= 0]
   if mock:  # the folders' classes, random images: nothing decoded
     rng = np.random.default_rng(0)
     shape = (mock_examples, model_input.image_size, model_input.image_size, model_input.channels)
