@@ -103,3 +103,23 @@ def test_image_folder_dataset(tmp_path):
     data.load('image_folder', 'train', model_input=model_input)
   with pytest.raises(ValueError, match="expects \\['buildings'"):
     data.load('intel_scenes', 'train', root=str(tmp_path), model_input=model_input)
+
+
+def test_every_split_must_hold_every_selected_class_and_two_at_least(monkeypatch):
+  with pytest.raises(ValueError, match=r"'digits' split 'train': only 1 class \(label 3\); a "
+                     'classifier needs two or more: select two or more with classes'):
+    data.load('digits', 'train', classes=(3,))
+  real = data._load_digits  # pylint: disable=protected-access
+
+  def no_test_sevens(split):
+    images, labels = real(split)
+    keep = (labels != 7) | (split == 'train')
+    return images[keep], labels[keep]
+
+  monkeypatch.setattr(data, '_load_digits', no_test_sevens)
+  assert data.load('digits', 'test', classes=(3, 5)).num_classes == 2
+  with pytest.raises(ValueError, match=r"'digits' split 'test' has no example of class label 7: "
+                     r'every split .* select the other classes: classes=\(3, 5\)\.'):
+    data.load('digits', 'test', classes=(7, 3, 5))
+  with pytest.raises(ValueError, match='no example of class label 7'):
+    data.load('digits', 'test')

@@ -1,8 +1,13 @@
 """Image folders as users have them: listing, preparing at the model's input, the cache, errors."""
 
+import glob
+import json
 import os
 import re
 import shutil
+import signal
+import threading
+import time
 
 import numpy as np
 from PIL import Image
@@ -11,6 +16,7 @@ import tensorflow as tf
 
 from tljax import data
 from tljax import folder_data
+from tljax import interrupt
 from tljax import prepare
 
 # Class folder -> colour. Names with spaces, upper case, unsorted on purpose (sorted: B, f, s).
@@ -118,8 +124,9 @@ def test_prepared_at_the_model_input_uint8(tree, tmp_path, channels):
 def test_antialiased_shrink_and_bilinear_growth_match_tf(tmp_path):
   pixels = np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)
   for split in ('train', 'test'):
-    os.makedirs(tmp_path / split / 'only')
-    Image.fromarray(pixels).save(tmp_path / split / 'only' / 'noise.png')
+    for name in ('only', 'other'):  # a classifier needs two classes
+      os.makedirs(tmp_path / split / name)
+      Image.fromarray(pixels).save(tmp_path / split / name / 'noise.png')
   got = {}
   for side in (8, 50):
     mi = data.ModelInput(side, 3, str(tmp_path / 'cache'))
@@ -240,3 +247,144 @@ def test_identity_changes_with_the_files_not_the_path(tree, tmp_path):
   os.remove(os.path.join(moved, 'test', 'forest', 'y.png'))
   c = data.identity('image_folder', root=moved)
   assert c['test'] != b['test'] and c['train'] == b['train']
+
+
+def test_a_class_missing_from_a_split_stops_before_anything_is_decoded(tree, model_input,
+                                                                        monkeypatch):
+  shutil.rmtree(os.path.join(tree, 'test', 'forest'))  # train has forest images, test none
+  monkeypatch.setattr(prepare, 'decode_into', lambda *a, **k: pytest.fail('decoded'))
+  where = re.escape(f"Split 'test' of dataset 'image_folder' ({os.path.join(tree, 'test')})")
+  for split, mock in (('train', False), ('test', False), ('train', True)):
+    with pytest.raises(ValueError, match=where + r" has no example of class 'forest' \(label 1\)"
+                       r'.*every split must hold every class.*classes=\(0, 2\)\.$'):
+      _load(tree, split, model_input, mock=mock)
+  monkeypatch.undo()
+  sel = _load(tree, 'test', model_input, classes=(0, 2))  # the classes both splits hold
+  assert sel.num_classes == 2 and sel.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_fewer_than_two_classes_is_an_error_that_says_so(tree, tmp_path, model_input):
+  root = tmp_path / 'one'
+  for split, n in (('train', 24), ('test', 4)):
+    for i in range(n):
+      _write(str(root / split / 'dog' / f'{i}.png'), 'RGB', 'PNG', (4, 4), (9, 9, 9))
+  with pytest.raises(ValueError, match=re.escape(f"Split 'train' of dataset 'image_folder' ({root}"
+                                                 f"{os.sep}train): only 1 class ('dog' (label 0)); "
+                                                 'a classifier needs two or more: add another')):
+    _load(str(root), 'train', model_input)
+  with pytest.raises(ValueError, match=r"only 1 class \('street scenes' \(label 2\)\).*select "
+                     'two or more with classes'):
+    _load(tree, 'test', model_input, classes=(2,))
+
+
+def _noise_tree(root, n):
+  """`n` train and 4 test 16x16 noise PNGs over two classes; returns root."""
+  rng = np.random.default_rng(0)
+  for split, count in (('train', n), ('test', 4)):
+    for i in range(count):
+      os.makedirs(root / split / f'c{i % 2}', exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (16, 16, 3), np.uint8)).save(
+          root / split / f'c{i % 2}' / f'{i:04d}.png')
+  return str(root)
+
+
+def _interrupt_after(monkeypatch, n):
+  """Counts decoded images; sets the interrupt flag from a tf.data worker thread (as SIGINT's
+  watcher thread does) at the n-th, once. Returns (decoded indices, [time the flag was set])."""
+  decoded, asked = [], []
+  real = prepare._decode_fn  # pylint: disable=protected-access
+
+  def count(i):
+    decoded.append(int(i))
+    if len(decoded) == n and not asked:  # once
+      asked.append(time.perf_counter())
+      interrupt.request(signal.SIGINT)
+    return i
+
+  def counting(fit):
+    decode = real(fit)
+
+    def wrapped(path, index):
+      index = tf.numpy_function(count, [index], tf.int32, stateful=True)
+      index.set_shape(())
+      return decode(path, index)
+    return wrapped
+  monkeypatch.setattr(prepare, '_decode_fn', counting)
+  return decoded, asked
+
+
+def _interrupted_load(root, model_input):
+  try:
+    with pytest.raises(interrupt.Interrupted, match='while decoding images of .*train; those '
+                       r'decoded are kept in .*\.partial: a rerun decodes only the rest') as e:
+      _load(root, 'train', model_input)
+    return time.perf_counter(), e.value
+  finally:
+    interrupt.reset()
+
+
+def test_ctrl_c_while_preparing_stops_at_once_and_the_rerun_decodes_only_the_rest(
+    tmp_path, monkeypatch):
+  n = 400
+  root = _noise_tree(tmp_path / 'noise', n)
+  reference = _load(root, 'train', data.ModelInput(24, 3, str(tmp_path / 'ref')))
+  mi = data.ModelInput(24, 3, str(tmp_path / 'cache'))
+  decoded, asked = _interrupt_after(monkeypatch, 100)
+  stopped, e = _interrupted_load(root, mi)
+  assert e.signum == signal.SIGINT and stopped - asked[0] < 1.0
+  assert len(decoded) < n  # it did not run to the end
+  prepared = os.path.join(mi.cache_dir, 'prepared')
+  (partial,) = glob.glob(os.path.join(prepared, '*'))  # no finished cache, no lock file
+  assert partial.endswith('.partial') and not os.path.exists(os.path.join(partial, prepare.DONE))
+  with open(os.path.join(partial, prepare.PROGRESS)) as f:
+    done = json.load(f)['done']
+  assert 0 < done <= len(decoded)
+  kept = np.load(os.path.join(partial, 'images.npy'), mmap_mode='r')
+  np.testing.assert_array_equal(kept[:done], reference.images[:done])
+  decoded.clear()
+  again = _load(root, 'train', mi)
+  assert sorted(decoded) == list(range(done, n))  # the rerun decoded only the rest
+  np.testing.assert_array_equal(again.images, reference.images)
+  (final,) = glob.glob(os.path.join(prepared, '*'))
+  (ref,) = glob.glob(os.path.join(tmp_path / 'ref', 'prepared', 'train_*'))
+  assert os.path.basename(final) == os.path.basename(ref)
+  with open(os.path.join(final, 'images.npy'), 'rb') as a, open(
+      os.path.join(ref, 'images.npy'), 'rb') as b:
+    assert a.read() == b.read()  # the same cache file, byte for byte
+
+
+def test_a_folder_changed_after_ctrl_c_never_reuses_the_partial_preparation(
+    tmp_path, monkeypatch):
+  n = 400
+  root = _noise_tree(tmp_path / 'noise', n)
+  mi = data.ModelInput(24, 3, str(tmp_path / 'cache'))
+  decoded, _ = _interrupt_after(monkeypatch, 100)
+  _interrupted_load(root, mi)
+  (stale,) = glob.glob(os.path.join(mi.cache_dir, 'prepared', '*.partial'))
+  first = os.path.join(root, 'train', 'c0', '0000.png')
+  Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(first)  # within the decoded part
+  os.utime(first, ns=(1, 10**18))
+  decoded.clear()
+  changed = _load(root, 'train', mi)
+  assert sorted(decoded) == list(range(n))  # everything decoded again
+  assert (changed.images[0] == 7).all()
+  assert not os.path.exists(stale)  # the stale partial preparation is removed
+  assert [os.path.basename(p).startswith('train_') and not p.endswith('.partial')
+          for p in glob.glob(os.path.join(mi.cache_dir, 'prepared', '*'))] == [True]
+
+
+def test_two_processes_preparing_one_split_decode_it_once(tmp_path, monkeypatch):
+  root = _noise_tree(tmp_path / 'noise', 200)
+  mi = data.ModelInput(24, 3, str(tmp_path / 'cache'))
+  decoded, _ = _interrupt_after(monkeypatch, -1)  # counts only
+  got = [None, None]
+  threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, _load(root, 'train', mi)))
+             for i in range(2)]  # two opens of the lock file conflict as two processes' do
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert sorted(decoded) == list(range(200))  # one of them decoded, the other waited
+  np.testing.assert_array_equal(got[0].images, got[1].images)
+  assert [os.path.basename(p)[:6] for p in glob.glob(os.path.join(mi.cache_dir, 'prepared', '*'))
+          ] == ['train_']  # no lock file, no partial preparation left

@@ -1,6 +1,7 @@
 """Own data end to end: folder -> folder runs, data identity in caches and resume, dry runs."""
 
 import os
+import re
 import shutil
 import threading
 import weakref
@@ -85,6 +86,25 @@ def test_resume_against_changed_data_is_refused(tiny_config, folders, tmp_path):
   c.target_data_dir = ''
   with pytest.raises(ValueError, match='config.target_data_dir'):
     sweep.train_and_evaluate(c, work)
+
+
+def test_folders_that_cannot_give_an_honest_accuracy_stop_before_training(
+    tiny_config, folders, tmp_path, monkeypatch):
+  from tljax import prepare  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(prepare, 'decode_into', lambda *a, **k: pytest.fail('decoded'))
+  c = _folder_config(tiny_config, folders)
+  target = str(tmp_path / 'target')
+  shutil.copytree(folders[1], target)
+  shutil.rmtree(os.path.join(target, 'test', 'class 1'))  # train images of class 1, no test ones
+  c.target_data_dir = target
+  with pytest.raises(ValueError, match=re.escape(os.path.join(target, 'test')) + r"\) has no "
+                     r"example of class 'class 1' \(label 1\).*config.target_classes=\(0, 2\)"):
+    sweep.train_and_evaluate(c, str(tmp_path / 'w'))
+  one = bench_data.make_folder(str(tmp_path / 'one'), 24, 8, 16, classes=1)
+  c.target_data_dir, c.batch_size = one, 32  # 24 training examples: batch_size is wrong too
+  with pytest.raises(ValueError, match=r"only 1 class \('class 0' \(label 0\)\); a classifier"):
+    sweep.train_and_evaluate(c, str(tmp_path / 'w1'))
+  assert not os.path.exists(os.path.join(tiny_config.cache_dir, 'prepared'))
 
 
 def test_dry_run_of_a_folder_config_decodes_nothing(tiny_config, folders, tmp_path, monkeypatch):

@@ -95,10 +95,12 @@ def is_folder(name):
 
 
 def load(name, split, *, classes=(), data_dir=None, root=None, model_input=None, mock=False,
-         mock_examples=MOCK_EXAMPLES):
+         mock_examples=MOCK_EXAMPLES, classes_field='classes'):
   """One split of a dataset, class-filtered, labels remapped to 0..len(classes)-1.
 
-  classes: labels to keep (in this order); empty keeps all.
+  classes: labels to keep (in this order); empty keeps all. At least two classes, each with
+    an example in the split (check_classes; an image folder's splits are all checked before
+    any is decoded), else ValueError; `classes_field` names the field in its message.
   data_dir: TFDS's data directory. root: an image folder's root (image-folder datasets),
     prepared at `model_input` (a ModelInput) and cached on disk.
   mock: for dry runs: TFDS datasets come from `tfds.testing.mock_data`, image folders give
@@ -109,7 +111,8 @@ def load(name, split, *, classes=(), data_dir=None, root=None, model_input=None,
   if split not in SPLITS:
     raise ValueError(f'Unknown split {split!r}; known splits: {SPLITS}.')
   if is_folder(name):
-    return _load_folder(name, split, classes, root, model_input, mock, mock_examples)
+    return _load_folder(name, split, classes, root, model_input, mock, mock_examples,
+                        classes_field)
   if name in TFDS_DATASETS:
     images, labels = _load_tfds(name, split, data_dir, mock, mock_examples)
     total = TFDS_DATASETS[name]['num_classes']
@@ -122,13 +125,29 @@ def load(name, split, *, classes=(), data_dir=None, root=None, model_input=None,
   elif lut is not None:
     keep = lut[labels] >= 0
     images, labels = images[keep], lut[labels[keep]]
-  return _arrays(images, labels, total, name, split, classes)
-
-
-def _arrays(images, labels, total, name, split, classes):
-  if len(labels) == 0:
-    raise ValueError(f'Dataset {name!r} split {split!r} with classes {tuple(classes)} is empty.')
+  check_classes(labels, total, f'Dataset {name!r} split {split!r}', classes=classes,
+                field=classes_field, require_all=not mock)  # mock labels are random
   return Arrays(images, labels.astype(np.int32), total, name, split)
+
+
+def check_classes(labels, total, where, *, class_names=None, classes=(), field='classes',
+                  require_all=True):
+  """ValueError unless there are two classes or more and `labels` (one split's, remapped to
+  0..total-1) holds every one: an accuracy that silently leaves a class out is not honest."""
+  picked = list(classes) or list(range(total))
+  named = lambda i: (f'{class_names[picked[i]]!r} (label {picked[i]})' if class_names
+                     else f'label {picked[i]}')
+  if total < 2:
+    raise ValueError(f'{where}: only {total} class ({", ".join(map(named, range(total)))}); a '
+                     'classifier needs two or more: '
+                     + (f'select two or more with {field}.' if classes else 'add another class.'))
+  missing = sorted(set(range(total)) - set(np.unique(labels).tolist())) if require_all else []
+  if missing:
+    others = tuple(c for i, c in enumerate(picked) if i not in missing)
+    raise ValueError(f'{where} has no example of class{"es" * (len(missing) > 1)} '
+                     f'{", ".join(map(named, missing))}: every split must hold every class, or '
+                     f'its accuracy leaves {"them" if len(missing) > 1 else "it"} out. Add '
+                     f'examples, or select the other classes: {field}={others}.')
 
 
 def _class_lut(name, classes, total, class_names=None):
@@ -217,32 +236,28 @@ def _to_numpy(ds):
 
 
 def _folder_listing(name, split, root):
-  """The folder's listing of `split`, checked against the classes `name` expects."""
-  if not root:
-    raise ValueError(f'Dataset {name!r} needs the folder root: --config.source_data_dir=ROOT or '
-                     '--config.target_data_dir=ROOT (with train/<class>/<image> and '
-                     'test/<class>/<image> under it).')
-  listing = folder_data.list_split(root, split)
-  expected = FOLDER_DATASETS[name].get('classes')
-  if expected and tuple(c.lower() for c in listing.class_names) != expected:
-    raise ValueError(f'{root} holds classes {listing.class_names}; dataset {name!r} expects '
-                     f'{list(expected)}.')
-  return listing
+  return folder_data.checked_listing(name, split, root, FOLDER_DATASETS[name].get('classes'))
 
 
-def _load_folder(name, split, classes, root, model_input, mock, mock_examples):
-  listing = _folder_listing(name, split, root)
-  lut, total = _class_lut(name, classes, len(listing.class_names), listing.class_names)
-  labels = listing.labels if lut is None else lut[listing.labels]
-  keep = labels >= 0
-  labels = labels[keep]
+def _load_folder(name, split, classes, root, model_input, mock, mock_examples, field):
   if model_input is None:
     raise ValueError(f'Dataset {name!r} is prepared at the model\'s input: pass model_input.')
+  # Every split is listed and checked before this one is decoded: a class missing from the
+  # test split stops the run before the train split's preparation (minutes on a large folder).
+  for s in [s for s in SPLITS if s == split or folder_data.has_split(root, s)]:
+    listed = _folder_listing(name, s, root)
+    lut, total = _class_lut(name, classes, len(listed.class_names), listed.class_names)
+    labeled = listed.labels if lut is None else lut[listed.labels]
+    check_classes(labeled[labeled >= 0], total, f'Split {s!r} of dataset {name!r} '
+                  f'({listed.split_dir})', class_names=listed.class_names, classes=classes,
+                  field=field)
+    if s == split:
+      listing, keep, labels = listed, labeled >= 0, labeled[labeled >= 0]
   if mock:  # the folders' classes, random images: nothing decoded
     rng = np.random.default_rng(0)
     shape = (mock_examples, model_input.image_size, model_input.image_size, model_input.channels)
-    return _arrays(rng.integers(0, 256, shape, np.uint8),
-                   np.arange(mock_examples, dtype=np.int32) % total, total, name, split, classes)
+    return Arrays(rng.integers(0, 256, shape, np.uint8),
+                  np.arange(mock_examples, dtype=np.int32) % total, total, name, split)
   if listing.ignored:
     logging.info('%s: ignored %d files that are not images by extension (%s)', listing.split_dir,
                  len(listing.ignored), ', '.join(sorted({os.path.basename(p) for p in
@@ -250,7 +265,7 @@ def _load_folder(name, split, classes, root, model_input, mock, mock_examples):
   fit = prepare.Fit(model_input.image_size, model_input.channels, fit_of(name))
   images, _ = prepare.prepared_split(listing, keep, fit, model_input.cache_dir,
                                      model_input.budget(), tuple(classes))
-  return _arrays(images, labels, total, name, split, classes)
+  return Arrays(images, labels, total, name, split)
 
 
 def identity(name, *, root=None, data_dir=None, mock=False):

@@ -36,6 +36,11 @@ def find_split_dir(root, split):
       + ', '.join(os.path.join(p, '<class>', '<image>') for p in candidates))
 
 
+def has_split(root, split):
+  """Whether `root` (may be empty) holds a `split` directory in an accepted layout."""
+  return bool(root) and any(os.path.isdir(p) for p in _layouts(root, split))
+
+
 def is_image(name):
   return not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -123,3 +128,17 @@ def list_split(root, split):
     ignored += other
     labels += [names.index(name)] * len(files)
   return Listing(root, split, split_dir, names, paths, np.asarray(labels, np.int32), ignored)
+
+
+def checked_listing(name, split, root, expected=None):
+  """list_split, with an error naming the config fields when there is no root, and one when
+  the classes differ from those dataset `name` expects (`expected`, lower case)."""
+  if not root:
+    raise ValueError(f'Dataset {name!r} needs the folder root: --config.source_data_dir=ROOT or '
+                     '--config.target_data_dir=ROOT (with train/<class>/<image> and '
+                     'test/<class>/<image> under it).')
+  listing = list_split(root, split)
+  if expected and tuple(c.lower() for c in listing.class_names) != tuple(expected):
+    raise ValueError(f'{root} holds classes {listing.class_names}; dataset {name!r} expects '
+                     f'{list(expected)}.')
+  return listing

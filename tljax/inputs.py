@@ -24,7 +24,8 @@ def load(config, role, split):
                    data_dir=config.data_dir or None, root=config[f'{role}_data_dir'] or None,
                    model_input=model_input(config), mock=config.dry_run,
                    mock_examples=max(data.MOCK_EXAMPLES, config.batch_size,
-                                     config.eval_batch_size))
+                                     config.eval_batch_size),
+                   classes_field=f'config.{role}_classes')
 
 
 def data_identity(config):

@@ -7,9 +7,18 @@ split. The cache is keyed by the folder's fingerprint (paths, sizes, modificatio
 the class selection and the fit; a second run with the same folder and model decodes nothing.
 A prepared split larger than the memory budget stays a read-only memory map: training
 reads its shuffled batches from disk.
+
+Decoding checks the interrupt flag (tljax.interrupt) after every batch of images: SIGINT stops
+it within a second. What was decoded stays in `<cache>.partial` (the memory-mapped file and a
+progress marker: the count of leading images written), under the same key, so a rerun on the
+unchanged folder decodes only the rest; a changed folder has another key, and its stale
+partial preparation is removed. One process prepares a split at a time (a lock file beside it):
+another waits, then reuses it.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -20,11 +29,14 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from tljax import interrupt
 from tljax import report
 
 # Bump when the decoding or fitting below changes: old caches are then not reused.
 VERSION = 1
 DONE = 'prepared.json'
+PROGRESS = 'progress.json'  # in a partial preparation: how many leading images are written
+PROGRESS_EVERY = 1024  # images decoded between two progress markers
 _TF = []
 
 
@@ -86,18 +98,25 @@ def _why(path):
   return 'TensorFlow cannot decode it'
 
 
-def decode_into(paths, fit, out, batch=64):
-  """Decodes `paths` into `out[i]` (uint8 (N, S, S, C)) in parallel; ValueError naming bad files."""
-  tf = tensorflow()
-  ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths), tf.range(len(paths))))
-  options = tf.data.Options()
-  options.deterministic = False  # each image goes to its own index, so order does not matter
-  ds = ds.with_options(options).map(_decode_fn(fit), num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.ignore_errors(log_warning=False).batch(batch).prefetch(1)
+def _prefix(filled):
+  """How many leading entries of `filled` are True."""
+  return len(filled) if filled.all() else int(np.argmin(filled))
+
+
+def decode_into(paths, fit, out, batch=64, start=0, progress=None):
+  """Decodes `paths[start:]` into `out[i]` (uint8 (N, S, S, C)) in parallel; ValueError naming
+  bad files. Checks the interrupt flag after each batch: at a signal (or KeyboardInterrupt)
+  it calls `progress(n)` with the count of leading images written, then raises; it calls it
+  every PROGRESS_EVERY images too."""
   filled = np.zeros(len(paths), bool)
-  for images, index in ds.as_numpy_iterator():
-    out[index] = images
-    filled[index] = True
+  filled[:start] = True
+  if start < len(paths):
+    try:
+      _decode(paths, fit, out, batch, start, progress, filled)
+    except (interrupt.Interrupted, KeyboardInterrupt):
+      if progress:
+        progress(_prefix(filled))
+      raise
   bad = np.flatnonzero(~filled)
   if len(bad):
     first = paths[bad[0]]
@@ -106,35 +125,158 @@ def decode_into(paths, fit, out, batch=64):
                      'Remove or replace it (or rename it to a non-image extension to skip it).')
 
 
+def _decode(paths, fit, out, batch, start, progress, filled):
+  tf = tensorflow()
+  ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths[start:]),
+                                           tf.range(start, len(paths))))
+  options = tf.data.Options()
+  options.deterministic = False  # each image goes to its own index, so order does not matter
+  ds = ds.with_options(options).map(_decode_fn(fit), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.ignore_errors(log_warning=False).batch(batch).prefetch(1)
+  since = 0
+  for images, index in ds.as_numpy_iterator():
+    out[index] = images
+    filled[index] = True
+    since += len(index)
+    if progress and since >= PROGRESS_EVERY:
+      progress(_prefix(filled))
+      since = 0
+    interrupt.check('while decoding images')
+
+
 def cache_key(listing_fingerprint, fit, classes):
   blob = json.dumps(dict(fingerprint=listing_fingerprint, fit=dataclasses.asdict(fit),
                          classes=list(classes), version=VERSION), sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _write(directory, paths, fit, in_memory):
-  """Decodes into directory/images.npy (through RAM when `in_memory`); returns the images."""
-  shape = (len(paths), fit.image_size, fit.image_size, fit.channels)
-  nbytes = int(np.prod(shape))
-  os.makedirs(directory)
-  report.require_free_disk(directory, nbytes, f'Preparing {len(paths)} images',
+@contextlib.contextmanager
+def _locked(path, what, wait=True):
+  """Holds the lock file `path` (flock; the OS releases it if the process dies) and yields True.
+  Held by another process: waits for it, checking the interrupt flag (or yields False at once
+  when not `wait`). The file is removed on release."""
+  waited = False
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      if not wait:
+        yield False
+        return
+      if not waited:
+        logging.info('Waiting for another process to prepare %s', what)
+        waited = True
+      interrupt.check(f'while waiting for another process to prepare {what}')
+      time.sleep(0.2)
+      continue
+    try:
+      if os.fstat(fd).st_ino == os.stat(path).st_ino:
+        break
+    except FileNotFoundError:
+      pass
+    os.close(fd)  # the holder removed this file as we locked it: lock the new one
+  try:
+    yield True
+  finally:
+    os.remove(path)  # before unlocking: a waiter then finds a new file (another inode)
+    os.close(fd)
+
+
+def _read_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _write_json(path, obj):
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f)
+  os.replace(path + '.tmp', path)
+
+
+def _drop_stale(directory, meta):
+  """Removes partial preparations of the same folder split, fit and classes but other files
+  (the folder changed since): they can never be reused. Those in use (locked) stay."""
+  parent = os.path.dirname(directory)
+  same = lambda p: p and all(p.get(k) == meta[k] for k in ('root', 'split', 'fit', 'classes'))
+  for name in os.listdir(parent):
+    other = os.path.join(parent, name)
+    if (name.endswith('.partial') and other != directory + '.partial'
+        and same(_read_json(os.path.join(other, PROGRESS)))):
+      with _locked(other[:-len('.partial')] + '.lock', other, wait=False) as held:
+        if held:
+          logging.info('Removing %s: a partial preparation of files changed since', other)
+          shutil.rmtree(other, ignore_errors=True)
+
+
+def _resume_point(partial, meta, shape):
+  """The count of leading images a partial preparation of the same files wrote, or None (a
+  moved copy of the folder resumes it: its files have the same fingerprint)."""
+  marker = _read_json(os.path.join(partial, PROGRESS))
+  if not marker or any(marker.get(k) != v for k, v in meta.items() if k != 'root'):
+    return None
+  try:
+    same_shape = np.load(os.path.join(partial, 'images.npy'), mmap_mode='r').shape == shape
+  except (OSError, ValueError):
+    return None
+  return int(marker['done']) if same_shape else None
+
+
+def _start(partial, directory, meta, shape):
+  """(images memmap, first image to decode) of `partial`: resumed when it matches `meta`."""
+  file = os.path.join(partial, 'images.npy')
+  start = _resume_point(partial, meta, shape)
+  if start is not None:
+    logging.info('Resuming the preparation in %s at image %d of %d', partial, start, shape[0])
+    return np.load(file, mmap_mode='r+'), start
+  _drop_stale(directory, meta)
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  report.require_free_disk(partial, int(np.prod(shape)), f'Preparing {shape[0]} images',
                            'pass --config.cache_dir=DIR on a larger disk.')
-  file = os.path.join(directory, 'images.npy')
-  if in_memory:
-    images = np.empty(shape, np.uint8)
-    decode_into(paths, fit, images)
-    np.save(file, images)
-  else:
-    images = np.lib.format.open_memmap(file, 'w+', np.uint8, shape)
-    decode_into(paths, fit, images)
-    images.flush()
-    del images
-    images = np.load(file, mmap_mode='r')
-  return images
+  return np.lib.format.open_memmap(file, 'w+', np.uint8, shape), 0
+
+
+def _prepare(directory, paths, fit, meta, what):
+  """Decodes `paths` into `directory`.partial/images.npy (resuming what a stopped run wrote
+  there), then renames it to `directory`. Stopped by a signal, it keeps the partial
+  preparation and raises interrupt.Interrupted; on an error it removes it."""
+  partial = directory + '.partial'
+  tensorflow()  # seconds on a busy machine: a signal meanwhile stops before anything is written
+  interrupt.check(f'before decoding {what}')
+  images, start = _start(partial, directory, meta,
+                         (len(paths), fit.image_size, fit.image_size, fit.channels))
+
+  def progress(done):
+    images.flush()  # the images on disk before the marker that counts them
+    _write_json(os.path.join(partial, PROGRESS), dict(meta, done=done))
+  progress(start)
+  try:
+    decode_into(paths, fit, images, start=start, progress=progress)
+  except interrupt.Interrupted as e:
+    raise interrupt.Interrupted(e.signum, f'{e.detail} of {what}; those decoded are kept in '
+                                f'{partial}: a rerun decodes only the rest') from None
+  except KeyboardInterrupt:
+    raise
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  images.flush()
+  del images
+  os.remove(os.path.join(partial, PROGRESS))
+  _write_json(os.path.join(partial, DONE), meta)
+  try:
+    os.replace(partial, directory)
+  except OSError:  # another process prepared the same split meanwhile (unlocked disk): keep theirs
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def prepared_split(listing, keep, fit, cache_dir, budget_bytes, classes=()):
-  """(images, labels, info) of `listing[keep]` at the model's input, from the cache if there.
+  """(images, info) of `listing[keep]` at the model's input, from the cache if there.
 
   images: uint8 (N, S, S, C), in RAM when it fits `budget_bytes`, else a read-only memmap.
   """
@@ -147,28 +289,19 @@ def prepared_split(listing, keep, fit, cache_dir, budget_bytes, classes=()):
   in_memory = nbytes <= budget_bytes
   t0 = time.perf_counter()
   reused = os.path.exists(os.path.join(directory, DONE))
-  if reused:
-    images = np.load(os.path.join(directory, 'images.npy'), mmap_mode=None if in_memory else 'r')
-  else:
-    tmp = f'{directory}.tmp{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
-    logging.info('Preparing %d images of %s at %dx%dx%d (%.1f MiB uint8)', len(paths),
-                 listing.split_dir, fit.image_size, fit.image_size, fit.channels, nbytes / 2**20)
-    try:
-      images = _write(tmp, paths, fit, in_memory)
-      with open(os.path.join(tmp, DONE), 'w') as f:
-        json.dump(dict(root=os.path.abspath(listing.root), split=listing.split, files=len(paths),
-                       fingerprint=fingerprint, fit=dataclasses.asdict(fit),
-                       classes=list(classes), version=VERSION), f)
-      try:
-        os.replace(tmp, directory)
-      except OSError:  # another run prepared the same split meanwhile: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not in_memory:
-          images = np.load(os.path.join(directory, 'images.npy'), mmap_mode='r')
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
+  if not reused:
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    with _locked(directory + '.lock', listing.split_dir):
+      reused = os.path.exists(os.path.join(directory, DONE))  # by another process meanwhile
+      if not reused:
+        logging.info('Preparing %d images of %s at %dx%dx%d (%.1f MiB uint8)', len(paths),
+                     listing.split_dir, fit.image_size, fit.image_size, fit.channels,
+                     nbytes / 2**20)
+        meta = dict(root=os.path.abspath(listing.root), split=listing.split, files=len(paths),
+                    fingerprint=fingerprint, fit=dataclasses.asdict(fit),
+                    classes=list(classes), version=VERSION)
+        _prepare(directory, paths, fit, meta, listing.split_dir)
+  images = np.load(os.path.join(directory, 'images.npy'), mmap_mode=None if in_memory else 'r')
   seconds = time.perf_counter() - t0
   info = dict(prepared_cache=directory, reused=reused, bytes=nbytes, seconds=seconds,
               location='memory' if in_memory else 'memory map')
