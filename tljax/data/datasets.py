@@ -10,8 +10,8 @@ from absl import logging
 import numpy as np
 import psutil
 
-from tljax import folder_data
-from tljax import prepare
+from tljax.data import folders
+from tljax.data import prepare
 
 # TFDS datasets tljax knows: class count, how to fit images to the model's size
 # ('pad': zero-pad smaller images, as the thesis padded MNIST 28 -> 32;
@@ -222,7 +222,7 @@ def _folder_listing(name, split, root):
     raise ValueError(f'Dataset {name!r} needs the folder root: --config.source_data_dir=ROOT or '
                      '--config.target_data_dir=ROOT (with train/<class>/<image> and '
                      'test/<class>/<image> under it).')
-  listing = folder_data.list_split(root, split)
+  listing = folders.list_split(root, split)
   expected = FOLDER_DATASETS[name].get('classes')
   if expected and tuple(c.lower() for c in listing.class_names) != expected:
     raise ValueError(f'{root} holds classes {listing.class_names}; dataset {name!r} expects '
