@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, ROOT)  # config files import `configs.base`
 
-from tljax import interrupt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tljax.runtime import interrupt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 interrupt.install()  # from here on, SIGINT/SIGTERM stop the run cleanly with a checkpoint
 

@@ -23,28 +23,28 @@ from benchmarks import timing
 
 def measure(case=23, examples=12800, every=20, rounds=3, log=timing.stderr):
   """{'sync': [...], 'async': [...]}: per round, ex/s and the mean blocking seconds per save."""
-  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
-  from tljax import compiled  # pylint: disable=g-import-not-at-top
-  from tljax import data  # pylint: disable=g-import-not-at-top
-  from tljax import fit  # pylint: disable=g-import-not-at-top
-  from tljax import parallel  # pylint: disable=g-import-not-at-top
-  from tljax import resume  # pylint: disable=g-import-not-at-top
+  from tljax.training import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax.training import compiled  # pylint: disable=g-import-not-at-top
+  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
+  from tljax.training import fit  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import parallel  # pylint: disable=g-import-not-at-top
+  from tljax.training import checkpoints  # pylint: disable=g-import-not-at-top
   spec = step_bench.model_specs(True, ('small_cnn',))[0]
   config = step_bench.config_for(spec)
   config.checkpoint_every_steps, config.log_every_steps = every, every
   config.progress = False
   images, labels = sweep_bench.generate('target', 'train', examples)
-  arrays = data.Arrays(images, labels, 10, 'generated', 'train')
+  arrays = datasets.Arrays(images, labels, 10, 'generated', 'train')
   c = case_lib.make_case(config, case, 10)
   mesh = parallel.Mesh.for_config(config)
   train_c = compiled.compile_steps(c.model, c.tx, c.trainable, c.state, config,
                                    eval_batch=spec['batch_size'], mesh=mesh).train
-  prep = functools.partial(data.preprocess, image_size=32, channels=1, fit='resize')
+  prep = functools.partial(datasets.preprocess, image_size=32, channels=1, fit='resize')
   out = {'sync': [], 'async': []}
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(rounds):
       for kind in ('sync', 'async'):
-        ckpt = _Timed(resume.Checkpoints(os.path.join(tmp, f'{kind}{r}'),
+        ckpt = _Timed(checkpoints.Checkpoints(os.path.join(tmp, f'{kind}{r}'),
                                          asynchronous=kind == 'async'))
         state = compiled.new_state(c.variables, c.tx, 0, mesh)
         t0 = time.perf_counter()
@@ -68,7 +68,7 @@ class _NoMetrics:
 
 
 class _Timed:
-  """A resume.Checkpoints whose saves are timed; close() waits for the last one."""
+  """A checkpoints.Checkpoints whose saves are timed; close() waits for the last one."""
 
   def __init__(self, ckpt):
     self.ckpt, self.blocked, self.directory = ckpt, [], ckpt.directory

@@ -77,25 +77,25 @@ def _reset_peak():
 
 def measure(root, model, image_size, cache_dir, input_seconds=3.0):
   """In this process: prepare (or reuse) both splits of `root` for `model`; JSON-able figures."""
-  from tljax import data  # pylint: disable=g-import-not-at-top
+  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
   from tljax import models  # pylint: disable=g-import-not-at-top
   channels = models.default_input_shape(model)[-1]
-  model_input = data.ModelInput(image_size, channels, cache_dir)
+  model_input = datasets.ModelInput(image_size, channels, cache_dir)
   _reset_peak()
   base = _rss_bytes('VmRSS')
   t0 = time.perf_counter()
-  splits = [data.load('image_folder', s, root=root, model_input=model_input)
+  splits = [datasets.load('image_folder', s, root=root, model_input=model_input)
             for s in ('train', 'test')]
   seconds = time.perf_counter() - t0
   # The kernel folds per-thread RSS counts in lazily (up to 64 pages each): never below 0.
   peak = max(_rss_bytes('VmHWM'), base)
   prepared = sum(a.images.nbytes for a in splits)
-  prep = functools.partial(data.preprocess, image_size=image_size, channels=channels,
+  prep = functools.partial(datasets.preprocess, image_size=image_size, channels=channels,
                            pixel_scale=models.pixel_scale(model))
   batch = min(64 if model == 'small_cnn' else 32, len(splits[0]))
   t1, n, epoch = time.perf_counter(), 0, 0
   while time.perf_counter() - t1 < input_seconds and epoch < 100:  # shuffled epochs, as training reads them
-    for images, _ in data.prefetch(data.train_batches(splits[0], batch, seed=0, epoch=epoch,
+    for images, _ in datasets.prefetch(datasets.train_batches(splits[0], batch, seed=0, epoch=epoch,
                                                       prep=prep)):
       n += len(images)
     epoch += 1

@@ -14,10 +14,10 @@ from unittest import mock
 import jax
 import numpy as np
 
-from tljax import data
-from tljax import inputs
-from tljax import compiled
-from tljax import sweep
+from tljax.data import datasets
+from tljax.data import inputs
+from tljax.sweep import runner
+from tljax.training import compiled
 
 # Train/test examples of the synthetic target per model (full run, --quick run).
 SIZES = {'small_cnn': {'full': (10000, 2000), 'quick': (3000, 600)},
@@ -35,7 +35,7 @@ def synthetic(spec, n, split, seed):
   else:
     images = rng.uniform(size=shape).astype(np.float32)
   labels = rng.integers(0, spec['num_classes'], n).astype(np.int32)
-  return data.Arrays(images, labels, spec['num_classes'], 'synthetic', split)
+  return datasets.Arrays(images, labels, spec['num_classes'], 'synthetic', split)
 
 
 def run_case(config, spec, n_train, n_test, use_cache):
@@ -56,7 +56,7 @@ def run_case(config, spec, n_train, n_test, use_cache):
   with tempfile.TemporaryDirectory() as workdir, mock.patch.object(
       inputs, 'load', lambda config, role, split: splits[split]):
     t0 = time.perf_counter()
-    summary = sweep.train_and_evaluate(c, workdir)
+    summary = runner.train_and_evaluate(c, workdir)
     run_s = time.perf_counter() - t0
   case = summary['runs'][0]  # the one (case, seed) run
   return dict(prefix_cache=case['prefix_cache'], cut_layer=case['prefix_cache_cut_layer'],
@@ -104,7 +104,7 @@ def main(argv=None):
       results[spec['model']] = r
       print(f'{spec["model"]}\n' + tables.prefix_table(r) + '\n')
   if args.out:
-    from tljax import report  # pylint: disable=g-import-not-at-top
+    from tljax.runtime import report  # pylint: disable=g-import-not-at-top
     report.write_json(args.out, results)
     print(f'written to {args.out}')
 

@@ -85,8 +85,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import step as bench  # pylint: disable=g-import-not-at-top
-  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
-  from tljax import compiled  # pylint: disable=g-import-not-at-top
+  from tljax.training import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax.training import compiled  # pylint: disable=g-import-not-at-top
   spec = bench.model_specs(True, models=(args.model,))[0]
   spec['xla_cpu_tuning'] = not args.no_xla_cpu_tuning
   config = bench.config_for(spec)

@@ -119,23 +119,23 @@ def random_batch(spec, seed=0):
 def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
   """Compiles case `n` with compiled.compile_steps and times its train step."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tljax import accounting  # pylint: disable=g-import-not-at-top
-  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
-  from tljax import compiled  # pylint: disable=g-import-not-at-top
+  from tljax.accounting.costs import costs  # pylint: disable=g-import-not-at-top
+  from tljax.training import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax.training import compiled  # pylint: disable=g-import-not-at-top
   config = config_for(spec)
   timing = timing or spec['timing']
   case = case_lib.make_case(config, n, spec['num_classes'])
   model = case.model if impl is None else case.model.clone(depthwise_impl=impl)
-  from tljax import parallel  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import parallel  # pylint: disable=g-import-not-at-top
   steps = compiled.compile_steps(model, case.tx, case.trainable, case.state, config,
                                  eval_batch=spec['batch_size'])
   train_c, compile_s, cost = steps.train, steps.compile_s, steps.train_cost
-  twin = accounting.counting_model(model)
+  twin = costs.counting_model(model)
   if twin is not None:  # the FLOPs as counted, whichever step runs (README "FLOPs")
     twin_steps = compiled.compile_steps(twin, case.tx, case.trainable, case.state, config,
                                         eval_batch=spec['batch_size'],
-                                        mesh=parallel.Mesh.on(accounting.counting_device()))
-    cost = accounting.with_counted_flops(cost, twin_steps.train_cost)
+                                        mesh=parallel.Mesh.on(costs.counting_device()))
+    cost = costs.with_counted_flops(cost, twin_steps.train_cost)
   x, y = random_batch(spec)
   x, y = jax.device_put(x), jax.device_put(y)
   holder = [case.state]
@@ -148,7 +148,7 @@ def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
   with timing_lib.CpuContention() as contention:
     step_s, samples = timing_lib.median_time(step, sync=jax.block_until_ready, **timing)
   flops = cost['flops']
-  resolved = accounting.depthwise_impls(model)[0] if impl is not None else None
+  resolved = costs.depthwise_impls(model)[0] if impl is not None else None
   return dict(case=n, label=case_label(spec, n), depthwise_impl=resolved,
               trainable_layers=len(case.trainable_names), step_s=step_s, samples_s=samples,
               examples_per_s=spec['batch_size'] / step_s, train_flops_per_step=flops,
@@ -159,33 +159,33 @@ def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
 
 
 def time_input(spec, timing=None):
-  """Examples/s of the input pipeline: data.train_batches + data.preprocess, one thread."""
-  from tljax import data  # pylint: disable=g-import-not-at-top
+  """Examples/s of the input pipeline: datasets.train_batches + datasets.preprocess, one thread."""
+  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
   from tljax import models  # pylint: disable=g-import-not-at-top
   timing = timing or spec['input_timing']
   if importlib.util.find_spec('tensorflow') is None:  # digits' upsampling, the resize: TF's
     return dict(source='TensorFlow not installed', batch_size=spec['batch_size'], step_s=None,
                 samples_s=[], examples_per_s=None, timing=dict(timing))
   if spec['input'] == 'digits':
-    arrays = data.load('digits', 'train')
+    arrays = datasets.load('digits', 'train')
     source = 'digits train split (real, 32x32 float)'
-    fit = data.fit_of('digits')
+    fit = datasets.fit_of('digits')
   else:
     rng = np.random.default_rng(0)
     n = 8 * spec['batch_size']
-    arrays = data.Arrays(rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+    arrays = datasets.Arrays(rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
                          rng.integers(0, spec['num_classes'], n).astype(np.int32),
                          spec['num_classes'], 'random', 'train')
     source = f'random uint8 32x32x3 (CIFAR-sized) resized to {spec["image_size"]}'
     fit = 'resize'
-  prep = functools.partial(data.preprocess, image_size=spec['image_size'],
+  prep = functools.partial(datasets.preprocess, image_size=spec['image_size'],
                            channels=spec['channels'], fit=fit,
                            pixel_scale=models.pixel_scale(spec['model']))
 
   def forever():
     epoch = 0
     while True:
-      yield from data.train_batches(arrays, spec['batch_size'], seed=0, epoch=epoch, prep=prep)
+      yield from datasets.train_batches(arrays, spec['batch_size'], seed=0, epoch=epoch, prep=prep)
       epoch += 1
 
   it = forever()
@@ -333,7 +333,7 @@ def run(quick=False, models=('small_cnn', 'efficientnet_b0'), peers=PEERS, depth
   cut off by a time limit keeps its finished models).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from tljax import backend  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import backend  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   gpu = jax.default_backend() == 'gpu'
   specs = specs or model_specs(quick, models, depthwise, b0_batch_sizes, gpu)
@@ -382,7 +382,7 @@ def _args(argv):
   p.add_argument('--no_prefix_cache', action='store_true',
                  help='Skip the end-to-end runs with and without the frozen-prefix cache.')
   p.add_argument('--no_xla_cpu_tuning', action='store_true',
-                 help="Compile tljax's steps with XLA's default CPU options (tljax/backend.py), "
+                 help="Compile tljax's steps with XLA's default CPU options (tljax/runtime/backend.py), "
                  'to measure what the tuning buys.')
   p.add_argument('--peer_job', help=argparse.SUPPRESS)
   p.add_argument('--peer_out', help=argparse.SUPPRESS)
@@ -424,7 +424,7 @@ def main(argv=None):
 
 
 def _write(path, result):
-  from tljax import report  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import report  # pylint: disable=g-import-not-at-top
   report.write_json(path, result)
 
 

@@ -123,13 +123,13 @@ def make_data(directory, scale, batch_size, source_dir='', target_dir='', seed=0
 
 def _load_folders(directory, source_dir, target_dir):
   """{(role, split): (images, labels, classes)} from tljax's folder loader; its seconds."""
-  from tljax import data  # pylint: disable=g-import-not-at-top
-  model_input = data.ModelInput(SIDE, 1, os.path.join(directory, 'cache'))
+  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
+  model_input = datasets.ModelInput(SIDE, 1, os.path.join(directory, 'cache'))
   out = {}
   t0 = time.perf_counter()
   for role, root in (('source', source_dir), ('target', target_dir)):
     for split in SPLITS:
-      a = data.load('image_folder', split, root=root, model_input=model_input)
+      a = datasets.load('image_folder', split, root=root, model_input=model_input)
       out[(role, split)] = (np.asarray(a.images), a.labels, a.num_classes)
   seconds = time.perf_counter() - t0
   shutil.rmtree(os.path.join(directory, 'cache'), ignore_errors=True)
@@ -151,18 +151,18 @@ def _tljax_worker(job, t_start):
   """train_and_evaluate on the job's arrays, with a wall-clock timeline of its phases."""
   t0 = time.perf_counter()
   from unittest import mock  # pylint: disable=g-import-not-at-top
-  from tljax import backend  # pylint: disable=g-import-not-at-top
-  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
-  from tljax import compiled  # pylint: disable=g-import-not-at-top
-  from tljax import data  # pylint: disable=g-import-not-at-top
-  from tljax import inputs  # pylint: disable=g-import-not-at-top
-  from tljax import pretrain  # pylint: disable=g-import-not-at-top
-  from tljax import sweep  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import backend  # pylint: disable=g-import-not-at-top
+  from tljax.training import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax.training import compiled  # pylint: disable=g-import-not-at-top
+  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
+  from tljax.data import inputs  # pylint: disable=g-import-not-at-top
+  from tljax.training import pretrain  # pylint: disable=g-import-not-at-top
+  from tljax.sweep import runner  # pylint: disable=g-import-not-at-top
   imports_s = time.perf_counter() - t0
   t1 = time.perf_counter()
   raw = load_data(job['data'])
   classes = {role: job['data_info']['roles'][role]['classes'] for role in ('source', 'target')}
-  arrays = {key: data.Arrays(images, labels, classes[key[0]], f'{key[0]} data', key[1])
+  arrays = {key: datasets.Arrays(images, labels, classes[key[0]], f'{key[0]} data', key[1])
             for key, (images, labels) in raw.items()}
   load_s = time.perf_counter() - t1
   config = tljax_config(job)
@@ -185,7 +185,7 @@ def _tljax_worker(job, t_start):
     return wrapped
 
   plan_case, variables, train_run, run_seed = (case_lib.plan_case, pretrain.variables,
-                                               sweep.train_run, sweep._run_seed)  # pylint: disable=protected-access
+                                               runner.train_run, runner._run_seed)  # pylint: disable=protected-access
   # The timeline: a case's plan (compiled before pretraining) and its run count for the case;
   # what follows a run (the summary, CSVs, figures) counts as its 'outputs'.
   patches = [
@@ -195,10 +195,10 @@ def _tljax_worker(job, t_start):
           after=('other', 'setup'), message=lambda n: f'compiling {n}')),
       mock.patch.object(pretrain, 'variables', phase(
           variables, lambda *a: 'pretraining', 'run', message=lambda n: 'pretraining')),
-      mock.patch.object(sweep, 'train_run', phase(
+      mock.patch.object(runner, 'train_run', phase(
           train_run, lambda sw, plan, spec, *a: f'case {label(spec)}', 'run',
           message=lambda n: f'training {n}')),
-      mock.patch.object(sweep, '_run_seed', phase(run_seed, lambda *a: 'other', 'setup',
+      mock.patch.object(runner, '_run_seed', phase(run_seed, lambda *a: 'other', 'setup',
                                                   after=('other', 'outputs'))),
       # Every step tljax compiles goes through these two (lowering + XLA, or XLA alone).
       mock.patch.object(compiled, 'compile_step', line.timed_compile(compiled.compile_step)),
@@ -214,7 +214,7 @@ def _tljax_worker(job, t_start):
     p.start()
   try:
     line.start()
-    summary = sweep.train_and_evaluate(config, workdir)
+    summary = runner.train_and_evaluate(config, workdir)
     sweep_s = line.stop()
   finally:
     for p in reversed(patches):

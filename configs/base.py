@@ -101,10 +101,10 @@ def get_config():
   c.coordinator_address = ''  # 'host:port' of process 0, for num_processes > 1
   c.num_processes = 1
   c.process_id = 0
-  # XLA:CPU compiler options that tljax measured to be faster (tljax/backend.py); False
+  # XLA:CPU compiler options that tljax measured to be faster (tljax/runtime/backend.py); False
   # compiles with XLA's defaults. Ignored on GPU/TPU.
   c.xla_cpu_tuning = True
-  # JAX's persistent compilation cache (tljax/backend.py): a second run of the same sweep loads
+  # JAX's persistent compilation cache (tljax/runtime/backend.py): a second run of the same sweep loads
   # every compiled step from disk instead of compiling it. '' = <cache_dir>/xla_compiled.
   c.compilation_cache = True
   c.compilation_cache_dir = ''

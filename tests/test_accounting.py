@@ -2,10 +2,10 @@
 
 import pytest
 
-from tljax import accounting
-from tljax import case as case_lib
-from tljax import compiled
-from tljax import freezing
+from tljax.accounting.costs import costs
+from tljax.training import case as case_lib
+from tljax.training import compiled
+from tljax.training import freezing
 
 CASES = (1, 4, 9, 11, 17, 23)
 BATCH = 16
@@ -20,7 +20,7 @@ CONV_MACS = {
 
 
 @pytest.fixture(scope='module')
-def costs():
+def case_costs():
   """Compiled train/eval costs and analytic counts of the six cases (batch 16, 10 classes)."""
   from configs import default
   config = default.get_config()
@@ -31,46 +31,46 @@ def costs():
     steps = compiled.compile_steps(case.model, case.tx, case.trainable, case.state, config,
                                    eval_batch=BATCH)
     train_c, eval_c = steps.train, steps.eval
-    per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
-    out[n] = dict(train=accounting.xla_costs(train_c), eval=accounting.xla_costs(eval_c),
+    per_layer = costs.layer_macs(case.model, case.variables, (32, 32, 1))
+    out[n] = dict(train=costs.xla_costs(train_c), eval=costs.xla_costs(eval_c),
                   per_layer=per_layer,
-                  analytic=accounting.analytic_train_macs(
+                  analytic=costs.analytic_train_macs(
                       per_layer, freezing.trainable_params_by_layer(case.labels)))
   return out
 
 
-def test_analytic_per_layer_macs_match_the_formula(costs):
-  per_layer = {l['name']: l['macs'] for l in costs[1]['per_layer']}
+def test_analytic_per_layer_macs_match_the_formula(case_costs):
+  per_layer = {l['name']: l['macs'] for l in case_costs[1]['per_layer']}
   assert {k: v for k, v in per_layer.items() if v} == CONV_MACS
-  assert costs[1]['analytic']['forward'] == sum(CONV_MACS.values())
+  assert case_costs[1]['analytic']['forward'] == sum(CONV_MACS.values())
 
 
-def test_train_flops_strictly_increase_across_cases(costs):
-  flops = [costs[n]['train']['flops'] for n in CASES]
+def test_train_flops_strictly_increase_across_cases(case_costs):
+  flops = [case_costs[n]['train']['flops'] for n in CASES]
   assert all(a < b for a, b in zip(flops, flops[1:])), flops
-  mem = [costs[n]['train']['memory_bytes'] for n in CASES]
+  mem = [case_costs[n]['train']['memory_bytes'] for n in CASES]
   assert mem[-1] > mem[0] > 0
 
 
-def test_full_fine_tuning_is_2_5_to_3_5_forward(costs):
-  fwd = costs[23]['eval']['flops']
-  ratio = costs[23]['train']['flops'] / fwd
+def test_full_fine_tuning_is_2_5_to_3_5_forward(case_costs):
+  fwd = case_costs[23]['eval']['flops']
+  ratio = case_costs[23]['train']['flops'] / fwd
   assert 2.5 < ratio < 3.5, ratio
 
 
-def test_head_only_is_forward_plus_head_backward(costs):
+def test_head_only_is_forward_plus_head_backward(case_costs):
   """With only dense_1 trainable, no backward work below it: train ~ forward + head backward."""
-  fwd = costs[1]['eval']['flops']
+  fwd = case_costs[1]['eval']['flops']
   head_backward = 2 * 2 * BATCH * 128 * 10  # weight gradient + input-free: 2 FLOPs per MAC
-  train_flops = costs[1]['train']['flops']
+  train_flops = case_costs[1]['train']['flops']
   assert train_flops >= fwd
   assert train_flops <= 1.03 * (fwd + head_backward), train_flops / fwd
 
 
-def test_xla_count_agrees_with_the_analytic_count(costs):
+def test_xla_count_agrees_with_the_analytic_count(case_costs):
   for n in CASES:
-    xla = costs[n]['train']['flops'] / BATCH
-    analytic = 2 * costs[n]['analytic']['total']
+    xla = case_costs[n]['train']['flops'] / BATCH
+    analytic = 2 * case_costs[n]['analytic']['total']
     # XLA omits SAME-padding taps (-6..-12 % on 32x32..8x8 maps) and adds elementwise work.
     assert 0.85 < xla / analytic < 1.05, (n, xla / analytic)
 
@@ -81,24 +81,24 @@ def test_analytic_train_count_terms():
             dict(name='c', kind='Conv2D', weighted=True, macs=10),
             dict(name='d', kind='Dense', weighted=True, macs=1)]
   both = ('kernel', 'bias')
-  got = accounting.analytic_train_macs(layers, {'c': both, 'd': both})
+  got = costs.analytic_train_macs(layers, {'c': both, 'd': both})
   assert got == dict(forward=111, weight_grad=11, input_grad=1, total=123, trainable_forward=11)
-  full = accounting.analytic_train_macs(layers, {'a': both, 'b': (), 'c': both, 'd': both})
+  full = costs.analytic_train_macs(layers, {'a': both, 'b': (), 'c': both, 'd': both})
   assert full['input_grad'] == 11 and full['total'] == 111 + 111 + 11
   # A layer that trains nothing below the lowest trainable one changes nothing.
-  assert accounting.analytic_train_macs(layers, {'b': (), 'c': both, 'd': both}) == got
+  assert costs.analytic_train_macs(layers, {'b': (), 'c': both, 'd': both}) == got
   # Bias-only layers pay no weight gradient, but input gradients reach the lowest of them.
-  bias = accounting.analytic_train_macs(layers, {'a': ('bias',), 'c': ('bias',), 'd': both})
+  bias = costs.analytic_train_macs(layers, {'a': ('bias',), 'c': ('bias',), 'd': both})
   assert bias == dict(forward=111, weight_grad=1, input_grad=11, total=123, trainable_forward=1)
   with pytest.raises(ValueError, match='must be a dict'):
-    accounting.analytic_train_macs(layers, ('c', 'd'))
+    costs.analytic_train_macs(layers, ('c', 'd'))
 
 
 def _small_cnn_analytic(n):
   from configs import default
   case = case_lib.make_case(default.get_config(), n, num_classes=10)
-  per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
-  return accounting.analytic_train_macs(per_layer, freezing.trainable_params_by_layer(case.labels))
+  per_layer = costs.layer_macs(case.model, case.variables, (32, 32, 1))
+  return costs.analytic_train_macs(per_layer, freezing.trainable_params_by_layer(case.labels))
 
 
 def test_input_gradients_start_at_the_lowest_trainable_layer_with_weights():
@@ -117,17 +117,17 @@ def test_efficientnet_head_only_input_gradients_start_at_dense():
   from tljax import models
   model = models.create('efficientnet_b0', num_classes=7)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  per_layer = accounting.layer_macs(model, variables, (32, 32, 3))
+  per_layer = costs.layer_macs(model, variables, (32, 32, 3))
   head = freezing.case_layers(model.keras_layers(), 0, 'base')
   assert head[0] == 'global_average_pooling2d'
   labels = freezing.label_tree(variables['params'], freezing.case_rules(head), log=False)
-  got = accounting.analytic_train_macs(per_layer, freezing.trainable_params_by_layer(labels))
+  got = costs.analytic_train_macs(per_layer, freezing.trainable_params_by_layer(labels))
   assert got['weight_grad'] == 1280 * 128 + 128 * 7
   assert got['input_grad'] == 128 * 7  # not dense's 1280 x 128 as well
 
 
 def test_energy_formulas():
-  assert accounting.energy_j(2e9) == pytest.approx(1e9 * 3.2e-12)
-  assert accounting.energy_j(2e9, e_mac_j=1e-12) == pytest.approx(1e-3)
+  assert costs.energy_j(2e9) == pytest.approx(1e9 * 3.2e-12)
+  assert costs.energy_j(2e9, e_mac_j=1e-12) == pytest.approx(1e-3)
   # The thesis's FC-only energy (CIFAR-10): 2048*128 + 128*10 MACs x 3.2 pJ = 843 nJ ("850").
-  assert (2048 * 128 + 128 * 10) * accounting.DEFAULT_E_MAC_J == pytest.approx(842.9568e-9)
+  assert (2048 * 128 + 128 * 10) * costs.DEFAULT_E_MAC_J == pytest.approx(842.9568e-9)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tljax import accounting
-from tljax import backend
-from tljax.steps import train_step
-from tljax import case as case_lib
+from tljax.accounting.costs import costs
+from tljax.runtime import backend
+from tljax.training import case as case_lib
+from tljax.training.steps import train_step
 from configs import base
 
 
@@ -59,7 +59,7 @@ def test_tuned_and_default_compiles_count_the_same_flops_and_agree():
   y = jnp.arange(8) % 10
   lowered = step.lower(case.state, x, y)
   tuned, default = backend.compile(lowered), lowered.compile()
-  assert accounting.xla_costs(tuned)['flops'] == accounting.xla_costs(default)['flops']
+  assert costs.xla_costs(tuned)['flops'] == costs.xla_costs(default)['flops']
   assert tuned.as_text() != default.as_text()  # the options did change the program
   # ...as intended: YNNPACK library fusions keep the reductions (BatchNorm statistics) and no
   # convolution or matmul, which XLA's own emitters then run on every core.

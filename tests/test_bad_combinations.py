@@ -4,9 +4,9 @@ now one ValueError naming the fields and what is accepted."""
 import pytest
 
 from configs import base
-from tljax import checks
-from tljax import case as case_lib
-from tljax import sweep
+from tljax.config import checks
+from tljax.sweep import runner
+from tljax.training import case as case_lib
 
 
 @pytest.mark.parametrize('prefix_cache', [True, False])
@@ -18,7 +18,7 @@ def test_a_case_that_trains_no_parameter_is_an_error(tiny_config, tmp_path, pref
   with pytest.raises(ValueError, match=(
       r"config.cases=\(1, 0\) with config.case_counting='base' and config.model='small_cnn': "
       r'Case 0 trains no parameter')):
-    sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+    runner.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   with pytest.raises(ValueError, match='Case 0 trains no parameter'):
     case_lib.make_case(tiny_config, 0, num_classes=5)
 
@@ -27,7 +27,7 @@ def test_out_of_range_case_names_its_fields(tiny_config, tmp_path):
   tiny_config.cases = (4, 24)
   with pytest.raises(ValueError, match=(r"config.cases=\(4, 24\) with config.case_counting="
                                         r"'model' and config.model='small_cnn': Case 24 is out")):
-    sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+    runner.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
 
 
 @pytest.mark.parametrize('fields, message', [

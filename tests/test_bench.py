@@ -8,7 +8,7 @@ from benchmarks import prefix as prefix_bench
 from benchmarks import step as bench
 from benchmarks import tables
 from benchmarks import timing
-from tljax import report
+from tljax.runtime import report
 
 
 def test_median_time_counts_calls():

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import base
-from tljax import checks
+from tljax.config import checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

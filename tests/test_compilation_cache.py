@@ -5,8 +5,8 @@ import json
 import jax
 from jax import monitoring
 
-from tljax import backend
-from tljax import sweep
+from tljax.runtime import backend
+from tljax.sweep import runner
 from tests.conftest import shrunk_default
 
 _EVENTS = ('/jax/compilation_cache/cache_hits', '/jax/compilation_cache/cache_misses')
@@ -23,7 +23,7 @@ def _sweep_counting_cache_events(config, workdir):
 
   monitoring.register_event_listener(listen)
   try:
-    summary = sweep.train_and_evaluate(config, str(workdir))
+    summary = runner.train_and_evaluate(config, str(workdir))
   finally:
     monitoring.unregister_event_listener(listen)
   return summary, counts

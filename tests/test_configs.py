@@ -8,8 +8,8 @@ import os
 import pytest
 
 from tests.conftest import XLA_CACHE
-from tljax import data
-from tljax import sweep
+from tljax.data import datasets
+from tljax.sweep import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
@@ -40,8 +40,8 @@ def test_config_dry_run(name, tmp_path):
   config.compilation_cache_dir = XLA_CACHE
   for role in ('source', 'target'):  # folder datasets: a tiny tree with the expected classes
     dataset = config[f'{role}_dataset']
-    if dataset in data.FOLDER_DATASETS:
-      classes = data.FOLDER_DATASETS[dataset].get('classes', ('a', 'b', 'c'))
+    if dataset in datasets.FOLDER_DATASETS:
+      classes = datasets.FOLDER_DATASETS[dataset].get('classes', ('a', 'b', 'c'))
       config[f'{role}_data_dir'] = _tiny_folder(tmp_path / role, classes)
   # Shrunk for CI's 2 cores: the first and last cases (every default case runs end to end in
   # test_launch.py), smaller images.
@@ -50,7 +50,7 @@ def test_config_dry_run(name, tmp_path):
     config.cases = config.cases[:1]  # (trainable depthwise layers: test_depthwise_flops.py)
     config.image_size = 32
     config.prefix_cache = False  # B0's prefix steps: test_prefix_cache.py
-  summary = sweep.train_and_evaluate(config, str(tmp_path / 'w'))
+  summary = runner.train_and_evaluate(config, str(tmp_path / 'w'))
   on_disk = json.loads((tmp_path / 'w' / 'summary.json').read_text())
   assert on_disk['dry_run'] is True
   assert [c['case'] for c in on_disk['cases']] == [

@@ -1,4 +1,4 @@
-"""Tests of tljax.convert and tljax.weights against Keras-written EfficientNet weight files."""
+"""Tests of tljax.convert and tljax.models.imagenet against Keras-written EfficientNet weight files."""
 
 import os
 
@@ -24,7 +24,7 @@ import pytest
 
 from tljax import convert
 from tljax import models
-from tljax import weights
+from tljax.models import imagenet
 
 # Keras's own variables trip a numpy 2 deprecation when written to HDF5; not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -42,7 +42,7 @@ def build_keras_imagenet(model_name, size):
     # Weights are overwritten below; zeros skip a jax compile per kernel shape.
     mp.setattr(random_initializers.VarianceScaling, '__call__',
                lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'))
-    mp.setattr(file_utils, 'get_file', lambda *a, **k: '/nonexistent/weights.h5')
+    mp.setattr(file_utils, 'get_file', lambda *a, **k: '/nonexistent/imagenet.h5')
     mp.setattr(keras.Model, 'load_weights', lambda self, *a, **k: None)
     return KERAS_BUILDERS[model_name](include_top=False, weights='imagenet',
                                       input_shape=(size, size, 3))
@@ -322,7 +322,7 @@ def test_cli_round_trip(keras_files, b0_file, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['ckpt']
 
 
-# tljax.weights: downloading, md5 checks and the cache, all without a network.
+# tljax.models.imagenet: downloading, md5 checks and the cache, all without a network.
 
 
 def _no_network(calls):
@@ -342,8 +342,8 @@ def _serve(data, calls):
 def test_offline_error_names_url_md5_and_path(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(urllib.request, 'urlopen', _no_network(calls))
-  with pytest.raises(weights.WeightsUnavailableError) as e:
-    weights.imagenet_variables('efficientnet_b0', str(tmp_path))
+  with pytest.raises(imagenet.WeightsUnavailableError) as e:
+    imagenet.imagenet_variables('efficientnet_b0', str(tmp_path))
   assert isinstance(e.value, RuntimeError)
   msg = str(e.value)
   assert 'https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5' in msg
@@ -357,19 +357,19 @@ def test_offline_error_names_url_md5_and_path(tmp_path, monkeypatch):
 def test_download_with_wrong_md5_keeps_nothing(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(urllib.request, 'urlopen', _serve(b'not the weights', calls))
-  with pytest.raises(weights.WeightsUnavailableError,
+  with pytest.raises(imagenet.WeightsUnavailableError,
                      match=r"md5 is .*expected 111f8e2ac8aa800a7a99e3239f7bfb39.*"
                            + str(tmp_path / 'efficientnetb2_notop.h5')):
-    weights.imagenet_variables('efficientnet_b2', str(tmp_path))
+    imagenet.imagenet_variables('efficientnet_b2', str(tmp_path))
   assert len(calls) == 1 and os.listdir(tmp_path) == []
 
 
 def test_download_convert_and_cache(b0_file, tmp_path, monkeypatch):
-  monkeypatch.setitem(weights.FILES, 'efficientnet_b0', ('efficientnetb0_notop.h5', md5(b0_file)))
+  monkeypatch.setitem(imagenet.FILES, 'efficientnet_b0', ('efficientnetb0_notop.h5', md5(b0_file)))
   calls = []
   monkeypatch.setattr(urllib.request, 'urlopen', _serve(open(b0_file, 'rb').read(), calls))
   want = convert.keras_h5_to_variables(b0_file, 'efficientnet_b0')
-  got = weights.imagenet_variables('efficientnet_b0', str(tmp_path))
+  got = imagenet.imagenet_variables('efficientnet_b0', str(tmp_path))
   assert calls == ['https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5']
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert sorted(os.listdir(tmp_path)) == ['efficientnet_b0_imagenet', 'efficientnetb0_notop.h5']
@@ -378,7 +378,7 @@ def test_download_convert_and_cache(b0_file, tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen', _no_network(calls))
   monkeypatch.setattr(convert, 'keras_h5_to_variables', lambda *a: pytest.fail('converted again'))
   jax.tree.map(np.testing.assert_array_equal,
-               weights.imagenet_variables('efficientnet_b0', str(tmp_path)), want)
+               imagenet.imagenet_variables('efficientnet_b0', str(tmp_path)), want)
   assert len(calls) == 1
 
 
@@ -387,11 +387,11 @@ def test_file_put_by_hand_is_used_and_checked(b0_file, tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen', _no_network(calls))
   by_hand = tmp_path / 'efficientnetb0_notop.h5'
   shutil.copyfile(b0_file, by_hand)
-  with pytest.raises(weights.WeightsUnavailableError,
+  with pytest.raises(imagenet.WeightsUnavailableError,
                      match=f'{by_hand} has md5 {md5(b0_file)}, expected 50bc09e7'):
-    weights.imagenet_variables('efficientnet_b0', str(tmp_path))
-  monkeypatch.setitem(weights.FILES, 'efficientnet_b0', ('efficientnetb0_notop.h5', md5(b0_file)))
-  got = weights.imagenet_variables('efficientnet_b0', str(tmp_path))
+    imagenet.imagenet_variables('efficientnet_b0', str(tmp_path))
+  monkeypatch.setitem(imagenet.FILES, 'efficientnet_b0', ('efficientnetb0_notop.h5', md5(b0_file)))
+  got = imagenet.imagenet_variables('efficientnet_b0', str(tmp_path))
   assert calls == []
   jax.tree.map(np.testing.assert_array_equal, got,
                convert.keras_h5_to_variables(b0_file, 'efficientnet_b0'))

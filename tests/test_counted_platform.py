@@ -9,8 +9,8 @@ checks that the twin is compiled and counted, the prefix cache's steps included.
 import jax
 import pytest
 
-from tljax import accounting
-from tljax import case as case_lib
+from tljax.accounting.costs import costs
+from tljax.training import case as case_lib
 
 
 @pytest.fixture(scope='module')
@@ -19,15 +19,15 @@ def plans(tmp_path_factory):
   config = shrunk_default(tmp_path_factory.mktemp('cache'))
   as_cpu = case_lib.plan_case(config, 'last:9', 5, 64)
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(accounting.jax, 'default_backend', lambda: 'gpu')
-    assert accounting.counting_model(as_cpu.case.model) is as_cpu.case.model
+    mp.setattr(costs.jax, 'default_backend', lambda: 'gpu')
+    assert costs.counting_model(as_cpu.case.model) is as_cpu.case.model
     as_gpu = case_lib.plan_case(config, 'last:9', 5, 64)
   return as_cpu, as_gpu
 
 
 def test_off_the_cpu_the_counted_flops_are_the_cpu_twins(plans):
   as_cpu, as_gpu = plans
-  assert accounting.counting_device().platform == 'cpu'
+  assert costs.counting_device().platform == 'cpu'
   assert 'flops_as_compiled' not in as_cpu.train_cost  # counted as compiled
   # The twin's count is the CPU compile's: here both are, so all three agree exactly.
   assert as_gpu.train_cost['flops'] == as_gpu.train_cost['flops_as_compiled'] == (

@@ -3,22 +3,22 @@
 import numpy as np
 import pytest
 
-from tljax import data
+from tljax.data import datasets
 
 
 def test_digits_split_by_class_like_yosinski():
-  src = data.load('digits', 'train', classes=(0, 1, 2, 3, 4))
-  tgt = data.load('digits', 'train', classes=(5, 6, 7, 8, 9))
-  tgt_test = data.load('digits', 'test', classes=(5, 6, 7, 8, 9))
+  src = datasets.load('digits', 'train', classes=(0, 1, 2, 3, 4))
+  tgt = datasets.load('digits', 'train', classes=(5, 6, 7, 8, 9))
+  tgt_test = datasets.load('digits', 'test', classes=(5, 6, 7, 8, 9))
   assert src.images.shape[1:] == (32, 32, 1) and src.images.dtype == np.float32
   assert 0.0 <= src.images.min() and src.images.max() <= 1.0
   assert set(src.labels) == set(tgt.labels) == set(range(5))
   assert src.num_classes == tgt.num_classes == 5
   # 1797 digits in all, a quarter of each class held out, no example in both splits.
-  all_train = data.load('digits', 'train')
-  all_test = data.load('digits', 'test')
+  all_train = datasets.load('digits', 'train')
+  all_test = datasets.load('digits', 'test')
   assert len(all_train) + len(all_test) == 1797
-  assert abs(len(all_test) - 1797 * data.DIGITS_TEST_FRACTION) < 10
+  assert abs(len(all_test) - 1797 * datasets.DIGITS_TEST_FRACTION) < 10
   assert len(src) + len(tgt) == len(all_train)
   assert len(tgt_test) > 200
   train_set = {a.tobytes() for a in all_train.images}
@@ -26,39 +26,39 @@ def test_digits_split_by_class_like_yosinski():
 
 
 def test_class_selection_remaps_in_the_given_order():
-  full = data.load('digits', 'test')
-  sel = data.load('digits', 'test', classes=(7, 3))
+  full = datasets.load('digits', 'test')
+  sel = datasets.load('digits', 'test', classes=(7, 3))
   assert np.array_equal(sel.labels == 0, full.labels[np.isin(full.labels, (7, 3))] == 7)
   with pytest.raises(ValueError, match=r'Bad classes \(3, 10\) for dataset .digits.'):
-    data.load('digits', 'test', classes=(3, 10))
+    datasets.load('digits', 'test', classes=(3, 10))
 
 
 def test_preprocess_grayscale_pad_resize_scale():
   rgb = np.zeros((2, 28, 28, 3), np.uint8)
   rgb[..., 0] = 255
-  out = data.preprocess(rgb, image_size=32, channels=1, fit='pad')
+  out = datasets.preprocess(rgb, image_size=32, channels=1, fit='pad')
   assert out.shape == (2, 32, 32, 1)
   assert out[0, 2, 2, 0] == pytest.approx(0.2989, abs=1e-6)  # R weight of ITU-R 601
   assert out[0, 0, 0, 0] == 0.0 and out[0, 31, 31, 0] == 0.0  # zero padding 28 -> 32
-  up = data.preprocess(rgb, image_size=56, channels=3, fit='resize', pixel_scale=255.0)
+  up = datasets.preprocess(rgb, image_size=56, channels=3, fit='resize', pixel_scale=255.0)
   assert up.shape == (2, 56, 56, 3)
   np.testing.assert_allclose(up[..., 0], 255.0)
   gray = np.full((1, 8, 8, 1), 0.5, np.float32)
-  np.testing.assert_allclose(data.preprocess(gray, image_size=8, channels=3), 0.5)
+  np.testing.assert_allclose(datasets.preprocess(gray, image_size=8, channels=3), 0.5)
 
 
 def test_batches_are_deterministic_and_cover_the_epoch():
-  arrays = data.load('digits', 'train', classes=(0, 1))
+  arrays = datasets.load('digits', 'train', classes=(0, 1))
   prep = lambda x: x
-  a = [y for _, y in data.train_batches(arrays, 16, seed=3, epoch=0, prep=prep)]
-  b = [y for _, y in data.train_batches(arrays, 16, seed=3, epoch=0, prep=prep)]
-  c = [y for _, y in data.train_batches(arrays, 16, seed=3, epoch=1, prep=prep)]
+  a = [y for _, y in datasets.train_batches(arrays, 16, seed=3, epoch=0, prep=prep)]
+  b = [y for _, y in datasets.train_batches(arrays, 16, seed=3, epoch=0, prep=prep)]
+  c = [y for _, y in datasets.train_batches(arrays, 16, seed=3, epoch=1, prep=prep)]
   assert len(a) == len(arrays) // 16
   assert all(np.array_equal(x, y) for x, y in zip(a, b))
   assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-  resumed = [y for _, y in data.train_batches(arrays, 16, seed=3, epoch=0, start_step=5, prep=prep)]
+  resumed = [y for _, y in datasets.train_batches(arrays, 16, seed=3, epoch=0, start_step=5, prep=prep)]
   assert all(np.array_equal(x, y) for x, y in zip(a[5:], resumed))
-  evals = list(data.eval_batches(arrays, 100, prep=prep))
+  evals = list(datasets.eval_batches(arrays, 100, prep=prep))
   assert sum(m.sum() for _, _, m in evals) == len(arrays)
   assert all(x.shape[0] == 100 for x, _, _ in evals)
 
@@ -66,24 +66,24 @@ def test_batches_are_deterministic_and_cover_the_epoch():
 @pytest.mark.parametrize('name, shape', [('cifar10', (32, 32, 3)), ('mnist', (28, 28, 1)),
                                          ('svhn_cropped', (32, 32, 3)), ('cifar100', (32, 32, 3))])
 def test_mock_tfds(name, shape):
-  arrays = data.load(name, 'train', mock=True)
-  assert arrays.images.shape == (data.MOCK_EXAMPLES,) + shape
-  assert arrays.num_classes == data.TFDS_DATASETS[name]['num_classes']
+  arrays = datasets.load(name, 'train', mock=True)
+  assert arrays.images.shape == (datasets.MOCK_EXAMPLES,) + shape
+  assert arrays.num_classes == datasets.TFDS_DATASETS[name]['num_classes']
 
 
 def test_offline_missing_dataset_fails_at_once_naming_it(tmp_path, monkeypatch):
   def refuse(*a, **k):
     raise OSError('network is unreachable')
-  monkeypatch.setattr(data.socket, 'create_connection', refuse)
-  with pytest.raises(data.DatasetUnavailableError) as e:
-    data.load('mnist', 'train', data_dir=str(tmp_path))
+  monkeypatch.setattr(datasets.socket, 'create_connection', refuse)
+  with pytest.raises(datasets.DatasetUnavailableError) as e:
+    datasets.load('mnist', 'train', data_dir=str(tmp_path))
   msg = str(e.value)
   assert "'mnist'" in msg and str(tmp_path) in msg and 'storage.googleapis.com' in msg
 
 
 def test_unknown_dataset():
   with pytest.raises(ValueError, match="Unknown dataset 'imagenet21k'; known datasets: cifar10"):
-    data.load('imagenet21k', 'train')
+    datasets.load('imagenet21k', 'train')
 
 
 def test_image_folder_dataset(tmp_path):
@@ -95,21 +95,21 @@ def test_image_folder_dataset(tmp_path):
       d.mkdir(parents=True)
       for i in range(n):
         Image.fromarray(rng.integers(0, 255, (20, 30, 3), np.uint8)).save(d / f'{i}.png')
-  model_input = data.ModelInput(224, 3, str(tmp_path / 'cache'))
-  arrays = data.load('image_folder', 'train', root=str(tmp_path), model_input=model_input)
+  model_input = datasets.ModelInput(224, 3, str(tmp_path / 'cache'))
+  arrays = datasets.load('image_folder', 'train', root=str(tmp_path), model_input=model_input)
   assert arrays.images.shape == (6, 224, 224, 3) and arrays.images.dtype == np.uint8
   assert list(arrays.labels) == [0, 0, 0, 1, 1, 1] and arrays.num_classes == 2
   with pytest.raises(ValueError, match='needs the folder root: --config.source_data_dir'):
-    data.load('image_folder', 'train', model_input=model_input)
+    datasets.load('image_folder', 'train', model_input=model_input)
   with pytest.raises(ValueError, match="expects \\['buildings'"):
-    data.load('intel_scenes', 'train', root=str(tmp_path), model_input=model_input)
+    datasets.load('intel_scenes', 'train', root=str(tmp_path), model_input=model_input)
 
 
 def test_every_split_must_hold_every_selected_class_and_two_at_least(monkeypatch):
   with pytest.raises(ValueError, match=r"'digits' split 'train': only 1 class \(label 3\); a "
                      'classifier needs two or more: select two or more with classes'):
-    data.load('digits', 'train', classes=(3,))
-  real = data._load_digits  # pylint: disable=protected-access
+    datasets.load('digits', 'train', classes=(3,))
+  real = datasets._load_digits  # pylint: disable=protected-access
 
   def no_test_sevens(split):
     images, labels = real(split)
@@ -117,9 +117,9 @@ def test_every_split_must_hold_every_selected_class_and_two_at_least(monkeypatch
     return images[keep], labels[keep]
 
   monkeypatch.setattr(data, '_load_digits', no_test_sevens)
-  assert data.load('digits', 'test', classes=(3, 5)).num_classes == 2
+  assert datasets.load('digits', 'test', classes=(3, 5)).num_classes == 2
   with pytest.raises(ValueError, match=r"'digits' split 'test' has no example of class label 7: "
                      r'every split .* select the other classes: classes=\(3, 5\)\.'):
-    data.load('digits', 'test', classes=(7, 3, 5))
+    datasets.load('digits', 'test', classes=(7, 3, 5))
   with pytest.raises(ValueError, match='no example of class label 7'):
-    data.load('digits', 'test')
+    datasets.load('digits', 'test')

@@ -10,11 +10,11 @@ from absl import flags
 from absl import logging as absl_logging
 import pytest
 
-from tljax import console
-from tljax import figures
-from tljax import pareto
-from tljax import recommend
-from tljax import stats
+from tljax.decision import console
+from tljax.decision import figures
+from tljax.decision import pareto
+from tljax.decision import recommend
+from tljax.decision import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T2 = 4.302652729911275  # Student t 0.975 quantile, 2 degrees of freedom (tables)

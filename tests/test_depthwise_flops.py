@@ -4,10 +4,10 @@ import jax
 import pytest
 
 from configs import base, test2
-from tljax import accounting
-from tljax import prefix_cache
-from tljax import compiled
-from tljax import sweep
+from tljax.accounting.costs import costs
+from tljax.sweep import runner
+from tljax.training import compiled
+from tljax.training import prefix_cache
 
 # Head + the last 16 base layers: block7a (its depthwise conv trainable) and the top.
 CASES = (16,)
@@ -35,7 +35,7 @@ def _dry_run_config(impl):
 @pytest.fixture(scope='module')
 def summaries(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('depthwise')
-  return {impl: sweep.train_and_evaluate(_dry_run_config(impl), str(tmp / impl))
+  return {impl: runner.train_and_evaluate(_dry_run_config(impl), str(tmp / impl))
           for impl in ('slices', 'grouped')}
 
 
@@ -60,15 +60,15 @@ def test_the_grouped_count_alone_would_be_inflated(summaries):
 
 def test_counting_model_is_the_slices_twin():
   b0 = compiled.model_for(_dry_run_config('grouped'), 10)
-  twin = accounting.counting_model(b0)
+  twin = costs.counting_model(b0)
   assert twin.depthwise_impl == 'slices' and twin.variant == b0.variant
-  assert accounting.counting_model(twin) is None
-  assert accounting.depthwise_impls(b0) == ('grouped', 'slices')
-  assert accounting.depthwise_impls(compiled.model_for(_dry_run_config('auto'), 10)) == (
+  assert costs.counting_model(twin) is None
+  assert costs.depthwise_impls(b0) == ('grouped', 'slices')
+  assert costs.depthwise_impls(compiled.model_for(_dry_run_config('auto'), 10)) == (
       'slices' if jax.default_backend() == 'cpu' else 'grouped', 'slices')
   small = compiled.model_for(base.get_config(), 10)
-  assert accounting.depthwise_impls(small) == (None, None)
-  assert accounting.counting_model(small) is None
+  assert costs.depthwise_impls(small) == (None, None)
+  assert costs.counting_model(small) is None
 
 
 def test_cached_steps_take_the_twins_flops_and_keep_their_memory():

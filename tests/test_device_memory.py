@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tljax import device_memory
+from tljax.accounting.costs import device_memory
 from tljax import models
-from tljax import case as case_lib
-from tljax import sweep
 from tljax.models.small_cnn import SmallCNN
+from tljax.training import case as case_lib
 
 # Small CNN, 10 classes, batch 1: each layer's output elements and parameters (kernel + bias).
 OUT = {'conv2d': 32 * 32 * 32, 'conv2d_1': 32 * 32 * 32, 'max_pooling2d': 16 * 16 * 32,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tljax import models
-from tljax import prefix_cache
 from tljax.models.small_cnn import BN_EPSILON
+from tljax.training import prefix_cache
 
 CASE_1_TRAINABLE = ('dense_1',)  # the thesis's case 1: every other layer frozen
 RATES = {'dropout': 0.25, 'dropout_1': 0.25, 'dropout_2': 0.25, 'dropout_3': 0.5}

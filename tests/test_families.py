@@ -11,17 +11,17 @@ import optax
 import pytest
 
 from configs import default
-from tljax import accounting
-from tljax import backend
-from tljax import checks
-from tljax import freezing
+from tljax.accounting.costs import costs
+from tljax.config import checks
 from tljax import models
-from tljax import prefix_cache
-from tljax import resume
-from tljax import case as case_lib
-from tljax import compiled as compiled_lib
-from tljax import sweep
-from tljax.steps import TrainState, train_step
+from tljax.runtime import backend
+from tljax.sweep import layout
+from tljax.sweep import runner
+from tljax.training import case as case_lib
+from tljax.training import compiled as compiled_lib
+from tljax.training import freezing
+from tljax.training import prefix_cache
+from tljax.training.steps import TrainState, train_step
 
 BATCH = 16
 CLASSES = 5  # as tiny_config's digits 5-9: the end-to-end run reuses the initial variables
@@ -208,9 +208,9 @@ def small_steps():
     case = case_lib.make_case(config, name, num_classes=CLASSES)
     compiled = _compile_train(case.model, case.tx, case.trainable, case.state, config,
                               compiled_lib.input_spec(config, BATCH))
-    per_layer = accounting.layer_macs(case.model, case.variables, (32, 32, 1))
-    out[name] = dict(case=case, step=compiled, flops=accounting.xla_costs(compiled)['flops'],
-                     analytic=accounting.analytic_train_macs(
+    per_layer = costs.layer_macs(case.model, case.variables, (32, 32, 1))
+    out[name] = dict(case=case, step=compiled, flops=costs.xla_costs(compiled)['flops'],
+                     analytic=costs.analytic_train_macs(
                          per_layer, freezing.trainable_params_by_layer(case.labels)))
   return out
 
@@ -271,7 +271,7 @@ def b0():
   """B0 at 32x32 (7 classes, slices depthwise): model, variables (shapes), per-layer MACs."""
   model = models.create('efficientnet_b0', num_classes=7, depthwise_impl='slices')
   variables = _b0_params()
-  return model, variables, accounting.layer_macs(model, variables, (32, 32, 3))
+  return model, variables, costs.layer_macs(model, variables, (32, 32, 3))
 
 
 @pytest.mark.parametrize('name', ['bias:16', 'norm:16'])
@@ -299,12 +299,12 @@ def test_efficientnet_bias_and_norm_suffix_flops_match_the_analytic_count(b0, na
   trainable = jax.tree.map(lambda l: l == freezing.TRAINABLE, labels)
   compiled = _compile_train(prefix_cache.Suffix(model, cut), tx, trainable, state,
                             default.get_config(), features)
-  analytic = accounting.analytic_train_macs(per_layer[cut:], trainable_params)
+  analytic = costs.analytic_train_macs(per_layer[cut:], trainable_params)
   assert analytic['weight_grad'] == 1280 * 128 + 128 * 7  # the head's dense layers only
   # dwconv (3x3 on 1x1x1152), SE reduce/expand, project, top_conv, dense, dense_1:
   assert analytic['input_grad'] == (9 * 1152 + 2 * 1152 * 48 + 1152 * 320 + 320 * 1280
                                     + 1280 * 128 + 128 * 7)
-  ratio = accounting.xla_costs(compiled)['flops'] / batch / (2 * analytic['total'])
+  ratio = costs.xla_costs(compiled)['flops'] / batch / (2 * analytic['total'])
   # XLA adds the elementwise work on 1x1 maps (BatchNorm in training mode, swish, SE gating)
   # and Adam: ~8 %. Counting the frozen kernels' weight gradients would give ~0.77.
   assert 0.97 < ratio < 1.12, ratio
@@ -326,7 +326,7 @@ def test_checks_accept_every_family_and_catch_duplicates(cnn):
 
 
 def test_case_folders_are_safe_and_distinct(tmp_path):
-  assert resume.case_dir('w', case_lib.run_key('last:9', 2)) == 'w/checkpoints/last-9-' + (
+  assert layout.case_dir('w', case_lib.run_key('last:9', 2)) == 'w/checkpoints/last-9-' + (
       freezing.case_slug('last:9')[-8:] + '_seed2')
   names = ['layers:a..b', 'layers:a.b', 'rules:dense_1/.*', 'rules:dense_1/.+', 'last:9',
            "(('dense_1/.*', 'trainable'),)", 'rules:' + 'x' * 300]
@@ -348,7 +348,7 @@ def test_layers_and_rules_cases_run_end_to_end_and_resume(tiny_config, tmp_path)
   tiny_config.prefix_cache = False
   tiny_config.cases = ('layers:batch_normalization_5..dense', rules)
   work = tmp_path / 'w'
-  summary = sweep.train_and_evaluate(tiny_config, str(work))
+  summary = runner.train_and_evaluate(tiny_config, str(work))
   cases = summary['cases']
   assert [c['case'] for c in cases] == ['layers:batch_normalization_5..dense',
                                         'rules:batch_normalization_5/scale;dense_1/kernel']
@@ -362,6 +362,6 @@ def test_layers_and_rules_cases_run_end_to_end_and_resume(tiny_config, tmp_path)
   assert sorted(p.name for p in (work / 'cases').iterdir()) == sorted(
       f'{case_lib.run_key(c["case"], 0)}.json' for c in cases)
   lines = (work / 'metrics.jsonl').read_text()
-  again = sweep.train_and_evaluate(tiny_config, str(work))
+  again = runner.train_and_evaluate(tiny_config, str(work))
   assert [c['case'] for c in again['cases']] == [c['case'] for c in cases]
   assert (work / 'metrics.jsonl').read_text() == lines

@@ -8,11 +8,12 @@ import os
 import pytest
 
 from configs import base
-from tljax import case as case_lib
-from tljax import checks
-from tljax import freezing
-from tljax import resume
-from tljax import sweep
+from tljax.config import checks
+from tljax.sweep import fingerprints
+from tljax.sweep import layout
+from tljax.sweep import runner
+from tljax.training import case as case_lib
+from tljax.training import freezing
 
 SPEC = freezing.CaseSpec('last:1', 'last', (('dense/.*', 'trainable'), ('.*', 'frozen')),
                          ('dense',))
@@ -30,45 +31,45 @@ def _changed(v):
 
 def test_the_fingerprint_covers_every_field_that_changes_numbers_and_nothing_else():
   c = base.get_config()
-  fp = resume.run_fingerprint(c, {}, SPEC, 0)
-  assert len(fp) == 64 and fp == resume.run_fingerprint(c.to_dict(), {}, SPEC, 0)
-  for field in resume.SAFE_FIELDS:  # cases, seeds, name, log_every_steps...: no number
+  fp = fingerprints.run_fingerprint(c, {}, SPEC, 0)
+  assert len(fp) == 64 and fp == fingerprints.run_fingerprint(c.to_dict(), {}, SPEC, 0)
+  for field in fingerprints.SAFE_FIELDS:  # cases, seeds, name, log_every_steps...: no number
     d = c.to_dict()
     d[field] = _changed(d[field])
-    assert resume.run_fingerprint(d, {}, SPEC, 0) == fp, field
+    assert fingerprints.run_fingerprint(d, {}, SPEC, 0) == fp, field
   for field in ('name', 'log_every_steps', 'device_xla_check', 'cases', 'seeds'):
-    assert field in resume.SAFE_FIELDS, field
+    assert field in fingerprints.SAFE_FIELDS, field
   for field in ('learning_rate', 'dry_run', 'epochs', 'e_mac_j', 'model'):
     d = c.to_dict()
     d[field] = _changed(d[field])
-    assert resume.run_fingerprint(d, {}, SPEC, 0) != fp, field
-  assert resume.run_fingerprint(c, {'train': 'abc'}, SPEC, 0) != fp
-  assert resume.run_fingerprint(c, {}, SPEC, 1) != fp  # the run's own seed
+    assert fingerprints.run_fingerprint(d, {}, SPEC, 0) != fp, field
+  assert fingerprints.run_fingerprint(c, {'train': 'abc'}, SPEC, 0) != fp
+  assert fingerprints.run_fingerprint(c, {}, SPEC, 1) != fp  # the run's own seed
   other = freezing.CaseSpec('last:1', 'last', (('conv/.*', 'trainable'), ('.*', 'frozen')),
                             ('conv',))
-  assert resume.run_fingerprint(c, {}, other, 0) != fp  # same name, other rules
-  newer = dict(resume.versions(), jax='99.0')
-  assert resume.run_fingerprint(c, {}, SPEC, 0, tools=newer) != fp  # an upgrade
+  assert fingerprints.run_fingerprint(c, {}, other, 0) != fp  # same name, other rules
+  newer = dict(fingerprints.versions(), jax='99.0')
+  assert fingerprints.run_fingerprint(c, {}, SPEC, 0, tools=newer) != fp  # an upgrade
 
 
 def test_the_safe_and_pretraining_lists_come_from_the_field_table():
-  assert set(resume.SAFE_FIELDS) == {f for f, s in checks.FIELDS.items() if not s.numbers}
+  assert set(fingerprints.SAFE_FIELDS) == {f for f, s in checks.FIELDS.items() if not s.numbers}
   assert set(checks.PRETRAIN_FIELDS) <= {f for f, s in checks.FIELDS.items() if s.numbers}
-  from tljax import pretrain  # pylint: disable=g-import-not-at-top
+  from tljax.training import pretrain  # pylint: disable=g-import-not-at-top
   assert pretrain.PRETRAIN_FIELDS == checks.PRETRAIN_FIELDS + ('seed',)
 
 
 def test_a_record_of_another_fingerprint_is_moved_aside_not_reused(tmp_path, caplog):
-  resume.save_done(str(tmp_path), 4, {'case': 4, 'test_accuracy': 0.5}, 'a' * 64)
-  assert resume.load_done(str(tmp_path), 4, 'a' * 64) == {'case': 4, 'test_accuracy': 0.5}
+  layout.save_done(str(tmp_path), 4, {'case': 4, 'test_accuracy': 0.5}, 'a' * 64)
+  assert layout.load_done(str(tmp_path), 4, 'a' * 64) == {'case': 4, 'test_accuracy': 0.5}
   with caplog.at_level(logging.WARNING):
-    assert resume.load_done(str(tmp_path), 4, 'b' * 64) is None
+    assert layout.load_done(str(tmp_path), 4, 'b' * 64) is None
   assert 'Run 4: its record was made by another config, data or version' in caplog.text
-  assert not os.path.exists(resume.done_path(str(tmp_path), 4))
+  assert not os.path.exists(layout.done_path(str(tmp_path), 4))
   kept = tmp_path / 'cases' / 'discarded' / f'4_{"a" * 12}.json'
   assert json.loads(kept.read_text())['test_accuracy'] == 0.5  # kept for the user, never reused
   (tmp_path / 'cases' / '5.json').write_text('{"case": 5}')  # no fingerprint: an old record
-  assert resume.load_done(str(tmp_path), 5, 'a' * 64) is None
+  assert layout.load_done(str(tmp_path), 5, 'a' * 64) is None
 
 
 def test_checkpoints_of_another_fingerprint_are_deleted_per_run(tmp_path):
@@ -76,12 +77,12 @@ def test_checkpoints_of_another_fingerprint_are_deleted_per_run(tmp_path):
   other = tmp_path / 'checkpoints' / 'last-1_seed0' / '20'
   step.mkdir(parents=True)
   other.mkdir(parents=True)
-  resume.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'a' * 64)  # unmarked: unknown run's
+  layout.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'a' * 64)  # unmarked: unknown run's
   assert not step.exists() and other.exists()  # another run's checkpoints are not touched
   step.mkdir(parents=True)
-  resume.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'a' * 64)  # marked as this run's
+  layout.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'a' * 64)  # marked as this run's
   assert step.exists()
-  resume.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'b' * 64)
+  layout.claim_checkpoints(str(tmp_path), 'last-9_seed0', 'b' * 64)
   assert not step.exists() and other.exists()
 
 
@@ -95,14 +96,14 @@ def test_a_finished_sweep_grows_by_seeds_and_cases_training_only_the_new_runs(
   workdir = str(tmp_path / 'w')
   tiny_config.cases = ('last:1',)
   tiny_config.seeds = (0,)
-  first = sweep.train_and_evaluate(tiny_config, workdir)
+  first = runner.train_and_evaluate(tiny_config, workdir)
   before = _records(workdir)
   tiny_config.cases = ('last:1', 'last:2')
   tiny_config.seeds = (0, 1)
   tiny_config.name = 'renamed'  # changes no number
   tiny_config.log_every_steps = 2
   with caplog.at_level(logging.INFO):
-    grown = sweep.train_and_evaluate(tiny_config, workdir)
+    grown = runner.train_and_evaluate(tiny_config, workdir)
   assert '2 cases x 2 seeds: 1 run kept, 3 to train.' in caplog.text
   after = _records(workdir)
   assert len(after) == 4
@@ -113,7 +114,7 @@ def test_a_finished_sweep_grows_by_seeds_and_cases_training_only_the_new_runs(
   assert grown['runs'][0] == first['runs'][0]
   # A case removed from the config: its records stay on disk, out of the summary.
   tiny_config.cases = ('last:2',)
-  shrunk = sweep.train_and_evaluate(tiny_config, workdir)
+  shrunk = runner.train_and_evaluate(tiny_config, workdir)
   assert [r['case'] for r in shrunk['cases']] == ['last:2']
   assert _records(workdir) == after
   runs = {json.loads(l)['run'] for l in open(os.path.join(workdir, 'metrics.jsonl'))}
@@ -123,23 +124,23 @@ def test_a_finished_sweep_grows_by_seeds_and_cases_training_only_the_new_runs(
 def test_a_number_changing_field_is_still_refused_with_the_list(tiny_config, tmp_path):
   workdir = str(tmp_path / 'w')
   tiny_config.cases = ('last:1',)
-  sweep.train_and_evaluate(tiny_config, workdir)
+  runner.train_and_evaluate(tiny_config, workdir)
   tiny_config.learning_rate = 0.05
   tiny_config.seeds = (0, 1)
-  with pytest.raises(resume.ConfigChangedError, match=r'learning_rate: 0\.001 -> 0\.05') as e:
-    sweep.train_and_evaluate(tiny_config, workdir)
+  with pytest.raises(layout.ConfigChangedError, match=r'learning_rate: 0\.001 -> 0\.05') as e:
+    runner.train_and_evaluate(tiny_config, workdir)
   assert 'seeds' not in str(e.value).split('Fields that may change')[0]
 
 
 def test_a_tool_upgrade_retrains_instead_of_mixing_records(tiny_config, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'w')
   tiny_config.cases = ('last:1',)
-  sweep.train_and_evaluate(tiny_config, workdir)
+  runner.train_and_evaluate(tiny_config, workdir)
   run = case_lib.run_key('last:1', 0)
   old = json.loads((tmp_path / 'w' / 'cases' / f'{run}.json').read_text())['fingerprint']
-  real = resume.versions()
-  monkeypatch.setattr(resume, 'versions', lambda: dict(real, flax='99.0'))
-  sweep.train_and_evaluate(tiny_config, workdir)
+  real = fingerprints.versions()
+  monkeypatch.setattr(fingerprints, 'versions', lambda: dict(real, flax='99.0'))
+  runner.train_and_evaluate(tiny_config, workdir)
   new = json.loads((tmp_path / 'w' / 'cases' / f'{run}.json').read_text())['fingerprint']
   assert new != old
   assert os.listdir(tmp_path / 'w' / 'cases' / 'discarded') == [f'{run}_{old[:12]}.json']
@@ -149,13 +150,13 @@ def test_a_run_on_another_device_kind_than_its_case_is_refused_before_training(
     tiny_config, tmp_path):
   workdir = tmp_path / 'w'
   tiny_config.cases = ('last:1',)
-  sweep.train_and_evaluate(tiny_config, str(workdir))
+  runner.train_and_evaluate(tiny_config, str(workdir))
   path = workdir / 'cases' / f'{case_lib.run_key("last:1", 0)}.json'
   rec = json.loads(path.read_text())
   path.write_text(json.dumps(dict(rec, device_kind='TPU v9', data_parallel_width=1)))
   tiny_config.seeds = (0, 1)
   with pytest.raises(ValueError, match=r"case 'last:1': seed 0 trained on TPU v9 x1, this process "
                      r'would train on .*: the runs of one case must share their compiled costs'):
-    sweep.train_and_evaluate(tiny_config, str(workdir))
+    runner.train_and_evaluate(tiny_config, str(workdir))
   assert not (workdir / 'cases' / f'{case_lib.run_key("last:1", 1)}.json').exists()
   assert not (workdir / 'checkpoints' / case_lib.run_key('last:1', 1)).exists()

@@ -14,10 +14,10 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from tljax import data
-from tljax import folder_data
-from tljax import interrupt
-from tljax import prepare
+from tljax.data import datasets
+from tljax.data import folders
+from tljax.data import prepare
+from tljax.runtime import interrupt
 
 # Class folder -> colour. Names with spaces, upper case, unsorted on purpose (sorted: B, f, s).
 COLOURS = {'street scenes': (40, 60, 220), 'Buildings': (220, 40, 40), 'forest': (30, 200, 50)}
@@ -32,7 +32,7 @@ GRAY = 128
 LAYOUTS = {'plain': ('train', 'test'),
            'intel': ('seg_train/seg_train', 'seg_test/seg_test'),
            'seg': ('seg_train', 'seg_test')}
-FIT8 = data.ModelInput(8, 3)
+FIT8 = datasets.ModelInput(8, 3)
 
 
 def _write(path, mode, fmt, size, colour):
@@ -69,7 +69,7 @@ def _expected(files, channels=3):
 
 
 def _load(root, split, model_input=FIT8, **kw):
-  return data.load('image_folder', split, root=root, model_input=model_input, **kw)
+  return datasets.load('image_folder', split, root=root, model_input=model_input, **kw)
 
 
 @pytest.fixture()
@@ -79,16 +79,16 @@ def tree(tmp_path):
 
 @pytest.fixture()
 def model_input(tmp_path):
-  return data.ModelInput(8, 3, str(tmp_path / 'cache'))
+  return datasets.ModelInput(8, 3, str(tmp_path / 'cache'))
 
 
 @pytest.mark.parametrize('layout', sorted(LAYOUTS))
 def test_layouts_and_class_names(tmp_path, layout):
   root = _make_tree(tmp_path, layout)
   for split, rel in zip(('train', 'test'), LAYOUTS[layout]):
-    assert folder_data.find_split_dir(root, split) == os.path.join(root, rel)
-  assert folder_data.class_names(root) == SORTED
-  listing = folder_data.list_split(root, 'test')
+    assert folders.find_split_dir(root, split) == os.path.join(root, rel)
+  assert folders.class_names(root) == SORTED
+  listing = folders.list_split(root, 'test')
   assert len(listing) == 6 and listing.labels.tolist() == [0, 0, 1, 1, 2, 2]
   assert len(listing.ignored) == 3 * len(STRAYS)
 
@@ -96,12 +96,12 @@ def test_layouts_and_class_names(tmp_path, layout):
 def test_missing_split_names_root_and_layouts(tmp_path):
   os.makedirs(tmp_path / 'train' / 'a')
   with pytest.raises(ValueError) as e:
-    folder_data.find_split_dir(str(tmp_path), 'test')
+    folders.find_split_dir(str(tmp_path), 'test')
   message = str(e.value)
   for rel in ('test', 'seg_test/seg_test', 'seg_test'):
     assert os.path.join(str(tmp_path), rel, '<class>') in message
   with pytest.raises(ValueError, match=re.escape(str(tmp_path / 'nowhere')) + '.*not a directory'):
-    folder_data.class_names(str(tmp_path / 'nowhere'))
+    folders.class_names(str(tmp_path / 'nowhere'))
 
 
 @pytest.mark.parametrize('channels', [3, 1])
@@ -109,7 +109,7 @@ def test_prepared_at_the_model_input_uint8(tree, tmp_path, channels):
   """Every file kind decodes, mixed sizes are fitted to 8x8, nested files and symlinks count."""
   os.symlink(os.path.join(tree, 'test', 'forest', 'x.jpeg'),
              os.path.join(tree, 'test', 'forest', 'z_link.jpg'))
-  mi = data.ModelInput(8, channels, str(tmp_path / 'cache'))
+  mi = datasets.ModelInput(8, channels, str(tmp_path / 'cache'))
   train = _load(tree, 'train', mi)
   assert train.images.shape == (18, 8, 8, channels) and train.images.dtype == np.uint8
   assert train.labels.tolist() == [l for l, _ in _expected(TRAIN_FILES)]
@@ -129,7 +129,7 @@ def test_antialiased_shrink_and_bilinear_growth_match_tf(tmp_path):
       Image.fromarray(pixels).save(tmp_path / split / name / 'noise.png')
   got = {}
   for side in (8, 50):
-    mi = data.ModelInput(side, 3, str(tmp_path / 'cache'))
+    mi = datasets.ModelInput(side, 3, str(tmp_path / 'cache'))
     got[side] = _load(str(tmp_path), 'train', mi).images[0]
     want = tf.image.resize(pixels.astype(np.float32), (side, side), 'bilinear', antialias=True)
     np.testing.assert_array_equal(got[side],
@@ -171,20 +171,20 @@ def test_prepared_once_then_reused_and_keyed_by_fingerprint(tree, model_input, m
   changed = _load(tree, 'train', model_input)
   assert calls
   assert not np.array_equal(changed.images, first.images)
-  _load(tree, 'train', data.ModelInput(9, 3, model_input.cache_dir))  # another size: new entry
+  _load(tree, 'train', datasets.ModelInput(9, 3, model_input.cache_dir))  # another size: new entry
   assert len(calls) == 2
 
 
 def test_over_the_budget_it_stays_a_memory_map(tree, tmp_path):
-  small = data.ModelInput(8, 3, str(tmp_path / 'cache'), memory_budget_bytes=100)
+  small = datasets.ModelInput(8, 3, str(tmp_path / 'cache'), memory_budget_bytes=100)
   mapped = _load(tree, 'train', small)
   assert isinstance(mapped.images, np.memmap) and not mapped.images.flags.writeable
-  in_ram = _load(tree, 'train', data.ModelInput(8, 3, str(tmp_path / 'cache')))
+  in_ram = _load(tree, 'train', datasets.ModelInput(8, 3, str(tmp_path / 'cache')))
   assert not isinstance(in_ram.images, np.memmap)
   np.testing.assert_array_equal(mapped.images, in_ram.images)
   prep = lambda x: x
-  a = [x for x, _ in data.train_batches(mapped, 4, seed=1, epoch=2, prep=prep)]
-  b = [x for x, _ in data.train_batches(in_ram, 4, seed=1, epoch=2, prep=prep)]
+  a = [x for x, _ in datasets.train_batches(mapped, 4, seed=1, epoch=2, prep=prep)]
+  b = [x for x, _ in datasets.train_batches(in_ram, 4, seed=1, epoch=2, prep=prep)]
   assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
@@ -197,7 +197,7 @@ def test_class_subsets_on_folders(tree, model_input):
 
 def test_stray_files_are_ignored_and_counted_once(tree, model_input, monkeypatch):
   messages = []
-  monkeypatch.setattr(data.logging, 'info', lambda msg, *args: messages.append(msg % args))
+  monkeypatch.setattr(datasets.logging, 'info', lambda msg, *args: messages.append(msg % args))
   _load(tree, 'test', model_input)
   ignored = [m for m in messages if 'not images by extension' in m]
   assert len(ignored) == 1 and 'ignored 9 files' in ignored[0] and '.DS_Store' in ignored[0]
@@ -238,14 +238,14 @@ def test_dry_run_lists_classes_without_decoding(tree, model_input, monkeypatch):
 
 
 def test_identity_changes_with_the_files_not_the_path(tree, tmp_path):
-  a = data.identity('image_folder', root=tree)
+  a = datasets.identity('image_folder', root=tree)
   assert a['train']['files'] == 18 and a['test']['files'] == 6
   moved = str(tmp_path / 'moved')
   shutil.copytree(tree, moved, copy_function=shutil.copy2)
-  b = data.identity('image_folder', root=moved)
+  b = datasets.identity('image_folder', root=moved)
   assert {k: v for k, v in a.items() if k != 'root'} == {k: v for k, v in b.items() if k != 'root'}
   os.remove(os.path.join(moved, 'test', 'forest', 'y.png'))
-  c = data.identity('image_folder', root=moved)
+  c = datasets.identity('image_folder', root=moved)
   assert c['test'] != b['test'] and c['train'] == b['train']
 
 
@@ -327,8 +327,8 @@ def test_ctrl_c_while_preparing_stops_at_once_and_the_rerun_decodes_only_the_res
     tmp_path, monkeypatch):
   n = 400
   root = _noise_tree(tmp_path / 'noise', n)
-  reference = _load(root, 'train', data.ModelInput(24, 3, str(tmp_path / 'ref')))
-  mi = data.ModelInput(24, 3, str(tmp_path / 'cache'))
+  reference = _load(root, 'train', datasets.ModelInput(24, 3, str(tmp_path / 'ref')))
+  mi = datasets.ModelInput(24, 3, str(tmp_path / 'cache'))
   decoded, asked = _interrupt_after(monkeypatch, 100)
   stopped, e = _interrupted_load(root, mi)
   assert e.signum == signal.SIGINT and stopped - asked[0] < 1.0
@@ -357,7 +357,7 @@ def test_a_folder_changed_after_ctrl_c_never_reuses_the_partial_preparation(
     tmp_path, monkeypatch):
   n = 400
   root = _noise_tree(tmp_path / 'noise', n)
-  mi = data.ModelInput(24, 3, str(tmp_path / 'cache'))
+  mi = datasets.ModelInput(24, 3, str(tmp_path / 'cache'))
   decoded, _ = _interrupt_after(monkeypatch, 100)
   _interrupted_load(root, mi)
   (stale,) = glob.glob(os.path.join(mi.cache_dir, 'prepared', '*.partial'))
@@ -375,7 +375,7 @@ def test_a_folder_changed_after_ctrl_c_never_reuses_the_partial_preparation(
 
 def test_two_processes_preparing_one_split_decode_it_once(tmp_path, monkeypatch):
   root = _noise_tree(tmp_path / 'noise', 200)
-  mi = data.ModelInput(24, 3, str(tmp_path / 'cache'))
+  mi = datasets.ModelInput(24, 3, str(tmp_path / 'cache'))
   decoded, _ = _interrupt_after(monkeypatch, -1)  # counts only
   got = [None, None]
   threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, _load(root, 'train', mi)))

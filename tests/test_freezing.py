@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tljax import freezing
 from tljax import models
+from tljax.training import freezing
 
 # Trainable layers with parameters per case (Figure 3.1 of the thesis).
 EXPECTED = {

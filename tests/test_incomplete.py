@@ -7,15 +7,15 @@ import pytest
 from submitit.core import utils as submitit_utils
 
 from configs import base
-from tljax import console
-from tljax import figures
-from tljax import jobs
-from tljax import launcher
-from tljax import outputs
-from tljax import recommend
-from tljax import resume
-from tljax import stats
-from tljax import case as case_lib
+from tljax.cluster import jobs
+from tljax.cluster import launcher
+from tljax.decision import console
+from tljax.decision import figures
+from tljax.decision import recommend
+from tljax.decision import stats
+from tljax.sweep import layout
+from tljax.sweep import outputs
+from tljax.training import case as case_lib
 
 MIB = 2 ** 20
 UJ = 1e-6
@@ -222,7 +222,7 @@ def _gather_workdir(tmp_path):
   w = str(tmp_path / 'w')
   for r in (run('a', 0, 0.9, energy_uj=9, mem_mib=9), run('a', 1, 0.91, energy_uj=9, mem_mib=9),
             run('b', 0, 0.99, energy_uj=1, mem_mib=1)):
-    resume.save_done(w, case_lib.run_key(r['case'], r['seed']), r, 'f' * 64)
+    layout.save_done(w, case_lib.run_key(r['case'], r['seed']), r, 'f' * 64)
   c = base.get_config()
   c.budget_memory, c.max_energy_per_example_j = 'xla', 1.0
   return w, c

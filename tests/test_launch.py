@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import XLA_CACHE
-from tljax import sweep
+from tljax.sweep import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE_FIELDS = ('case', 'trainable_layers', 'trainable_params', 'total_params', 'test_accuracy',
@@ -72,8 +72,8 @@ def test_launch_default_experiment_end_to_end(tmp_path):
 
 def test_pretraining_is_cached(tiny_config, tmp_path):
   tiny_config.cases = (1,)
-  first = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
-  second = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
+  first = runner.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
+  second = runner.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
   assert first['pretraining']['0']['cached'] is False
   assert second['pretraining']['0']['cached'] is True
   assert second['pretraining']['0']['path'] == first['pretraining']['0']['path']

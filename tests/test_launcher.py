@@ -10,10 +10,11 @@ import time
 import pytest
 
 from conftest import shrunk_default
-from tljax import checks
-from tljax import launcher
+from tljax.cluster import launcher
+from tljax.config import checks
+from tljax import run
 from tljax import status
-from tljax import sweep
+from tljax.sweep import runner
 
 TIMING = {'wall_s', 'compile_s', 'examples_per_s'}
 
@@ -48,11 +49,11 @@ def runs(tmp_path_factory):
   """The same dry run (every accounting field exact; one step on mock data, so no pretraining:
   the suite's time limit) inline and as two local jobs at once."""
   root = tmp_path_factory.mktemp('launcher')
-  inline = sweep.train_and_evaluate(_config(root / 'cache', dry_run=True, prefix_cache=False),
+  inline = runner.train_and_evaluate(_config(root / 'cache', dry_run=True, prefix_cache=False),
                                     str(root / 'inline'))
   local_config = _config(root / 'cache', dry_run=True, prefix_cache=False, launcher='local',
                          max_parallel_jobs=2)
-  local = sweep.train_and_evaluate(local_config, str(root / 'local'))
+  local = run.train_and_evaluate(local_config, str(root / 'local'))
   return root, local_config, inline, local
 
 
@@ -88,7 +89,7 @@ def test_status_lists_jobs_and_finished_runs(runs, capsys):
 def test_rerun_with_everything_finished_submits_nothing(runs):
   root, config, _, local = runs
   before = (root / 'local' / 'jobs.json').read_text()
-  again = sweep.train_and_evaluate(config, str(root / 'local'))
+  again = run.train_and_evaluate(config, str(root / 'local'))
   assert (root / 'local' / 'jobs.json').read_text() == before
   assert _strip(again) == _strip(local)
 
@@ -138,7 +139,7 @@ def test_slurm_submits_pretraining_then_dependent_case_arrays_and_a_gather(tmp_p
   c = _config(tmp_path / 'cache', launcher='slurm', launcher_wait=False, seeds=(0, 1),
               slurm_partition='gpu', slurm_gpus_per_job=1, slurm_time_minutes=90,
               slurm_extra='--account=abc --qos=high')
-  assert sweep.train_and_evaluate(c, str(tmp_path / 'w')) is None
+  assert run.train_and_evaluate(c, str(tmp_path / 'w')) is None
   jobs = {int(p.stem[4:]): _sbatch_options(p.read_text()) for p in fake.glob('job_*.sh')}
   assert sorted(jobs) == [100, 101, 102, 103, 104]  # 2 pretraining, 2 case arrays, the gather
   for o in jobs.values():
@@ -163,7 +164,7 @@ def test_slurm_submits_pretraining_then_dependent_case_arrays_and_a_gather(tmp_p
   assert '-j 100' in (fake / 'sacct.log').read_text()
   # Rerun while they run: no run is submitted again, only a gather job after the running ones.
   (fake / 'state').write_text('RUNNING\n')
-  assert sweep.train_and_evaluate(c, str(tmp_path / 'w')) is None
+  assert run.train_and_evaluate(c, str(tmp_path / 'w')) is None
   assert sorted(int(p.stem[4:]) for p in fake.glob('job_*.sh')) == [100, 101, 102, 103, 104, 105]
   assert _sbatch_options((fake / 'job_105.sh').read_text())['dependency'] == (
       'afterany:100:101:102:103')

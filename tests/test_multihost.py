@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from tljax import resume
+from tljax.sweep import fingerprints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,9 @@ import os, sys
 root, workdir, cache, n, pid, port = sys.argv[1:7]
 sys.path[:0] = [root, os.path.join(root, 'tests')]
 from test_multihost import config
-from tljax import pretrain, report, sweep
+from tljax.runtime import report
+from tljax.sweep import runner
+from tljax.training import pretrain
 log = open(f'{workdir}.writes_{pid}.txt', 'w')
 def logged(fn):
   def wrapper(path, *a, **k):
@@ -34,7 +36,7 @@ def write(self, **record):
     log.write('metrics\n'); log.flush()
   real_write(self, **record)
 report.MetricsWriter.write = write
-sweep.train_and_evaluate(config(cache, int(n), int(pid), port), workdir)
+runner.train_and_evaluate(config(cache, int(n), int(pid), port), workdir)
 '''
 
 
@@ -55,7 +57,9 @@ def config(cache, num_processes=1, process_id=0, port=0):
 def _pretrained_cache(tmp_path):
   """A pretraining cache (random weights) for both runs: every process reads it."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tljax import compiled, inputs, pretrain  # pylint: disable=g-import-not-at-top
+  from tljax.training import compiled  # pylint: disable=g-import-not-at-top
+  from tljax.data import inputs  # pylint: disable=g-import-not-at-top
+  from tljax.training import pretrain  # pylint: disable=g-import-not-at-top
   c = config(str(tmp_path / 'cache_multi'))
   model = compiled.model_for(c, 5)
   variables = compiled.init_variables(model, c, jax.random.key(7))
@@ -125,5 +129,5 @@ def test_two_processes_write_once_and_match_one_process_with_two_devices(tmp_pat
   # whatever the coordinator's port (checked by hand with launch.py: a SIGTERM to process 1
   # alone stops both at the same step; the rerun on another port resumes and equals an
   # uninterrupted run).
-  fingerprints = {resume.run_fingerprint(config('c', 2, pid, port), {}) for pid in (0, 1)}
-  assert fingerprints == {resume.run_fingerprint(config('c', 2, 0, port + 1), {})}
+  fingerprints = {fingerprints.run_fingerprint(config('c', 2, pid, port), {}) for pid in (0, 1)}
+  assert fingerprints == {fingerprints.run_fingerprint(config('c', 2, 0, port + 1), {})}

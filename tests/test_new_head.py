@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from tljax import case as case_lib
-from tljax import compiled
+from tljax.training import case as case_lib
+from tljax.training import compiled
 
 
 def _config(source, target, source_classes=(), target_classes=(), new_head='auto'):

@@ -9,11 +9,11 @@ import weakref
 import pytest
 
 from benchmarks import data as bench_data
-from tljax import prefix_cache
-from tljax import resume
-from tljax import inputs
-from tljax import pretrain
-from tljax import sweep
+from tljax.data import inputs
+from tljax.sweep import layout
+from tljax.sweep import runner
+from tljax.training import prefix_cache
+from tljax.training import pretrain
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +36,7 @@ def _folder_config(tiny_config, folders):
 
 def test_folder_to_folder_run_records_identity_and_keys_pretraining(tiny_config, folders, tmp_path):
   c = _folder_config(tiny_config, folders)
-  s = sweep.train_and_evaluate(c, str(tmp_path / 'w1'))
+  s = runner.train_and_evaluate(c, str(tmp_path / 'w1'))
   assert s['num_classes'] == 3 and s['train_examples'] == 72 and s['test_examples'] == 24
   assert s['pretraining']['0']['num_classes'] == 4 and s['pretraining']['0']['train_examples'] == 96
   for role, root in zip(('source', 'target'), folders):
@@ -61,7 +61,7 @@ def test_non_folder_source_with_a_folder_target(tiny_config, folders, tmp_path):
   c = _folder_config(tiny_config, folders)
   c.source_dataset, c.source_classes, c.source_data_dir = 'digits', (0, 1, 2, 3, 4), ''
   c.cases = (1,)
-  s = sweep.train_and_evaluate(c, str(tmp_path / 'w'))
+  s = runner.train_and_evaluate(c, str(tmp_path / 'w'))
   assert s['pretraining']['0']['dataset'] == 'digits' and s['num_classes'] == 3
   assert s['data']['source'] == {'dataset': 'digits', 'scikit_learn': s['data']['source'][
       'scikit_learn']} and 'train' in s['data']['target']
@@ -75,22 +75,22 @@ def test_resume_against_changed_data_is_refused(tiny_config, folders, tmp_path):
   shutil.copytree(folders[1], target, copy_function=shutil.copy2)
   c.target_data_dir = target
   work = str(tmp_path / 'w')
-  sweep.train_and_evaluate(c, work)
+  runner.train_and_evaluate(c, work)
   moved = str(tmp_path / 'moved')
   shutil.copytree(target, moved, copy_function=shutil.copy2)
   c.target_data_dir = moved  # the same files elsewhere: same data, resumes
-  sweep.train_and_evaluate(c, work)
+  runner.train_and_evaluate(c, work)
   os.remove(os.path.join(moved, 'test', 'class 0', '000000.jpg'))
-  with pytest.raises(resume.ConfigChangedError, match=r'target_data_dir .*test'):
-    sweep.train_and_evaluate(c, work)
+  with pytest.raises(layout.ConfigChangedError, match=r'target_data_dir .*test'):
+    runner.train_and_evaluate(c, work)
   c.target_data_dir = ''
   with pytest.raises(ValueError, match='config.target_data_dir'):
-    sweep.train_and_evaluate(c, work)
+    runner.train_and_evaluate(c, work)
 
 
 def test_folders_that_cannot_give_an_honest_accuracy_stop_before_training(
     tiny_config, folders, tmp_path, monkeypatch):
-  from tljax import prepare  # pylint: disable=g-import-not-at-top
+  from tljax.data import prepare  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(prepare, 'decode_into', lambda *a, **k: pytest.fail('decoded'))
   c = _folder_config(tiny_config, folders)
   target = str(tmp_path / 'target')
@@ -99,24 +99,24 @@ def test_folders_that_cannot_give_an_honest_accuracy_stop_before_training(
   c.target_data_dir = target
   with pytest.raises(ValueError, match=re.escape(os.path.join(target, 'test')) + r"\) has no "
                      r"example of class 'class 1' \(label 1\).*config.target_classes=\(0, 2\)"):
-    sweep.train_and_evaluate(c, str(tmp_path / 'w'))
+    runner.train_and_evaluate(c, str(tmp_path / 'w'))
   one = bench_data.make_folder(str(tmp_path / 'one'), 24, 8, 16, classes=1)
   c.target_data_dir, c.batch_size = one, 32  # 24 training examples: batch_size is wrong too
   with pytest.raises(ValueError, match=r"only 1 class \('class 0' \(label 0\)\); a classifier"):
-    sweep.train_and_evaluate(c, str(tmp_path / 'w1'))
+    runner.train_and_evaluate(c, str(tmp_path / 'w1'))
   assert not os.path.exists(os.path.join(tiny_config.cache_dir, 'prepared'))
 
 
 def test_dry_run_of_a_folder_config_decodes_nothing(tiny_config, folders, tmp_path, monkeypatch):
-  from tljax import prepare  # pylint: disable=g-import-not-at-top
+  from tljax.data import prepare  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(prepare, 'decode_into', lambda *a, **k: pytest.fail('decoded'))
   c = _folder_config(tiny_config, folders)
   c.dry_run = True
-  s = sweep.train_and_evaluate(c, str(tmp_path / 'dry'))
+  s = runner.train_and_evaluate(c, str(tmp_path / 'dry'))
   assert s['dry_run'] and s['num_classes'] == 3 and len(s['cases']) == 2
   c.target_data_dir = str(tmp_path / 'missing')
   with pytest.raises(ValueError, match=r'config.target_data_dir=.*missing.*not a directory'):
-    sweep.train_and_evaluate(c, str(tmp_path / 'dry2'))
+    runner.train_and_evaluate(c, str(tmp_path / 'dry2'))
 
 
 def _accounting(case):
@@ -131,14 +131,14 @@ def test_dry_run_accounting_equals_a_real_run_at_the_configured_batch(tiny_confi
   c.cases = (23,)
   c.batch_size = 128  # above the mock data's 64 examples
   c.steps_per_epoch = 1
-  real = sweep.train_and_evaluate(c, str(tmp_path / 'real'))
+  real = runner.train_and_evaluate(c, str(tmp_path / 'real'))
   c.dry_run = True
-  dry = sweep.train_and_evaluate(c, str(tmp_path / 'dry'))
+  dry = runner.train_and_evaluate(c, str(tmp_path / 'dry'))
   for r, d in zip(real['cases'], dry['cases']):
     assert _accounting(r) == _accounting(d)
     assert d['batch_size'] == 128
   c.target_dataset, c.target_classes = 'cifar10', (5, 6, 7, 8, 9)  # mock TFDS data
-  mock = sweep.train_and_evaluate(c, str(tmp_path / 'mock'))
+  mock = runner.train_and_evaluate(c, str(tmp_path / 'mock'))
   assert [_accounting(m) for m in mock['cases']] == [_accounting(r) for r in real['cases']]
 
 
@@ -158,7 +158,7 @@ def test_no_thread_or_array_outlives_its_case(tiny_config, tmp_path, monkeypatch
   c.steps_per_epoch = 2  # leaves each epoch early
   c.epochs = 2
   before = {t.ident for t in threading.enumerate()}
-  sweep.train_and_evaluate(c, str(tmp_path / 'w'))
+  runner.train_and_evaluate(c, str(tmp_path / 'w'))
   import gc  # pylint: disable=g-import-not-at-top
   gc.collect()
   # tqdm's monitor thread is tqdm's own, once per process; anything else is a leak (the old

@@ -15,7 +15,7 @@ sys.path.insert(0, sys.argv[1])
 import jax
 assert jax.device_count() == 4, jax.devices()
 from configs import default
-from tljax import sweep
+from tljax.sweep import runner
 out = {}
 for dp in (False, True):
   c = default.get_config()
@@ -30,7 +30,7 @@ for dp in (False, True):
   c.learning_rate = 1e-4  # a calm trajectory: at 1e-3 from random weights rounding differences grow chaotically
   c.data_parallel = dp
   workdir = sys.argv[2] + ('/dp' if dp else '/single')
-  s = sweep.train_and_evaluate(c, workdir)
+  s = runner.train_and_evaluate(c, workdir)
   losses = [json.loads(l)['train_loss'] for l in open(workdir + '/metrics.jsonl')]
   out[str(dp)] = dict(losses=losses, cases=s['cases'])
 print('RESULT' + json.dumps(out))

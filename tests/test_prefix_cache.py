@@ -8,9 +8,9 @@ import pytest
 
 from configs import default
 from tljax import models
-from tljax import prefix_cache
-from tljax import case as case_lib
-from tljax import sweep
+from tljax.sweep import runner
+from tljax.training import case as case_lib
+from tljax.training import prefix_cache
 
 
 def _names(model):
@@ -125,14 +125,14 @@ def runs(tmp_path_factory):
   """The same tiny sweep with the cache in memory, on disk, and without it."""
   root = tmp_path_factory.mktemp('prefix_cache')
   out = {}
-  out['memory'] = sweep.train_and_evaluate(_config(root / 'c'), str(root / 'memory'))
+  out['memory'] = runner.train_and_evaluate(_config(root / 'c'), str(root / 'memory'))
   budget = prefix_cache.MEMORY_BUDGET_BYTES
   prefix_cache.MEMORY_BUDGET_BYTES = 0
   try:
-    out['disk'] = sweep.train_and_evaluate(_config(root / 'c'), str(root / 'disk'))
+    out['disk'] = runner.train_and_evaluate(_config(root / 'c'), str(root / 'disk'))
   finally:
     prefix_cache.MEMORY_BUDGET_BYTES = budget
-  out['off'] = sweep.train_and_evaluate(_config(root / 'c', prefix_cache=False),
+  out['off'] = runner.train_and_evaluate(_config(root / 'c', prefix_cache=False),
                                         str(root / 'off'))
   out['root'] = root
   return out
@@ -204,7 +204,7 @@ def test_keras_dropout_cache_stops_below_the_first_dropout_and_matches(tmp_path)
   out, summary = {}, None
   for cache in (True, False):
     config = _config(tmp_path / 'c', cases=(1,), frozen_dropout='keras', prefix_cache=cache)
-    summary = sweep.train_and_evaluate(config, str(tmp_path / str(cache)))
+    summary = runner.train_and_evaluate(config, str(tmp_path / str(cache)))
     out[cache] = summary['cases'][0]
   assert out[True]['prefix_cache_cut_layer'] == 'dropout'
   # conv2d .. max_pooling2d's 16x16x32 output, float32, for every train and test example.

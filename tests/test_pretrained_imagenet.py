@@ -6,9 +6,9 @@ import pytest
 
 from configs import test2
 from tljax import convert
-from tljax import case as case_lib
-from tljax import sweep
-from tljax import weights
+from tljax.models import imagenet
+from tljax.sweep import runner
+from tljax.training import case as case_lib
 
 
 def _config(tmp_path):
@@ -34,16 +34,16 @@ def test_cached_converted_weights_are_the_frozen_base(tmp_path):
   rng = np.random.default_rng(0)
   fake = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(np.float32), like)
   fake['batch_stats'] = jax.tree.map(np.abs, fake['batch_stats'])
-  convert.save_converted(fake, weights.checkpoint_dir('efficientnet_b0', config.cache_dir),
+  convert.save_converted(fake, imagenet.checkpoint_dir('efficientnet_b0', config.cache_dir),
                          {'model': 'efficientnet_b0'})
   case = case_lib.make_case(config, 0, num_classes=3,
-                         pretrained=weights.imagenet_variables('efficientnet_b0', config.cache_dir))
+                         pretrained=imagenet.imagenet_variables('efficientnet_b0', config.cache_dir))
   for layer in ('stem_conv', 'block1a_dwconv', 'top_conv'):
     assert np.asarray(case.variables['params'][layer]['kernel']).tobytes() == \
         fake['params'][layer]['kernel'].tobytes()
   assert case.trainable_names == ('global_average_pooling2d', 'dense', 'batch_normalization',
                                   'dropout', 'dense_1')
-  summary = sweep.train_and_evaluate(config, str(tmp_path / 'w'))
+  summary = runner.train_and_evaluate(config, str(tmp_path / 'w'))
   c = summary['cases'][0]
   assert summary['pretraining']['0']['source'] == 'imagenet'
   assert c['status'] == 'ok' and c['trainable_conv_layers'] == 0
@@ -53,12 +53,12 @@ def test_cached_converted_weights_are_the_frozen_base(tmp_path):
 def test_offline_imagenet_weights_name_the_url_and_the_path(tmp_path, monkeypatch):
   def refuse(*a, **k):
     raise OSError('network is unreachable')
-  monkeypatch.setattr(weights.urllib.request, 'urlopen', refuse)
+  monkeypatch.setattr(imagenet.urllib.request, 'urlopen', refuse)
   monkeypatch.setattr(case_lib, 'plan_case',
                       lambda *a, **k: pytest.fail('compiled before asking for the weights'))
   config = _config(tmp_path)
-  with pytest.raises(weights.WeightsUnavailableError) as e:
-    sweep.train_and_evaluate(config, str(tmp_path / 'w'))
+  with pytest.raises(imagenet.WeightsUnavailableError) as e:
+    runner.train_and_evaluate(config, str(tmp_path / 'w'))
   msg = str(e.value)
   assert 'https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5' in msg
   assert str(tmp_path / 'cache') in msg

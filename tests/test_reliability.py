@@ -14,13 +14,13 @@ import optax
 import pytest
 
 from tests.conftest import XLA_CACHE
-from tljax import backend
-from tljax import data
-from tljax import interrupt
-from tljax import resume
-from tljax import case as case_lib
-from tljax import compiled
-from tljax import sweep
+from tljax.runtime import backend
+from tljax.runtime import interrupt
+from tljax.sweep import layout
+from tljax.sweep import runner
+from tljax.training import case as case_lib
+from tljax.training import checkpoints
+from tljax.training import compiled
 
 RUN_1 = case_lib.run_key('last:1', 0)  # the folders and records of case 1, seed 0
 RUN_9 = case_lib.run_key('last:9', 0)
@@ -164,14 +164,14 @@ def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp
       interrupt.request(signal.SIGTERM), real(*a, **k))[1])  # arrives while case 1 compiles
   try:
     with pytest.raises(interrupt.Interrupted) as e:
-      sweep.train_and_evaluate(tiny_config, str(tmp_path))
+      runner.train_and_evaluate(tiny_config, str(tmp_path))
   finally:
     interrupt.reset()
   assert e.value.signum == signal.SIGTERM and e.value.detail == 'before compiling case last:9'
   assert e.value.exit_code == 143
   assert not list(tmp_path.glob('cases/*.json'))  # no case trained
   monkeypatch.setattr(compiled, 'compile_steps', real)
-  summary = sweep.train_and_evaluate(tiny_config, str(tmp_path))  # the rerun: lock released
+  summary = runner.train_and_evaluate(tiny_config, str(tmp_path))  # the rerun: lock released
   assert [c['case'] for c in summary['cases']] == ['last:1', 'last:9']
 
 
@@ -181,7 +181,7 @@ def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, 
   tiny_config.pretrained = 'none'
   tiny_config.epochs, tiny_config.steps_per_epoch, tiny_config.log_every_steps = 2, 5, 4
   tiny_config.checkpoint_every_steps = 0
-  ref = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'ref'))
+  ref = runner.train_and_evaluate(tiny_config, str(tmp_path / 'ref'))
   real, calls = interrupt.requested, []
 
   def signal_before_step_7():  # checked once before each step: steps 5 and 6 are not logged yet
@@ -193,12 +193,12 @@ def test_a_stop_between_log_lines_keeps_the_metrics_not_yet_logged(tiny_config, 
   monkeypatch.setattr(interrupt, 'requested', signal_before_step_7)
   try:
     with pytest.raises(interrupt.Interrupted) as e:
-      sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+      runner.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   finally:
     interrupt.reset()
   assert e.value.detail.startswith('last:9 (seed 0), step 6 of 10, checkpoint saved in')
   monkeypatch.setattr(interrupt, 'requested', real)
-  again = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  again = runner.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   assert _strip_timing(again) == _strip_timing(ref)
   assert _metrics(tmp_path / 'ref') == _metrics(tmp_path / 'w')  # step 8 averages steps 5-8
 
@@ -213,15 +213,15 @@ def test_the_resume_command_is_the_same_one_without_restart():
 def test_changed_config_is_refused_unless_restart(tiny_config, tmp_path):
   tiny_config.cases = (1,)
   tiny_config.pretrained = 'none'  # the config check is the point, not pretraining
-  sweep.train_and_evaluate(tiny_config, str(tmp_path))
+  runner.train_and_evaluate(tiny_config, str(tmp_path))
   tiny_config.learning_rate = 0.01
   tiny_config.progress = True  # safe: changes no number
-  with pytest.raises(resume.ConfigChangedError, match=r'learning_rate: 0.001 -> 0.01'):
-    sweep.train_and_evaluate(tiny_config, str(tmp_path))
+  with pytest.raises(layout.ConfigChangedError, match=r'learning_rate: 0.001 -> 0.01'):
+    runner.train_and_evaluate(tiny_config, str(tmp_path))
   summary = json.loads((tmp_path / 'summary.json').read_text())
   assert summary['config']['learning_rate'] == 0.001  # the earlier results are untouched
   tiny_config.restart = True
-  again = sweep.train_and_evaluate(tiny_config, str(tmp_path))
+  again = runner.train_and_evaluate(tiny_config, str(tmp_path))
   assert again['config']['learning_rate'] == 0.01
 
 
@@ -236,7 +236,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path, mon
     return optax.chain(real_adam(lr), optax.scale(np.nan)) if len(made) == 1 else real_adam(lr)
 
   monkeypatch.setattr(optax, 'adam', adam_that_blows_up_first_case)
-  summary = sweep.train_and_evaluate(tiny_config, str(tmp_path))
+  summary = runner.train_and_evaluate(tiny_config, str(tmp_path))
   assert [c['status'] for c in summary['cases']] == ['diverged (seed 0)', 'ok']
   first, second = summary['runs']
   # Step 1's loss is finite (computed before the NaN update); step 2's is NaN.
@@ -251,8 +251,8 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path, mon
 
 def test_same_config_and_seed_same_summary(tiny_config, tmp_path):
   tiny_config.cases = (9,)
-  a = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
-  b = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
+  a = runner.train_and_evaluate(tiny_config, str(tmp_path / 'a'))
+  b = runner.train_and_evaluate(tiny_config, str(tmp_path / 'b'))
   assert _strip_timing(a) == _strip_timing(b)
   assert a['seeds'] == [0]
   assert {'jax', 'flax', 'optax', 'xla_flags', 'backend', 'xla_compiler_options'} <= set(a['environment'])
@@ -262,29 +262,29 @@ def test_same_config_and_seed_same_summary(tiny_config, tmp_path):
 def test_wrong_image_size_for_the_model(tiny_config, tmp_path):
   tiny_config.image_size = 64
   with pytest.raises(ValueError, match=r"config.image_size=64: model 'small_cnn' takes exactly 32x32"):
-    sweep.train_and_evaluate(tiny_config, str(tmp_path))
+    runner.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_unwritable_workdir_fails_before_training(tiny_config, tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
   with pytest.raises(PermissionError, match='is not writable'):
-    sweep.train_and_evaluate(tiny_config, str(blocker / 'w'))
+    runner.train_and_evaluate(tiny_config, str(blocker / 'w'))
 
 
 def test_full_disk_fails_before_training(tiny_config, tmp_path, monkeypatch):
-  monkeypatch.setattr(resume.shutil, 'disk_usage', lambda p: type('U', (), {'free': 10 * 2**20})())
+  monkeypatch.setattr(layout.shutil, 'disk_usage', lambda p: type('U', (), {'free': 10 * 2**20})())
   with pytest.raises(OSError, match=r'Only 10 MiB free on the disk of'):
-    sweep.train_and_evaluate(tiny_config, str(tmp_path))
+    runner.train_and_evaluate(tiny_config, str(tmp_path))
   assert not (tmp_path / 'summary.json').exists()
 
 
 def test_too_little_memory_suggests_a_batch(tiny_config, tmp_path, monkeypatch):
   tiny_config.cases = (1, 23)
   tiny_config.pretrained = 'none'
-  monkeypatch.setattr(resume, 'available_memory_bytes', lambda: 12 * 2**20)
+  monkeypatch.setattr(backend, 'available_memory_bytes', lambda: 12 * 2**20)
   with pytest.raises(MemoryError, match=r'Case last:23 needs \d+ MiB .* Try --config.batch_size=\d+'):
-    sweep.train_and_evaluate(tiny_config, str(tmp_path))
+    runner.train_and_evaluate(tiny_config, str(tmp_path))
   assert not (tmp_path / 'summary.json').exists()  # nothing trained
 
 
@@ -294,26 +294,26 @@ def test_corrupt_checkpoint_names_its_path(tiny_config, tmp_path):
   tiny_config.checkpoint_every_steps = 1
   tiny_config.steps_per_epoch = 4
   tiny_config.log_every_steps = 1
-  sweep.train_and_evaluate(tiny_config, str(tmp_path))
+  runner.train_and_evaluate(tiny_config, str(tmp_path))
   # Make case 1 look unfinished with a damaged checkpoint (marked as this run's).
   fp = json.loads((tmp_path / 'cases' / f'{RUN_1}.json').read_text())['fingerprint']
   os.remove(tmp_path / 'cases' / f'{RUN_1}.json')
-  resume.claim_checkpoints(str(tmp_path), RUN_1, fp)
-  ck = resume.Checkpoints(resume.case_dir(str(tmp_path), RUN_1))
+  layout.claim_checkpoints(str(tmp_path), RUN_1, fp)
+  ck = checkpoints.Checkpoints(layout.case_dir(str(tmp_path), RUN_1))
   case = case_lib.make_case(tiny_config, 1, num_classes=5)
   ck.save(case.state, {'step': 2, 'epoch': 0, 'wall_s': 0.0})
   ck.close()  # on disk (saves are asynchronous) before it is damaged
-  for root, _, files in os.walk(resume.case_dir(str(tmp_path), RUN_1)):
+  for root, _, files in os.walk(layout.case_dir(str(tmp_path), RUN_1)):
     for f in files:
       if 'state' in root:
         with open(os.path.join(root, f), 'wb') as fh:
           fh.write(b'garbage')
   with pytest.raises(ValueError, match=r'checkpoint .*' + RUN_1 + '/2 cannot be read'):
-    sweep.train_and_evaluate(tiny_config, str(tmp_path))
+    runner.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
-  from tljax import report
+  from tljax.runtime import report
   path = tmp_path / 'summary.json'
   report.write_json(str(path), {'cases': [1, 2, 3]})
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import shrunk_default
-from tljax import report
-from tljax import compiled
-from tljax import sweep
+from tljax.runtime import report
+from tljax.sweep import runner
+from tljax.training import compiled
 
 CASES = (1, 9, 23)
 # Forward MACs per example of the small CNN's weighted layers (digits 5-9: 5 classes), by the
@@ -33,7 +33,7 @@ def run(tmp_path_factory):
   c.log_every_steps = 10  # the default config's
   c.device_xla_check = True  # the device memory fields' cross-check (test_device_memory_fields)
   c.cases = CASES
-  summary = sweep.train_and_evaluate(c, str(tmp / 'w'))
+  summary = runner.train_and_evaluate(c, str(tmp / 'w'))
   with open(tmp / 'w' / 'runs.csv') as f:
     rows = list(csv.DictReader(f))
   return c, summary, rows

@@ -9,7 +9,7 @@ import sys
 
 import tensorflow as tf
 
-from tljax import prepare
+from tljax.data import prepare
 
 
 def test_first_use_hides_every_gpu_from_tensorflow(monkeypatch):
@@ -31,7 +31,8 @@ def test_hiding_after_tensorflow_started_is_not_an_error(monkeypatch):
 
 def test_a_run_on_arrays_imports_no_tensorflow():
   """The sweep, its launcher and the steps run without TensorFlow (a GPU image may lack it)."""
-  code = ('import sys, tljax.sweep, tljax.launcher, tljax.case, tljax.pretrain; '
+  code = ('import sys, tljax.sweep.runner, tljax.cluster.launcher, tljax.training.case, '
+          'tljax.training.pretrain; '
           'print(sorted(m for m in sys.modules if m.split(".")[0] in '
           '("tensorflow", "tensorflow_datasets", "keras")))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)

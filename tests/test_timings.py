@@ -4,10 +4,10 @@ import types
 
 import pytest
 
-from tljax import backend
-from tljax import case as case_lib
-from tljax import compiled
-from tljax import sweep
+from tljax.runtime import backend
+from tljax.sweep import runner
+from tljax.training import case as case_lib
+from tljax.training import compiled
 
 TRAIN_S, EVAL_S = 1.0, 10.0
 
@@ -41,6 +41,6 @@ def test_summary_reports_the_eval_compilation_once(tiny_config, fake_compile_clo
   tiny_config.prefix_cache = False
   tiny_config.pretrained = 'none'
   tiny_config.cases = (1, 4)
-  summary = sweep.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  summary = runner.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
   assert summary['eval_compile_s'] == EVAL_S
   assert [c['compile_s'] for c in summary['runs']] == [TRAIN_S, TRAIN_S]

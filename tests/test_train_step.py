@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from tljax import case as case_lib
-from tljax import compiled
+from tljax.training import case as case_lib
+from tljax.training import compiled
 
 
 def _batch(config, seed):

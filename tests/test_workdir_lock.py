@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from tljax import workdir_lock
+from tljax.sweep import locks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = ('import sys, time\n'
         'from tljax import workdir_lock\n'
-        'with workdir_lock.held(sys.argv[1]):\n'
+        'with locks.held(sys.argv[1]):\n'
         '  print("held", flush=True)\n'
         '  time.sleep(600)\n')
 
@@ -36,29 +36,29 @@ def test_a_second_run_stops_at_once_naming_the_workdir_and_the_holder(tmp_path):
   finally:
     holder.kill()  # SIGKILL: no clean-up runs, the OS releases the lock
     holder.wait()
-  with workdir_lock.held(str(workdir)):
+  with locks.held(str(workdir)):
     assert (workdir / '.tljax.lock').read_text() == f'{os.getpid()}\n'
   assert (workdir / '.tljax.lock').read_text() == ''  # released: the PID is cleared
 
 
 def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
-  with workdir_lock.held(str(tmp_path)):
-    with pytest.raises(workdir_lock.WorkdirLockedError, match=rf'PID {os.getpid()}\)'):
-      with workdir_lock.held(str(tmp_path)):
+  with locks.held(str(tmp_path)):
+    with pytest.raises(locks.WorkdirLockedError, match=rf'PID {os.getpid()}\)'):
+      with locks.held(str(tmp_path)):
         pass
-  with workdir_lock.held(str(tmp_path)):  # free again after the first is released
+  with locks.held(str(tmp_path)):  # free again after the first is released
     pass
 
 
 def test_process_0_alone_locks_for_a_multi_host_run(tmp_path):
-  with workdir_lock.held(str(tmp_path), process_id=0):
-    with workdir_lock.held(str(tmp_path), process_id=1):  # the others rely on process 0's lock
-      assert os.listdir(tmp_path) == [workdir_lock.LOCK_NAME]
+  with locks.held(str(tmp_path), process_id=0):
+    with locks.held(str(tmp_path), process_id=1):  # the others rely on process 0's lock
+      assert os.listdir(tmp_path) == [locks.LOCK_NAME]
 
 
 HOLD_RUN = ('import os, sys, time\n'
             'from tljax import workdir_lock\n'
-            'with workdir_lock.run_lock(sys.argv[1], sys.argv[2]):\n'
+            'with locks.run_lock(sys.argv[1], sys.argv[2]):\n'
             '  print("held", flush=True)\n'
             '  t = time.time()\n'
             '  while not os.path.exists(sys.argv[3]) and time.time() - t < 300:\n'
@@ -73,11 +73,11 @@ def test_an_inline_run_waits_for_a_job_that_holds_its_run_then_keeps_its_record(
   import json  # pylint: disable=g-import-not-at-top
   import logging  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
-  from tljax import sweep  # pylint: disable=g-import-not-at-top
+  from tljax.training import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax.sweep import runner  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'w'
   tiny_config.cases = ('last:1',)
-  first = sweep.train_and_evaluate(tiny_config, str(workdir))  # the record the "job" will write
+  first = runner.train_and_evaluate(tiny_config, str(workdir))  # the record the "job" will write
   run = case_lib.run_key('last:1', 0)
   record = (workdir / 'cases' / f'{run}.json').read_bytes()
   os.remove(workdir / 'cases' / f'{run}.json')
@@ -87,17 +87,17 @@ def test_an_inline_run_waits_for_a_job_that_holds_its_run_then_keeps_its_record(
                          stdout=subprocess.PIPE, text=True)
   try:
     assert job.stdout.readline().strip() == 'held'
-    real_lock = workdir_lock._try_run_lock  # pylint: disable=protected-access
+    real_lock = locks._try_run_lock  # pylint: disable=protected-access
     def try_lock(w, r):  # the job writes its record just before it releases the lock
       fd, holder = real_lock(w, r)
       if fd is None and job.poll() is None and not (workdir / 'cases' / f'{run}.json').exists():
         (workdir / 'cases' / f'{run}.json').write_bytes(record)
       return fd, holder
-    monkeypatch.setattr(workdir_lock, '_try_run_lock', try_lock)
-    monkeypatch.setattr(workdir_lock, 'RUN_LOCK_POLL_S', 0.2)
+    monkeypatch.setattr(locks, '_try_run_lock', try_lock)
+    monkeypatch.setattr(locks, 'RUN_LOCK_POLL_S', 0.2)
     t0 = time.time()
     with caplog.at_level(logging.INFO):
-      again = sweep.train_and_evaluate(tiny_config, str(workdir))
+      again = runner.train_and_evaluate(tiny_config, str(workdir))
     assert time.time() - t0 >= 2  # it waited for the holder
   finally:
     job.kill()
@@ -110,8 +110,8 @@ def test_an_inline_run_waits_for_a_job_that_holds_its_run_then_keeps_its_record(
 
 
 def test_the_run_lock_is_reentrant_and_exclusive_between_processes(tmp_path):
-  with workdir_lock.run_lock(str(tmp_path), 'r'):
-    with workdir_lock.run_lock(str(tmp_path), 'r'):  # a job's train_run inside its own lock
+  with locks.run_lock(str(tmp_path), 'r'):
+    with locks.run_lock(str(tmp_path), 'r'):  # a job's train_run inside its own lock
       pass
-    fd, holder = workdir_lock._try_run_lock(str(tmp_path), 'r')  # pylint: disable=protected-access
+    fd, holder = locks._try_run_lock(str(tmp_path), 'r')  # pylint: disable=protected-access
     assert fd is None and f'PID {os.getpid()}' in holder

@@ -5,24 +5,35 @@ import sys
 
 from absl import logging
 
-from tljax import console
-from tljax import data
-from tljax import interrupt
-from tljax import launcher
-from tljax import parallel
-from tljax import sweep
-from tljax import weights
+from tljax.cluster import launcher
+from tljax.config import checks
+from tljax.data import datasets
+from tljax.decision import console
+from tljax.models import imagenet
+from tljax.runtime import interrupt
+from tljax.runtime import parallel
+from tljax.sweep import runner
 
 # Failures caused by the user's input or environment: shown as a message, not a traceback.
 USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
-               data.DatasetUnavailableError, weights.WeightsUnavailableError,
+               datasets.DatasetUnavailableError, imagenet.WeightsUnavailableError,
                launcher.JobsFailedError, parallel.ProcessesError)
+
+
+def train_and_evaluate(config, workdir):
+  """The experiment of `config` into `workdir`: inline in this process (tljax.sweep.runner), or
+  as one job per (case, seed) with config.launcher 'local' or 'slurm' (tljax.cluster.launcher;
+  None when it does not wait for them). Returns the summary."""
+  checks.validate(config)
+  if config.launcher == 'inline':
+    return runner.train_and_evaluate(config, workdir)
+  return launcher.launch(config, workdir)
 
 
 def main(config, workdir):
   console.quiet_libraries()
   try:
-    summary = sweep.train_and_evaluate(config, workdir)
+    summary = train_and_evaluate(config, workdir)
   except interrupt.Interrupted as e:  # checkpointed: one line that says how to go on
     sys.stderr.write(f'tljax: stopped by {signal.Signals(e.signum).name} ({e.detail}); finished '
                      f'cases are kept in {workdir}. To resume, run the same command: '

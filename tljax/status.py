@@ -4,8 +4,8 @@ import json
 import os
 import sys
 
-from tljax import jobs as jobs_lib
-from tljax import resume
+from tljax.cluster import jobs as jobs_lib
+from tljax.sweep import fingerprints
 
 
 def _read_json(path, what):
@@ -27,7 +27,7 @@ def fingerprint(workdir):
   config = _read_json(path, 'tljax config')
   data_path = os.path.join(workdir, 'data.json')
   data = _read_json(data_path, 'data identity') if os.path.exists(data_path) else {}
-  return resume.run_fingerprint(config, data_identity=data)
+  return fingerprints.run_fingerprint(config, data_identity=data)
 
 
 def finished_runs(workdir, fp):

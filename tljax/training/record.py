@@ -6,9 +6,9 @@ from typing import Any
 from absl import logging
 import jax
 
-from tljax import accounting
-from tljax import compiled
-from tljax import freezing
+from tljax.accounting.costs import costs
+from tljax.training import compiled
+from tljax.training import freezing
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ def _what_trains(case):
   kinds = {l.name: l.kind for l in case.layers}
   names = case.trainable_names
   by_layer = freezing.trainable_params_by_layer(case.labels)
-  trainable_params, total_params = accounting.param_counts(case.variables, case.labels)
+  trainable_params, total_params = costs.param_counts(case.variables, case.labels)
   return dict(
       trainable_layers=len(names), trainable_layer_names=list(names),
       first_trainable_layer=names[0], last_trainable_layer=names[-1],
@@ -58,17 +58,17 @@ def _what_trains(case):
       trainable_conv_layers=sum(kinds[t] == 'Conv2D' for t in by_layer),
       trainable_depthwise_layers=sum(kinds[t] == 'DepthwiseConv2D' for t in by_layer),
       # The depthwise formulation that ran, and the one whose compiled count the FLOP fields are.
-      depthwise_impl=accounting.depthwise_impls(case.model)[0],
-      depthwise_impl_counted=accounting.depthwise_impls(case.model)[1],
+      depthwise_impl=costs.depthwise_impls(case.model)[0],
+      depthwise_impl_counted=costs.depthwise_impls(case.model)[1],
       reinitialised_layers=sorted(case.reinit),
       trainable_params=trainable_params, total_params=total_params)
 
 
 def _flops(config, plan, case):
   """FLOPs from XLA's compiled steps beside the analytic count, and the energy they cost."""
-  per_layer = accounting.layer_macs(case.model, case.variables,
+  per_layer = costs.layer_macs(case.model, case.variables,
                                     (config.image_size, config.image_size, config.channels))
-  analytic = accounting.analytic_train_macs(
+  analytic = costs.analytic_train_macs(
       per_layer, freezing.trainable_params_by_layer(case.labels))
   flops_step = plan.train_cost['flops']
   flops_ex = flops_step / config.batch_size
@@ -80,8 +80,8 @@ def _flops(config, plan, case):
       analytic_forward_flops_per_example=2 * analytic['forward'],
       analytic_macs_per_example=analytic,
       xla_to_analytic_train_flops=flops_ex / analytic_train if analytic_train else None,
-      energy_per_example_j=accounting.energy_j(flops_ex, config.e_mac_j),
-      energy_per_step_j=accounting.energy_j(flops_step, config.e_mac_j),
+      energy_per_example_j=costs.energy_j(flops_ex, config.e_mac_j),
+      energy_per_step_j=costs.energy_j(flops_step, config.e_mac_j),
       thesis_energy_per_example_j=analytic['trainable_forward'] * config.e_mac_j)
 
 
@@ -100,7 +100,7 @@ def _run_costs(config, plan, out):
     logging.info('Prefix cache up to %s: %.2f s to compile, %.2f s to fill, %.2f s of training',
                  cached.cut_layer, cached.compile_s, cache.seconds, out.train_wall_s)
   return dict(
-      energy_total_j=accounting.energy_j(flops_step, config.e_mac_j) * out.steps,
+      energy_total_j=costs.energy_j(flops_step, config.e_mac_j) * out.steps,
       train_memory_bytes=plan.train_cost.get('memory_bytes'),
       train_memory=plan.train_cost, eval_cost=plan.eval_cost,
       # The device memory model (README "Device memory model") and XLA's analysis of the same

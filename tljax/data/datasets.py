@@ -10,8 +10,8 @@ from absl import logging
 import numpy as np
 import psutil
 
-from tljax import folder_data
-from tljax import prepare
+from tljax.data import folders
+from tljax.data import prepare
 
 # TFDS datasets tljax knows: class count, how to fit images to the model's size
 # ('pad': zero-pad smaller images, as the thesis padded MNIST 28 -> 32;
@@ -236,7 +236,7 @@ def _to_numpy(ds):
 
 
 def _folder_listing(name, split, root):
-  return folder_data.checked_listing(name, split, root, FOLDER_DATASETS[name].get('classes'))
+  return folders.checked_listing(name, split, root, FOLDER_DATASETS[name].get('classes'))
 
 
 def _load_folder(name, split, classes, root, model_input, mock, mock_examples, field):
@@ -244,7 +244,7 @@ def _load_folder(name, split, classes, root, model_input, mock, mock_examples, f
     raise ValueError(f'Dataset {name!r} is prepared at the model\'s input: pass model_input.')
   # Every split is listed and checked before this one is decoded: a class missing from the
   # test split stops the run before the train split's preparation (minutes on a large folder).
-  for s in [s for s in SPLITS if s == split or folder_data.has_split(root, s)]:
+  for s in [s for s in SPLITS if s == split or folders.has_split(root, s)]:
     listed = _folder_listing(name, s, root)
     lut, total = _class_lut(name, classes, len(listed.class_names), listed.class_names)
     labeled = listed.labels if lut is None else lut[listed.labels]

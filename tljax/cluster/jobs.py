@@ -1,10 +1,13 @@
 """The launcher's bookkeeping: jobs.json, the state of each submitit job, per-run files."""
 
+import dataclasses
 import json
 import os
 import time
+from typing import Any
 
-from tljax import report
+from tljax.runtime import report
+from tljax.training import case as case_lib
 
 JOBS_FILE = 'jobs.json'
 # States of a job that has not ended (SLURM's, and submitit's UNKNOWN for a job sacct does not
@@ -32,6 +35,20 @@ def read_info(workdir, run, fingerprint):
   except (OSError, ValueError):
     return None
   return info if info.get('fingerprint') == fingerprint else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What one job does: 'pretrain' (a seed), 'case' (a case at a seed) or 'gather'."""
+  kind: str
+  seed: Any = None
+  case: Any = None  # the case's canonical name (freezing.CaseSpec.name)
+
+  @property
+  def run(self):
+    if self.kind == 'case':
+      return case_lib.run_key(self.case, self.seed)
+    return f'pretrain_seed{self.seed}' if self.kind == 'pretrain' else 'gather'
 
 
 class Book:

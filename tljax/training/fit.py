@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from tljax import compiled
-from tljax import data
-from tljax import parallel
+from tljax.data import datasets
+from tljax.runtime import parallel
+from tljax.training import compiled
 
 
 @dataclasses.dataclass
@@ -44,7 +44,7 @@ def steps_per_epoch(config, arrays):
 class Loop:
   """What one training loop runs besides its state.
 
-  train_c: the compiled train step; arrays: the train split (data.Arrays, or cached prefix
+  train_c: the compiled train step; arrays: the train split (datasets.Arrays, or cached prefix
   features); prep: the batch preprocessing; desc: the progress bar's label; metrics: a
   report.MetricsWriter; tags: {'case', 'seed', 'run'}, labelling its lines; mesh: the
   parallel.Mesh batches are sharded over; ckpt: the run's resume.Checkpoints or None.
@@ -82,9 +82,9 @@ def fit(state, loop):
   p.t0 = p.t_log = time.perf_counter()
   p.steps_log = p.steps
   for epoch in range(p.steps // per_epoch, epochs):
-    batches = data.train_batches(arrays, config.batch_size, seed=compiled.seed_of(config), epoch=epoch,
+    batches = datasets.train_batches(arrays, config.batch_size, seed=compiled.seed_of(config), epoch=epoch,
                                  start_step=p.steps - epoch * per_epoch, prep=prep)
-    for images, labels in data.prefetch(batches):
+    for images, labels in datasets.prefetch(batches):
       if p.steps >= (epoch + 1) * per_epoch:
         break
       if parallel.stop_requested():  # SIGINT/SIGTERM (any process): checkpoint this step
@@ -165,8 +165,8 @@ def evaluate(eval_c, state, arrays, config, prep, mesh):
   """(accuracy, mean loss) of `state` over every example of `arrays`, batches over `mesh`."""
   sums = None
   put = mesh.put_batch
-  for images, labels, mask in data.prefetch(
-      data.eval_batches(arrays, eval_batch(config, arrays, mesh), prep=prep)):
+  for images, labels, mask in datasets.prefetch(
+      datasets.eval_batches(arrays, eval_batch(config, arrays, mesh), prep=prep)):
     out = eval_c(state.params, state.batch_stats, put(images), put(labels), put(mask))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)

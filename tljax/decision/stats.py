@@ -5,7 +5,7 @@ import numbers
 
 from scipy import special
 
-from tljax import pareto
+from tljax.decision import pareto
 
 # Metrics that depend on the seed and get the full statistics (mean, std, 95 % CI, values).
 STAT_FIELDS = ('test_accuracy', 'test_loss')

@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 
-from tljax import accounting
-from tljax import compiled as compiled_lib
-from tljax import data
-from tljax import parallel
-from tljax import report
+from tljax.accounting.costs import costs
+from tljax.data import datasets
 from tljax.models.base import TRAIN_MODE_KINDS, active_dropout_layers
-from tljax.steps import eval_step, train_step
+from tljax.runtime import parallel
+from tljax.runtime import report
+from tljax.training import compiled as compiled_lib
+from tljax.training.steps import eval_step, train_step
 
 # Caches larger than this (or than a quarter of the available RAM) go to disk (np.memmap).
 MEMORY_BUDGET_BYTES = 2 * 2**30
@@ -138,9 +138,9 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, cut, mesh=Non
 
 def count_on(compiled, twin):
   """Gives `compiled` the FLOPs of `twin`, the same steps in the counted formulation
-  (accounting.counting_model); memory and timings stay those of the steps that run."""
+  (costs.counting_model); memory and timings stay those of the steps that run."""
   for name in ('prefix_cost', 'train_cost', 'eval_cost'):
-    setattr(compiled, name, accounting.with_counted_flops(getattr(compiled, name),
+    setattr(compiled, name, costs.with_counted_flops(getattr(compiled, name),
                                                           getattr(twin, name)))
   compiled.compile_s += twin.compile_s
 
@@ -152,9 +152,9 @@ def identity_prep(features):
 
 @dataclasses.dataclass
 class Cache:
-  """Prefix activations of the train and test splits, as `data.Arrays`."""
-  train: data.Arrays
-  test: data.Arrays
+  """Prefix activations of the train and test splits, as `datasets.Arrays`."""
+  train: datasets.Arrays
+  test: datasets.Arrays
   nbytes: int
   location: str  # 'memory' or 'disk'
   directory: Optional[str]
@@ -193,7 +193,7 @@ def build(compiled, state, splits, *, batch, prep, directory, mesh, budget=None)
     else:
       feats = np.empty(shape, np.float32)
     start = 0
-    for images, _, mask in data.prefetch(data.eval_batches(a, batch, prep=prep)):
+    for images, _, mask in datasets.prefetch(datasets.eval_batches(a, batch, prep=prep)):
       y = compiled.prefix(state.params, state.batch_stats, mesh.put_batch(images))
       k = int(mask.sum())
       feats[start:start + k] = np.asarray(y)[:k]
@@ -201,7 +201,7 @@ def build(compiled, state, splits, *, batch, prep, directory, mesh, budget=None)
       calls += 1
     if on_disk:
       feats.flush()
-    out.append(data.Arrays(feats, a.labels, a.num_classes, a.name, a.split))
+    out.append(datasets.Arrays(feats, a.labels, a.num_classes, a.name, a.split))
   seconds = time.perf_counter() - t0
   location = 'disk' if on_disk else 'memory'
   logging.info('Prefix cache: %d examples x %s float32 = %.1f MiB in %s (%.2f s)',

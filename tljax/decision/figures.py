@@ -8,9 +8,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from tljax import pareto  # pylint: disable=g-import-not-at-top
-from tljax import recommend  # pylint: disable=g-import-not-at-top
-from tljax import report  # pylint: disable=g-import-not-at-top
+from tljax.decision import pareto  # pylint: disable=g-import-not-at-top
+from tljax.decision import recommend  # pylint: disable=g-import-not-at-top
+from tljax.runtime import report  # pylint: disable=g-import-not-at-top
 
 MIB = 2 ** 20
 

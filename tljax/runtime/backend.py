@@ -1,9 +1,11 @@
-"""XLA compilation: the CPU options that make tljax's steps fast, and the persistent cache."""
+"""XLA compilation: the CPU options that make tljax's steps fast, the persistent cache, and the
+memory a compiled step may use."""
 
 import os
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
+import psutil
 
 # On XLA:CPU (jaxlib 0.10) the default YNNPACK library fusions fold whole chains of
 # convolutions into one fused call that ran on one core here: a frozen small-CNN prefix took
@@ -61,3 +63,12 @@ def use_compilation_cache(config):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   compilation_cache.reset_cache()  # JAX reads the directory once: make it read it again
+
+
+def available_memory_bytes():
+  """Memory the step may use: the device's free memory, or the host's available RAM on CPU."""
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != 'cpu' else None
+  if stats and 'bytes_limit' in stats:
+    return int(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
+  return int(psutil.virtual_memory().available)

@@ -10,14 +10,16 @@ import jax
 import optax
 import orbax.checkpoint as ocp
 
-from tljax import checks
-from tljax import compiled
-from tljax import fit
-from tljax import freezing
-from tljax import inputs
-from tljax import parallel
-from tljax import report
-from tljax import resume
+from tljax.config import checks
+from tljax.data import inputs
+from tljax.runtime import parallel
+from tljax.runtime import report
+from tljax.sweep import fingerprints
+from tljax.sweep import layout
+from tljax.training import checkpoints
+from tljax.training import compiled
+from tljax.training import fit
+from tljax.training import freezing
 
 # The fields that pretraining depends on (checks.FIELDS marks them), and the run's one seed
 # (sweep.seed_config), not the config's `seeds`: its cache key.
@@ -27,10 +29,10 @@ PRETRAIN_FIELDS = checks.PRETRAIN_FIELDS + ('seed',)
 def key(config, source_identity):
   """Cache key of the pretrained model: PRETRAIN_FIELDS, the source data's identity (for a
   folder its fingerprint, not its path: a moved copy is the same data) and the tool versions
-  (resume.versions)."""
+  (fingerprints.versions)."""
   fields = {f: compiled.seed_of(config) if f == 'seed' else config[f] for f in PRETRAIN_FIELDS}
   fields['source_data'] = {k: v for k, v in source_identity.items() if k != 'root'}
-  fields['tools'] = resume.versions()
+  fields['tools'] = fingerprints.versions()
   blob = json.dumps(fields, sort_keys=True, default=list)
   return f'{config.model}_{config.source_dataset}_' + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -54,8 +56,8 @@ def variables(config, metrics, workdir, identity, mesh):
   if config.dry_run or config.pretrained == 'none':
     return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
   if config.pretrained == 'imagenet':
-    from tljax import weights  # pylint: disable=g-import-not-at-top
-    return weights.imagenet_variables(config.model, config.cache_dir), {
+    from tljax.models import imagenet  # pylint: disable=g-import-not-at-top
+    return imagenet.imagenet_variables(config.model, config.cache_dir), {
         'source': 'imagenet', 'model': config.model}
   return _pretrain(config, metrics, workdir, identity['source'], mesh)
 
@@ -77,7 +79,7 @@ def _pretrain(config, metrics, workdir, source_identity, mesh):
     with open(os.path.join(where, 'pretrain.json')) as f:
       info = dict(json.load(f), cached=True)
     return ocp.StandardCheckpointer().restore(os.path.join(where, 'variables'), init), info
-  parallel.on_writer('claiming the pretraining checkpoints', resume.claim_checkpoints, workdir,
+  parallel.on_writer('claiming the pretraining checkpoints', layout.claim_checkpoints, workdir,
                      run_key(config), key(config, source_identity))
   state, info = _train(config, model, init, src, metrics, workdir, mesh)
   info['path'] = where
@@ -85,7 +87,7 @@ def _pretrain(config, metrics, workdir, source_identity, mesh):
   out = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   parallel.on_writer('saving the pretrained model', _save, where, out, info)
   parallel.on_writer('removing the pretraining checkpoints', shutil.rmtree,
-                     resume.case_dir(workdir, run_key(config)), True)
+                     layout.case_dir(workdir, run_key(config)), True)
   return out, info
 
 
@@ -102,7 +104,7 @@ def _train(config, model, init, src, metrics, workdir, mesh):
                                                                  eval_batch, mesh)
   prep = inputs.prep_fn(config, config.source_dataset)
   tags = {'case': 'pretrain', 'seed': compiled.seed_of(config), 'run': run_key(config)}
-  ckpt = resume.Checkpoints(resume.case_dir(workdir, run_key(config)))
+  ckpt = checkpoints.Checkpoints(layout.case_dir(workdir, run_key(config)))
   try:
     state, steps, wall, diverged = fit.fit(state, fit.Loop(
         compiled_steps.train, src, config, prep=prep, epochs=config.pretrain_epochs,

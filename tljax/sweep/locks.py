@@ -9,9 +9,9 @@ import time
 
 from absl import logging
 
-from tljax import interrupt
-from tljax import parallel
-from tljax import resume
+from tljax.runtime import interrupt
+from tljax.runtime import parallel
+from tljax.sweep import layout
 
 LOCK_NAME = '.tljax.lock'
 
@@ -40,7 +40,7 @@ def _lock(workdir):
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(lock_path(workdir), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise resume.not_writable(workdir, e) from e
+    raise layout.not_writable(workdir, e) from e
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:

@@ -9,7 +9,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tljax import interrupt
+from tljax.runtime import interrupt
 
 _INITIALIZED = []
 

@@ -9,17 +9,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tljax import accounting
-from tljax import compiled
-from tljax import device_memory
-from tljax import fit
-from tljax import freezing
-from tljax import inputs
-from tljax import parallel
-from tljax import prefix_cache
-from tljax import record
-from tljax import resume
-from tljax.steps import TrainState
+from tljax.accounting.costs import costs
+from tljax.accounting.costs import device_memory
+from tljax.data import inputs
+from tljax.runtime import backend
+from tljax.runtime import parallel
+from tljax.sweep import layout
+from tljax.training import checkpoints
+from tljax.training import compiled
+from tljax.training import fit
+from tljax.training import freezing
+from tljax.training import prefix_cache
+from tljax.training import record
+from tljax.training.steps import TrainState
 
 
 @dataclasses.dataclass
@@ -148,13 +150,13 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
   if config.prefix_cache and cut > 0 and jax.process_count() == 1:
     cached = prefix_cache.compile_steps(c.model, c.tx, c.trainable, c.state, config,
                                         eval_batch, cut, mesh)
-  counting = accounting.counting_model(c.model)
+  counting = costs.counting_model(c.model)
   if counting is not None:  # the FLOPs of the same steps as counted (README "FLOPs")
     twin = _counting_twin(c, counting, config, eval_batch, cut if cached is not None else None)
     compile_s += twin['compile_s']
     eval_s += twin['eval_compile_s']
-    train_cost = accounting.with_counted_flops(train_cost, twin['train_cost'])
-    eval_cost = accounting.with_counted_flops(eval_cost, twin['eval_cost'])
+    train_cost = costs.with_counted_flops(train_cost, twin['train_cost'])
+    eval_cost = costs.with_counted_flops(eval_cost, twin['eval_cost'])
     if cached is not None:
       prefix_cache.count_on(cached, twin['cached'])
   device_mem, device_xla = _device_memory(c, config)
@@ -164,9 +166,9 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
 
 
 def _counting_twin(c, counting, config, eval_batch, cut):
-  """The steps of case `c` compiled with `counting` (accounting.counting_model) on the counting
+  """The steps of case `c` compiled with `counting` (costs.counting_model) on the counting
   device, one device with the whole batch: their costs, only to be counted."""
-  mesh = parallel.Mesh.on(accounting.counting_device())
+  mesh = parallel.Mesh.on(costs.counting_device())
   steps = compiled.compile_steps(counting, c.tx, c.trainable, c.state, config, eval_batch, mesh)
   return dict(
       train_cost=steps.train_cost, eval_cost=steps.eval_cost, compile_s=steps.compile_s,
@@ -187,7 +189,7 @@ def _device_memory(c, config):
 
 def check_memory(config, plans):
   """Fails before training when a compiled step needs more memory than the device has."""
-  available = resume.available_memory_bytes()
+  available = backend.available_memory_bytes()
   for p in plans:
     need = p.train_cost.get('memory_bytes')
     if need and need > available:
@@ -213,7 +215,7 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh):
   # The optimiser the steps were compiled with (the same for every seed): its state's structure
   # is the compiled step's input.
   state = compiled.new_state(case.variables, plan.case.tx, compiled.seed_of(config), mesh)
-  ckpt = None if config.dry_run else resume.Checkpoints(resume.case_dir(workdir, key))
+  ckpt = None if config.dry_run else checkpoints.Checkpoints(layout.case_dir(workdir, key))
   try:
     out = _train(config, plan, state, (target, target_test), metrics,
                  dict(case=case.name, seed=compiled.seed_of(config), run=key),

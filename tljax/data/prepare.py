@@ -29,8 +29,8 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
-from tljax import interrupt
-from tljax import report
+from tljax.runtime import interrupt
+from tljax.runtime import report
 
 # Bump when the decoding or fitting below changes: old caches are then not reused.
 VERSION = 1

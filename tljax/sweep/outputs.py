@@ -2,9 +2,9 @@
 
 import os
 
-from tljax import figures
-from tljax import recommend
-from tljax import report
+from tljax.decision import figures
+from tljax.decision import recommend
+from tljax.runtime import report
 
 
 def finish(summary, runs, failed=()):

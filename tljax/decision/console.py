@@ -87,8 +87,8 @@ def table(summary, workdir=None):
   """The sweep's answer: one row per case (means over seeds, units in the header), '*' on the
   Pareto front, '<- pick' at the recommendation; then the recommendation's text, and with
   `workdir` the paths of the figures."""
-  from tljax import recommend  # pylint: disable=g-import-not-at-top
-  from tljax import stats  # pylint: disable=g-import-not-at-top
+  from tljax.decision import recommend  # pylint: disable=g-import-not-at-top
+  from tljax.decision import stats  # pylint: disable=g-import-not-at-top
   config = summary.get('config') or {}
   memory = config.get('budget_memory', 'xla')
   include = bool(config.get('include_incomplete', False))

@@ -5,9 +5,9 @@ import re
 import shlex
 from typing import Any, Callable, NamedTuple
 
-from tljax import data
-from tljax import freezing
+from tljax.data import datasets
 from tljax import models
+from tljax.training import freezing
 
 PRETRAINED = ('source', 'imagenet', 'none')
 NEW_HEAD = ('auto', 'always', 'never')
@@ -109,8 +109,8 @@ def _channels_accepted(c):
 
 def _dataset(role):
   def ok(v, c):
-    return (role == 'source' and c.pretrained != 'source') or v in data.names()
-  return Field(str, ok, lambda c: f'unknown dataset; known datasets: {", ".join(data.names())}')
+    return (role == 'source' and c.pretrained != 'source') or v in datasets.names()
+  return Field(str, ok, lambda c: f'unknown dataset; known datasets: {", ".join(datasets.names())}')
 
 
 # Every field of configs/base.py, in checking order (`model` first: other ranges depend on it).

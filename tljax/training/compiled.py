@@ -8,11 +8,11 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from tljax import accounting
-from tljax import backend
+from tljax.accounting.costs import costs
 from tljax import models
-from tljax import parallel
-from tljax.steps import TrainState, eval_step, train_step
+from tljax.runtime import backend
+from tljax.runtime import parallel
+from tljax.training.steps import TrainState, eval_step, train_step
 
 # Compiled once per process and shape, shared by every case: the random initial variables
 # (independent of which layers are frozen) and the evaluation step (inference mode everywhere,
@@ -66,7 +66,7 @@ def new_state(variables, tx, seed, mesh=None):
 
 
 class Step(NamedTuple):
-  """A compiled step, its XLA costs (accounting.xla_costs, the whole global step) and the
+  """A compiled step, its XLA costs (costs.xla_costs, the whole global step) and the
   seconds its jit, lowering and compilation took."""
   fn: Any
   cost: dict
@@ -78,7 +78,7 @@ def compile_step(fn, args, shardings, config, donate=False):
   (arrays or shape structs), compiled with the backend's options and accounted.
 
   The devices are those of the shardings: a data-parallel mesh's program is one device's, so
-  its costs are multiplied by their count (accounting.xla_costs).
+  its costs are multiplied by their count (costs.xla_costs).
   """
   t0 = time.perf_counter()
   ins, outs = shardings
@@ -86,7 +86,7 @@ def compile_step(fn, args, shardings, config, donate=False):
   compiled = backend.compile(jitted.lower(*shapes(args)), config)
   seconds = time.perf_counter() - t0
   devices = len(jax.tree.leaves(ins)[0].device_set)
-  return Step(compiled, accounting.xla_costs(compiled, devices), seconds)
+  return Step(compiled, costs.xla_costs(compiled, devices), seconds)
 
 
 def shapes(tree):
@@ -117,7 +117,7 @@ class Steps(NamedTuple):
 def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None, batch=None):
   """Compiles the train step of this case at `batch` (default config.batch_size) and (once per
   shape) the eval step, over `mesh` (default: one device; parallel.Mesh.on(
-  accounting.counting_device()) for the counting twin).
+  costs.counting_device()) for the counting twin).
 
   The eval step's compilation is shared by every case and not in `compile_s`
   (`eval_compile_s`). The FLOP count is read from exactly these compiled executables, and
@@ -142,7 +142,7 @@ def _eval_compiled(model, state, config, eval_batch, mesh):
   """The eval step (a Step), compiled once per process, shape and mesh."""
   options = backend.compiler_options(config)
   key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
-         accounting.depthwise_impls(model)[0], jax.default_backend(),
+         costs.depthwise_impls(model)[0], jax.default_backend(),
          tuple(str(d) for d in mesh.devices), tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:
     _EVAL_CACHE[key] = compile_step(

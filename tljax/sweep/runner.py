@@ -12,20 +12,22 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from tljax import backend
-from tljax import case as case_lib
-from tljax import checks
-from tljax import compiled
-from tljax import fit
-from tljax import freezing
-from tljax import inputs
-from tljax import outputs
-from tljax import parallel
-from tljax import pretrain
-from tljax import report
-from tljax import resume
-from tljax import stats
-from tljax import workdir_lock
+from tljax.config import checks
+from tljax.data import inputs
+from tljax.decision import stats
+from tljax.runtime import backend
+from tljax.runtime import parallel
+from tljax.runtime import report
+from tljax.sweep import fingerprints
+from tljax.sweep import layout
+from tljax.sweep import locks
+from tljax.sweep import outputs
+from tljax.training import case as case_lib
+from tljax.training import checkpoints
+from tljax.training import compiled
+from tljax.training import fit
+from tljax.training import freezing
+from tljax.training import pretrain
 
 
 def train_and_evaluate(config, workdir):
@@ -36,15 +38,15 @@ def train_and_evaluate(config, workdir):
   finished (case, seed) runs and resumes the interrupted one from its checkpoint. Returns the
   summary dict (also written to workdir/summary.json). The workdir is locked for the run: a
   second run on it fails. After SIGINT/SIGTERM (with interrupt.install()), it checkpoints and
-  raises interrupt.Interrupted. With config.launcher 'local' or 'slurm' the runs are jobs
-  (tljax.launcher.launch; None when it does not wait for them).
+  raises interrupt.Interrupted. Runs as jobs (config.launcher 'local' or 'slurm') go through
+  tljax.run.train_and_evaluate, which chooses.
   """
   checks.validate(config)
-  if config.get('launcher', 'inline') != 'inline':  # one job per (case, seed): tljax.launcher
-    from tljax import launcher  # pylint: disable=g-import-not-at-top
-    return launcher.launch(config, workdir)
+  if config.get('launcher', 'inline') != 'inline':
+    raise ValueError(f'config.launcher={config.launcher!r}: the inline sweep runs every run in '
+                     'this process; call tljax.run.train_and_evaluate, which submits jobs.')
   parallel.maybe_initialize(config)  # before anything touches a JAX backend
-  with workdir_lock.held(workdir, config.process_id):
+  with locks.held(workdir, config.process_id):
     parallel.check_interrupt('before starting')
     return _train_and_evaluate(config, workdir)
 
@@ -68,10 +70,10 @@ def dry_run_config(config):
   return c
 
 
-class _Sweep:
+class Sweep:
   """The state of one sweep between its phases.
 
-  prepare=False (a launcher's job, tljax.launcher) leaves the workdir as the launching process
+  prepare=False (a launcher's job, tljax.cluster) leaves the workdir as the launching process
   prepared it: no config/data check files written, no stale checkpoints removed.
   """
 
@@ -88,13 +90,13 @@ class _Sweep:
     self.target_test = inputs.load(self.run_config, 'target', 'test')
     checks.check_data(self.run_config, self.target)
     if prepare and config.pretrained == 'imagenet' and not config.dry_run:
-      from tljax import weights  # pylint: disable=g-import-not-at-top  # h5py, only here
+      from tljax.models import imagenet  # pylint: disable=g-import-not-at-top  # h5py, only here
       # Offline: fails before compiling. Process 0 alone converts; the others wait for it.
-      parallel.on_writer('converting the ImageNet weights', weights.ensure_converted,
+      parallel.on_writer('converting the ImageNet weights', imagenet.ensure_converted,
                          config.model, config.cache_dir)
     # What makes the numbers: the sweep's config fingerprint (every run shares it), and each
     # (case, seed) run's own, which decides whether its record or checkpoints are reused.
-    self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
+    self.fingerprint = fingerprints.run_fingerprint(config, data_identity=self.identity)
     self.num_classes = self.target.num_classes
     model = compiled.model_for(self.run_config, self.num_classes)
     checks.validate_cases(self.run_config, model.keras_layers())  # before hours go into the first
@@ -103,7 +105,7 @@ class _Sweep:
     self.specs = [freezing.case_spec(c, model.keras_layers(), config.case_counting, params=params)
                   for c in config.cases]
     self.seeds = [int(s) for s in config.seeds]
-    self.fingerprints = {(s.name, seed): resume.run_fingerprint(config, self.identity, s, seed)
+    self.fingerprints = {(s.name, seed): fingerprints.run_fingerprint(config, self.identity, s, seed)
                          for seed in self.seeds for s in self.specs}
     parallel.on_writer('discarding stale records', self._load_done)  # moves them away
     self.done = self._load_done()
@@ -114,7 +116,7 @@ class _Sweep:
 
   def load(self, key):
     """The finished record of run `key` (case name, seed) on disk, or None."""
-    return resume.load_done(self.workdir, case_lib.run_key(*key), self.fingerprints[key])
+    return layout.load_done(self.workdir, case_lib.run_key(*key), self.fingerprints[key])
 
   def plan_line(self):
     """What this sweep reuses and what it trains, in one line."""
@@ -149,14 +151,14 @@ class _Sweep:
              if not pretrain.is_cached(seed_config(self.run_config, s), self.identity)]
     resumable = {}
     for k in redo:
-      d = resume.case_dir(self.workdir, k)
+      d = layout.case_dir(self.workdir, k)
       if os.path.isdir(d):
-        ckpt = resume.Checkpoints(d)  # collective with several processes
+        ckpt = checkpoints.Checkpoints(d)  # collective with several processes
         step = ckpt.latest_step()
         ckpt.close()
         if step is not None:
           resumable[k] = step
-    parallel.on_writer('filtering the metrics', resume.filter_metrics, self.metrics_path,
+    parallel.on_writer('filtering the metrics', layout.filter_metrics, self.metrics_path,
                        set(redo), resumable)
 
   @property
@@ -165,7 +167,7 @@ class _Sweep:
 
 
 def _train_and_evaluate(config, workdir):
-  sw = _Sweep(config, workdir)
+  sw = Sweep(config, workdir)
   logging.info('%s', sw.plan_line())
   for key in [k for k, r in sw.done.items() if r is None]:
     sw.check_device(*key)  # before any pretraining or compiling
@@ -206,7 +208,7 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
   rc = seed_config(sw.run_config, seed)
   pretrained = None
   if sw.todo(seed):
-    with workdir_lock.run_lock(sw.workdir, pretrain.run_key(rc), sw.config.process_id):
+    with locks.run_lock(sw.workdir, pretrain.run_key(rc), sw.config.process_id):
       pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
     summary['pretraining'][str(seed)] = info
   for spec in sw.specs:
@@ -222,8 +224,8 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
 
 def _check_workdir(workdir, config, identity):
   """The workdir is writable, holds no other config's or data's run (resume)."""
-  resume.prepare_workdir(workdir, config)
-  resume.check_data(workdir, identity)
+  layout.prepare_workdir(workdir, config)
+  layout.check_data(workdir, identity)
 
 
 def train_run(sw, plan, spec, seed, pretrained, metrics):
@@ -233,18 +235,18 @@ def train_run(sw, plan, spec, seed, pretrained, metrics):
   rc = seed_config(sw.run_config, seed)
   key, run = (spec.name, seed), case_lib.run_key(spec.name, seed)
   parallel.check_interrupt(f'before case {spec.name}, seed {seed}')
-  with workdir_lock.run_lock(sw.workdir, run, sw.config.process_id):
+  with locks.run_lock(sw.workdir, run, sw.config.process_id):
     sw.done[key] = sw.load(key)
     if sw.done[key] is not None:
       logging.info('Case %s, seed %d was finished by another process: kept.', *key)
       return sw.done[key]
     sw.check_device(spec.name, seed)
-    parallel.on_writer('claiming the checkpoints', resume.claim_checkpoints, sw.workdir, run,
+    parallel.on_writer('claiming the checkpoints', layout.claim_checkpoints, sw.workdir, run,
                        sw.fingerprints[key])
     c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
     rec = case_lib.run_case(rc, plan, c, sw.target, sw.target_test, metrics, sw.workdir, sw.mesh)
     sw.done[key] = rec
-    parallel.on_writer('writing a record', resume.save_done, sw.workdir, run, rec,
+    parallel.on_writer('writing a record', layout.save_done, sw.workdir, run, rec,
                        sw.fingerprints[key], sw.fingerprint)
   return rec
 
@@ -256,7 +258,7 @@ def _runs(sw):
 
 
 def new_summary(config, facts, eval_compile_s, env=None):
-  """The summary before its runs: `facts` from _Sweep.facts, `env` (default: this process's)
+  """The summary before its runs: `facts` from Sweep.facts, `env` (default: this process's)
   from environment()."""
   return dict(
       name=config.name, dry_run=bool(config.dry_run), model=config.model,

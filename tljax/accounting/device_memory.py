@@ -9,11 +9,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tljax import accounting
-from tljax import backend
-from tljax import freezing
-from tljax import steps
+from tljax.accounting.costs import costs
 from tljax.models.base import LAYER_OUTPUTS, OUTPUT_SUFFIX
+from tljax.runtime import backend
+from tljax.training import freezing
+from tljax.training import steps
 
 # Bytes per element of the frozen weights on the device (config.device_frozen_dtype).
 DTYPE_BYTES = {'float32': 4, 'float16': 2, 'bfloat16': 2, 'int8': 1}
@@ -267,7 +267,7 @@ def _xla_costs_cached(lowered, config):
   if key not in _XLA_CACHE:
     if len(_XLA_CACHE) >= 64:
       _XLA_CACHE.clear()
-    _XLA_CACHE[key] = accounting.xla_costs(backend.compile(lowered, config))
+    _XLA_CACHE[key] = costs.xla_costs(backend.compile(lowered, config))
   return _XLA_CACHE[key]
 
 

@@ -1,0 +1,1 @@
+"""Config fields: their types, accepted ranges and what each changes (numbers, pretraining)."""

@@ -1,0 +1,1 @@
+"""Data: datasets (TFDS, digits, image folders), their preparation, identity and input pipeline."""

@@ -1,0 +1,61 @@
+"""Fingerprints: what makes a run's numbers (config fields, case rules, seed, data, tool versions)."""
+
+import hashlib
+import json
+
+import jax
+
+from tljax.config import checks
+
+# Config fields that change no number (checks.FIELDS says which): a workdir may be resumed or
+# grown with them changed. They include the sweep's lists `cases` and `seeds` (a run's own case
+# and seed are in its fingerprint) and the data folders' paths (their contents are fingerprinted
+# instead: a moved copy resumes and a changed folder does not).
+SAFE_FIELDS = checks.SAFE_FIELDS
+# The tools whose versions are in every fingerprint: an upgrade never mixes old records with new.
+TOOLS = ('tljax', 'jax', 'jaxlib', 'flax')
+# Fields of one process (or one launch) of a multi-host run, not of the run: fingerprinted and
+# compared at these values, so the processes of a run share one fingerprint, a rerun may use
+# another coordinator address, and a single-process run's fingerprint is what it always was.
+PER_PROCESS = {'process_id': 0, 'coordinator_address': ''}
+
+def normalise(d):
+  d = json.loads(json.dumps(d, default=list))
+  return {**d, **{k: v for k, v in PER_PROCESS.items() if k in d}}
+
+
+def config_diff(old, new):
+  """{field: (old, new)} for the fields that differ, SAFE_FIELDS excluded."""
+  old, new = normalise(old), normalise(new)
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if k not in SAFE_FIELDS and old.get(k) != new.get(k)}
+
+
+def versions():
+  """{tool: version} of TOOLS, as installed in this process."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  import tljax  # pylint: disable=g-import-not-at-top
+  return {'tljax': tljax.__version__, 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+          'flax': flax.__version__}
+
+
+def _sha256(obj):
+  blob = json.dumps(obj, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_fingerprint(config, data_identity=None, case=None, seed=None, tools=None):
+  """sha256 of what makes a run's numbers: the canonical JSON of every config field except
+  SAFE_FIELDS, `data_identity` (a JSON-able dict describing the data beyond the config, e.g.
+  image-folder fingerprints; {} when the config names the data fully), the versions of TOOLS
+  (`tools`, default this process's) and, for one (case, seed) run, the case's freeze rules and
+  training-mode layers (`case`: a freezing.CaseSpec) and its seed. Without `case` it is the
+  sweep's config fingerprint, which every run of the workdir shares."""
+  cfg = config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+  blob = {'config': {k: v for k, v in normalise(cfg).items() if k not in SAFE_FIELDS},
+          'data': normalise(data_identity or {}), 'tools': tools or versions()}
+  if case is not None:
+    blob['run'] = normalise({'case': case.name, 'family': case.family, 'rules': case.rules,
+                              'active_layers': case.active_layers, 'seed': int(seed)})
+  return _sha256(blob)
