@@ -116,7 +116,7 @@ def test_every_split_must_hold_every_selected_class_and_two_at_least(monkeypatch
     keep = (labels != 7) | (split == 'train')
     return images[keep], labels[keep]
 
-  monkeypatch.setattr(data, '_load_digits', no_test_sevens)
+  monkeypatch.setattr(datasets, '_load_digits', no_test_sevens)
   assert datasets.load('digits', 'test', classes=(3, 5)).num_classes == 2
   with pytest.raises(ValueError, match=r"'digits' split 'test' has no example of class label 7: "
                      r'every split .* select the other classes: classes=\(3, 5\)\.'):
