@@ -119,7 +119,7 @@ def random_batch(spec, seed=0):
 def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
   """Compiles case `n` with compiled.compile_steps and times its train step."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tljax.accounting.costs import costs  # pylint: disable=g-import-not-at-top
+  from tljax.accounting import costs  # pylint: disable=g-import-not-at-top
   from tljax.training import case as case_lib  # pylint: disable=g-import-not-at-top
   from tljax.training import compiled  # pylint: disable=g-import-not-at-top
   config = config_for(spec)

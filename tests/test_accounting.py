@@ -2,7 +2,7 @@
 
 import pytest
 
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.training import case as case_lib
 from tljax.training import compiled
 from tljax.training import freezing

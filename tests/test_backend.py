@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.runtime import backend
 from tljax.training import case as case_lib
 from tljax.training.steps import train_step

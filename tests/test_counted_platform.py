@@ -9,7 +9,7 @@ checks that the twin is compiled and counted, the prefix cache's steps included.
 import jax
 import pytest
 
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.training import case as case_lib
 
 

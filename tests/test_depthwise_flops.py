@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from configs import base, test2
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.sweep import runner
 from tljax.training import compiled
 from tljax.training import prefix_cache

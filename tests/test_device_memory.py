@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tljax.accounting.costs import device_memory
+from tljax.accounting import device_memory
 from tljax import models
 from tljax.models.small_cnn import SmallCNN
 from tljax.training import case as case_lib

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from configs import default
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.config import checks
 from tljax import models
 from tljax.runtime import backend

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.models.base import LAYER_OUTPUTS, OUTPUT_SUFFIX
 from tljax.runtime import backend
 from tljax.training import freezing

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tljax.accounting.costs import costs
-from tljax.accounting.costs import device_memory
+from tljax.accounting import costs
+from tljax.accounting import device_memory
 from tljax.data import inputs
 from tljax.runtime import backend
 from tljax.runtime import parallel

@@ -8,7 +8,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax import models
 from tljax.runtime import backend
 from tljax.runtime import parallel

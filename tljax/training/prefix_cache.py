@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.data import datasets
 from tljax.models.base import TRAIN_MODE_KINDS, active_dropout_layers
 from tljax.runtime import parallel

@@ -6,7 +6,7 @@ from typing import Any
 from absl import logging
 import jax
 
-from tljax.accounting.costs import costs
+from tljax.accounting import costs
 from tljax.training import compiled
 from tljax.training import freezing
 
