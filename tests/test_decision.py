@@ -288,7 +288,7 @@ def test_figures_written(tmp_path, seeds):
 def test_console_table_marks():
   s = scenario_summary()
   s['cases'][0]['device_train_memory_bytes'] = 3 * MIB
-  lines = console.table(s, workdir='W').splitlines()
+  lines = console.table(s, figures=('W/figure.png', 'W/pareto.png')).splitlines()
   rows = {l.split()[0].rstrip(':'): l for l in lines[2:11]}
   assert 'energy µJ/example' in lines[0] and 'XLA train MiB' in lines[0]
   assert rows['last:11'].endswith('*  <- pick')

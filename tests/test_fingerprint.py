@@ -65,7 +65,7 @@ def test_a_record_of_another_fingerprint_is_moved_aside_not_reused(tmp_path, cap
   with caplog.at_level(logging.WARNING):
     assert layout.load_done(str(tmp_path), 4, 'b' * 64) is None
   assert 'Run 4: its record was made by another config, data or version' in caplog.text
-  assert not os.path.exists(layout.done_path(str(tmp_path), 4))
+  assert not os.path.exists(layout.record_path(str(tmp_path), 4))
   kept = tmp_path / 'cases' / 'discarded' / f'4_{"a" * 12}.json'
   assert json.loads(kept.read_text())['test_accuracy'] == 0.5  # kept for the user, never reused
   (tmp_path / 'cases' / '5.json').write_text('{"case": 5}')  # no fingerprint: an old record

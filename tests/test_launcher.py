@@ -187,3 +187,36 @@ def test_bad_launcher_fields_fail_with_what_is_accepted(tiny_config, field, valu
 def test_slurm_extra_becomes_sbatch_parameters():
   assert launcher.slurm_extra("--account=abc --constraint='h100|a100' --exclusive") == {
       'account': 'abc', 'constraint': 'h100|a100', 'exclusive': True}
+
+
+def test_user_errors_are_one_list_and_a_job_fails_for_good_only_on_final_ones():
+  """tljax.run shows every user error in one line; a job's error that a retry would repeat
+  (a bad config, missing data) is not resubmitted, an OSError (a file system's hiccup) is."""
+  from tljax.cluster import job as job_lib  # pylint: disable=g-import-not-at-top
+  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import errors  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import parallel  # pylint: disable=g-import-not-at-top
+  for cls in (datasets.DatasetUnavailableError, launcher.JobsFailedError,
+              parallel.ProcessesError):
+    assert issubclass(cls, errors.USER_ERRORS) and errors.is_final(cls('x'))
+  assert not errors.is_final(OSError('disk')) and not errors.is_final(RuntimeError('crash'))
+
+  class Failing(job_lib.Job):
+    def __init__(self, exc):  # pylint: disable=super-init-not-called
+      self.exc, self.cwd, self.task = exc, os.getcwd(), launcher.jobs_lib.Task('gather')
+
+  def boom(job):
+    raise job.exc
+  import signal  # pylint: disable=g-import-not-at-top
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+  for exc, final in ((ValueError('config.x=1: bad'), True), (OSError('NFS'), False)):
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr(job_lib, '_gather_job', boom)
+      try:
+        with pytest.raises(Exception) as e:
+          Failing(exc)()
+      finally:
+        for sig, h in handlers.items():
+          signal.signal(sig, h)
+    line = f'{type(e.value).__module__}.{type(e.value).__name__}: {e.value}'
+    assert (errors.final_line(line) == 'ValueError: config.x=1: bad') is final

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tljax.sweep import layout
 from tljax.sweep import locks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +54,7 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
 def test_process_0_alone_locks_for_a_multi_host_run(tmp_path):
   with locks.held(str(tmp_path), process_id=0):
     with locks.held(str(tmp_path), process_id=1):  # the others rely on process 0's lock
-      assert os.listdir(tmp_path) == [locks.LOCK_NAME]
+      assert os.listdir(tmp_path) == [layout.LOCK]
 
 
 HOLD_RUN = ('import os, sys, time\n'

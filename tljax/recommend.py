@@ -11,6 +11,7 @@ from tljax.decision import console
 from tljax.decision import pareto
 from tljax.decision import recommend
 from tljax.decision import stats
+from tljax.sweep import layout
 
 
 def _flags():
@@ -34,7 +35,7 @@ def _flags():
 
 
 def _load_summary(workdir):
-  path = os.path.join(workdir, 'summary.json')
+  path = layout.path(workdir, layout.SUMMARY)
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir}: no such directory')
   try:

@@ -7,17 +7,13 @@ from absl import logging
 
 from tljax.cluster import launcher
 from tljax.config import checks
-from tljax.data import datasets
 from tljax.decision import console
-from tljax.models import imagenet
+from tljax.runtime import errors
 from tljax.runtime import interrupt
 from tljax.runtime import parallel
+from tljax.sweep import layout
 from tljax.sweep import runner
 
-# Failures caused by the user's input or environment: shown as a message, not a traceback.
-USER_ERRORS = (ValueError, OSError, MemoryError, FloatingPointError,
-               datasets.DatasetUnavailableError, imagenet.WeightsUnavailableError,
-               launcher.JobsFailedError, parallel.ProcessesError)
 
 
 def train_and_evaluate(config, workdir):
@@ -39,14 +35,15 @@ def main(config, workdir):
                      f'cases are kept in {workdir}. To resume, run the same command: '
                      f'{interrupt.resume_command()}\n')
     sys.exit(e.exit_code)
-  except USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     logging.debug('Traceback', exc_info=True)
     sys.exit(f'tljax: error: {e}')
   if summary is None:  # jobs submitted without waiting: the launcher said where they are
     return
   if not parallel.is_writer():  # process 0 prints the table of a multi-process run
     return
+  figures = [layout.path(workdir, n) for n in (layout.FIGURE, layout.PARETO)]
   print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
         + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'
-        + console.table(summary, workdir) + f'\nWritten to {workdir}/ (summary.json, '
-        'results.csv: a row per case, runs.csv: a row per case and seed)')
+        + console.table(summary, figures) + f'\nWritten to {workdir}/ ({layout.SUMMARY}, '
+        f'{layout.RESULTS}: a row per case, {layout.RUNS}: a row per case and seed)')

@@ -10,6 +10,7 @@ from absl import logging
 import submitit
 
 from tljax.cluster import jobs as jobs_lib
+from tljax.runtime import errors
 from tljax.runtime import interrupt
 from tljax.runtime import report
 from tljax.sweep import layout
@@ -58,6 +59,10 @@ class Job(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGUSR2, submitit_handler)  # submitit: checkpoint() and requeue
         signal.raise_signal(signal.SIGUSR2)
       sys.exit(e.exit_code)
+    except errors.USER_ERRORS as e:  # the launcher resubmits none that would fail the same way
+      if not errors.is_final(e):
+        raise
+      raise errors.FinalJobError(f'{type(e).__name__}: {e}') from e
 
 
 def _open(job):
@@ -67,7 +72,7 @@ def _open(job):
 
 def _job_metrics(workdir, run):
   """metrics/<run>.jsonl, cut back to the run's checkpoint (lines after it are written again)."""
-  path = jobs_lib.metrics_path(workdir, run)
+  path = layout.job_metrics_path(workdir, run)
   d = layout.case_dir(workdir, run)
   step = checkpoints.Checkpoints(d).latest_step() if os.path.isdir(d) else None
   layout.filter_metrics(path, {run}, {} if step is None else {run: step})
@@ -75,7 +80,7 @@ def _job_metrics(workdir, run):
 
 
 def _write_info(sw, job, eval_compile_s, pretraining):
-  report.write_json(jobs_lib.info_path(sw.workdir, job.task.run), dict(
+  report.write_json(layout.job_info_path(sw.workdir, job.task.run), dict(
       run=job.task.run, fingerprint=sw.fingerprint, eval_compile_s=eval_compile_s,
       pretraining=pretraining, environment=runner.environment(sw.config),
       job_id=os.environ.get('SLURM_JOB_ID') or os.environ.get('SUBMITIT_LOCAL_JOB_ID')))
@@ -171,7 +176,7 @@ def merge_metrics(workdir, facts):
   """metrics.jsonl from each run's metrics/<run>.jsonl, in the inline sweep's order (per seed:
   its pretraining, then its cases); a run without its own file keeps its lines of the old
   metrics.jsonl (an inline run's)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = layout.path(workdir, layout.METRICS)
   old = {}
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
@@ -183,7 +188,7 @@ def merge_metrics(workdir, facts):
   out = []
   for seed in facts['seeds']:
     for run in [Task('pretrain', seed).run] + [case_lib.run_key(n, seed) for n in facts['cases']]:
-      own = jobs_lib.metrics_path(workdir, run)
+      own = layout.job_metrics_path(workdir, run)
       if os.path.exists(own):
         with open(own, encoding='utf-8') as f:
           out += [l if l.endswith('\n') else l + '\n' for l in f if l.strip()]

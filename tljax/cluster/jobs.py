@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 from tljax.runtime import report
+from tljax.sweep import layout
 from tljax.training import case as case_lib
 
-JOBS_FILE = 'jobs.json'
 # States of a job that has not ended (SLURM's, and submitit's UNKNOWN for a job sacct does not
 # list yet: counted as running for UNKNOWN_GRACE_S after its submission).
 ACTIVE = ('PENDING', 'RUNNING', 'REQUEUED', 'COMPLETING', 'CONFIGURING', 'RESIZING', 'SUSPENDED',
@@ -17,20 +17,10 @@ ACTIVE = ('PENDING', 'RUNNING', 'REQUEUED', 'COMPLETING', 'CONFIGURING', 'RESIZI
 UNKNOWN_GRACE_S = 600
 
 
-def metrics_path(workdir, run):
-  """A job's own metrics lines (the gather concatenates them into metrics.jsonl)."""
-  return os.path.join(workdir, 'metrics', f'{run}.jsonl')
-
-
-def info_path(workdir, run):
-  """What a job reports beside the record: its environment, compile time, pretraining."""
-  return os.path.join(workdir, 'job_info', f'{run}.json')
-
-
 def read_info(workdir, run, fingerprint):
   """The info a job of this fingerprint wrote for `run`, or None."""
   try:
-    with open(info_path(workdir, run), encoding='utf-8') as f:
+    with open(layout.job_info_path(workdir, run), encoding='utf-8') as f:
       info = json.load(f)
   except (OSError, ValueError):
     return None
@@ -56,7 +46,7 @@ class Book:
   the sweep (case names, seeds) that tljax.status reports against."""
 
   def __init__(self, workdir):
-    self.path = os.path.join(workdir, JOBS_FILE)
+    self.path = layout.path(workdir, layout.JOBS)
     self.data = {'jobs': []}
     if os.path.exists(self.path):
       try:

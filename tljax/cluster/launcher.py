@@ -13,20 +13,18 @@ import submitit
 from tljax.cluster import executors
 from tljax.cluster import job as job_lib
 from tljax.cluster import jobs as jobs_lib
+from tljax.runtime import errors
 from tljax.runtime import interrupt
+from tljax.sweep import layout
 from tljax.sweep import locks
 from tljax.sweep import runner
 
 POLL_S = 1.0
 STOP_WAIT_S = 300  # after Ctrl-C, how long local jobs get to checkpoint and end
-# A job that failed with one of these (tljax's one-line errors: config, data, memory) fails the
-# same way again: it is not retried. Crashes, kills and other exceptions are.
-USER_ERRORS = ('ValueError', 'MemoryError', 'FloatingPointError', 'DatasetUnavailableError',
-               'WeightsUnavailableError', 'tljax.')
 SLURM_COMMANDS = ('sbatch', 'srun', 'sacct', 'scancel')
 
 
-class JobsFailedError(RuntimeError):
+class JobsFailedError(errors.UserError):
   """Jobs failed after their retries; the summary holds the runs that finished."""
 
 
@@ -121,7 +119,7 @@ class _Launcher:
     self.config, self.workdir, self.book, self.facts = config, workdir, book, facts
     self.cluster = config.launcher
     stamp = time.strftime('%Y%m%d-%H%M%S') + f'-{os.getpid()}'
-    self.folder = os.path.join(os.path.abspath(workdir), 'submitit', stamp, '%j')
+    self.folder = layout.submitit_dir(workdir, stamp)
     self.slots = {}  # run -> _Slot
     self.submitted = []  # the jobs.json entries of this launch's jobs, in submission order
     self.entries = {}  # runs of earlier launches still running: run -> entry
@@ -283,7 +281,10 @@ class _Launcher:
       return
     line = jobs_lib.error_line(s.entry)
     why = f'job {s.entry["job_id"]} {st}: {line}'
-    if s.attempts < self.config.job_retries and not line.startswith(USER_ERRORS):
+    final = errors.final_line(line)
+    if final is not None:
+      why = f'job {s.entry["job_id"]} {st}: {final}'
+    if s.attempts < self.config.job_retries and final is None:
       logging.warning('Run %s: %s; resubmitting it (retry %d of %d).', s.task.run, why,
                       s.attempts + 1, self.config.job_retries)
       s.attempts += 1

@@ -12,6 +12,7 @@ import psutil
 
 from tljax.data import folders
 from tljax.data import prepare
+from tljax.runtime import errors
 
 # TFDS datasets tljax knows: class count, how to fit images to the model's size
 # ('pad': zero-pad smaller images, as the thesis padded MNIST 28 -> 32;
@@ -35,7 +36,7 @@ DIGITS_TEST_FRACTION = 0.25
 MOCK_EXAMPLES = 64
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(errors.UserError):
   """A dataset that is neither on disk nor downloadable now."""
 
 

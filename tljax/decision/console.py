@@ -3,6 +3,9 @@
 import logging
 import os
 
+from tljax.decision import recommend
+from tljax.decision import stats
+
 # Library code whose INFO lines (orbax's checkpoint chatter, TFDS) are hidden; warnings stay.
 QUIET_BELOW_WARNING = (os.sep + 'site-packages' + os.sep, os.sep + 'dist-packages' + os.sep)
 
@@ -83,12 +86,10 @@ def _status_lines(cases, include):
   return lines
 
 
-def table(summary, workdir=None):
+def table(summary, figures=()):
   """The sweep's answer: one row per case (means over seeds, units in the header), '*' on the
-  Pareto front, '<- pick' at the recommendation; then the recommendation's text, and with
-  `workdir` the paths of the figures."""
-  from tljax.decision import recommend  # pylint: disable=g-import-not-at-top
-  from tljax.decision import stats  # pylint: disable=g-import-not-at-top
+  Pareto front, '<- pick' at the recommendation; then the recommendation's text, and the paths
+  of the `figures`."""
   config = summary.get('config') or {}
   memory = config.get('budget_memory', 'xla')
   include = bool(config.get('include_incomplete', False))
@@ -108,7 +109,6 @@ def table(summary, workdir=None):
   lines += _status_lines(cases, include)
   if summary.get('recommendation'):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
-  if workdir is not None:
-    lines.append(f"Figures: {os.path.join(workdir, 'figure.png')}, "
-                 f"{os.path.join(workdir, 'pareto.png')}")
+  if figures:
+    lines.append(f'Figures: {", ".join(figures)}')
   return '\n'.join(lines)

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 
 from tljax import convert
+from tljax.runtime import errors
 
 BASE_URL = 'https://storage.googleapis.com/keras-applications/'
 # model name -> (file name, md5), as keras.applications downloads them (include_top=False).
@@ -16,7 +17,7 @@ FILES = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(errors.UserError):
   """The weights file could not be fetched, or its md5 is wrong."""
 
 

@@ -9,12 +9,13 @@ from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tljax.runtime import errors
 from tljax.runtime import interrupt
 
 _INITIALIZED = []
 
 
-class ProcessesError(RuntimeError):
+class ProcessesError(errors.UserError):
   """The processes of a multi-process run cannot go on together (process 0 failed, or they see
   different files)."""
 

@@ -10,17 +10,69 @@ from absl import logging
 from tljax.runtime import report
 from tljax.sweep import fingerprints
 
+# The workdir's files, by what they hold (docs/outputs.md describes each).
+CONFIG, DATA, SUMMARY = 'config.json', 'data.json', 'summary.json'
+RESULTS, RUNS, METRICS = 'results.csv', 'runs.csv', 'metrics.jsonl'
+FIGURE, PARETO, JOBS = 'figure.png', 'pareto.png', 'jobs.json'
+LOCK = '.tljax.lock'  # the sweep's lock (tljax.sweep.locks); never removed
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
-OUTPUTS = ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl', 'figure.png',
-           'pareto.png', 'config.json', 'data.json', 'jobs.json')
-# The launcher's jobs (tljax.cluster) add metrics/, job_info/ and submitit/.
-DIRS = ('cases', 'checkpoints', 'metrics', 'job_info', 'submitit')
+OUTPUTS = (SUMMARY, RESULTS, RUNS, METRICS, FIGURE, PARETO, CONFIG, DATA, JOBS)
+# Its folders: run records, checkpoints; the launcher's jobs (tljax.cluster) add per-run metrics
+# and info files (with the runs' locks) and submitit's logs.
+RECORDS, CHECKPOINTS, JOB_METRICS, JOB_INFO, SUBMITIT = (
+    'cases', 'checkpoints', 'metrics', 'job_info', 'submitit')
+DIRS = (RECORDS, CHECKPOINTS, JOB_METRICS, JOB_INFO, SUBMITIT)
 # Free disk space required before training starts, besides the checkpoints themselves.
 MIN_FREE_BYTES = 200 * 2**20
 
 
 class ConfigChangedError(ValueError):
   """The workdir holds results of a different config."""
+
+
+def path(workdir, name):
+  """The workdir's file `name` (one of the names above)."""
+  return os.path.join(workdir, name)
+
+
+def record_path(workdir, run):
+  """The record of a finished (case, seed) run (case.run_key)."""
+  return os.path.join(workdir, RECORDS, f'{run}.json')
+
+
+def discarded_path(workdir, run, fingerprint):
+  """Where a record of another fingerprint is kept aside, never reused."""
+  return os.path.join(workdir, RECORDS, 'discarded', f'{run}_{(fingerprint or "none")[:12]}.json')
+
+
+def case_dir(workdir, run):
+  """The checkpoints of one run (`run`: a (case, seed) key, case.run_key, or a pretraining's)."""
+  return os.path.join(workdir, CHECKPOINTS, str(run))
+
+
+def prefix_cache_dir(workdir, run):
+  """The frozen-prefix features of one run while it trains (removed after it)."""
+  return os.path.join(workdir, f'cache_{run}')
+
+
+def job_metrics_path(workdir, run):
+  """A job's own metrics lines (the gather concatenates them into metrics.jsonl)."""
+  return os.path.join(workdir, JOB_METRICS, f'{run}.jsonl')
+
+
+def job_info_path(workdir, run):
+  """What a job reports beside the record: its environment, compile time, pretraining."""
+  return os.path.join(workdir, JOB_INFO, f'{run}.json')
+
+
+def run_lock_path(workdir, run):
+  """The lock of one run, held by whichever process trains it (tljax.sweep.locks)."""
+  return os.path.join(workdir, JOB_INFO, f'{run}.lock')
+
+
+def submitit_dir(workdir, stamp):
+  """submitit's folder of one launch (its jobs' logs and pickles; '%j' is the job id)."""
+  return os.path.join(os.path.abspath(workdir), SUBMITIT, stamp, '%j')
 
 
 def not_writable(workdir, e):
@@ -45,19 +97,19 @@ def prepare_workdir(workdir, config):
   if free < MIN_FREE_BYTES:
     raise OSError(f'Only {free / 2**20:.0f} MiB free on the disk of {workdir}; tljax needs at '
                   f'least {MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints and results.')
-  path = os.path.join(workdir, 'config.json')
+  cfg_path = path(workdir, CONFIG)
   if config.restart:
     for name in OUTPUTS:
-      if os.path.exists(os.path.join(workdir, name)):
-        os.remove(os.path.join(workdir, name))
+      if os.path.exists(path(workdir, name)):
+        os.remove(path(workdir, name))
     for name in DIRS:
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-  elif os.path.exists(path):
-    with open(path) as f:
+  elif os.path.exists(cfg_path):
+    with open(cfg_path) as f:
       try:
         old = json.load(f)
       except json.JSONDecodeError as e:
-        raise ConfigChangedError(f'{path} is corrupt ({e}); pass --config.restart=True to start '
+        raise ConfigChangedError(f'{cfg_path} is corrupt ({e}); pass --config.restart=True to start '
                                  'over in this workdir.') from e
     diff = fingerprints.config_diff(old, config.to_dict())
     if diff:
@@ -68,7 +120,7 @@ def prepare_workdir(workdir, config):
           'Pass --config.restart=True to delete its results and start over, or --workdir=DIR '
           'for a new folder. Fields that may change on a resume: '
           f'{", ".join(fingerprints.SAFE_FIELDS)}.')
-  report.write_json(path, config.to_dict())
+  report.write_json(cfg_path, config.to_dict())
 
 
 def _data_diff(old, new):
@@ -86,9 +138,9 @@ def _data_diff(old, new):
 
 def check_data(workdir, identity):
   """Refuses a workdir whose earlier run used other data (another folder, or changed files)."""
-  path = os.path.join(workdir, 'data.json')
-  if os.path.exists(path):
-    with open(path) as f:
+  data_path = path(workdir, DATA)
+  if os.path.exists(data_path):
+    with open(data_path) as f:
       old = json.load(f)
     lines = _data_diff(old, fingerprints.normalise(identity))
     if lines:
@@ -96,16 +148,7 @@ def check_data(workdir, identity):
           f'The workdir {workdir} holds a run on other data:\n' + '\n'.join(lines) + '\n'
           'Pass --config.restart=True to delete its results and start over, or --workdir=DIR '
           'for a new folder.')
-  report.write_json(path, identity)
-
-
-def case_dir(workdir, run):
-  """The checkpoints of one run (`run`: a (case, seed) key, case.run_key, or a pretraining's)."""
-  return os.path.join(workdir, 'checkpoints', str(run))
-
-
-def done_path(workdir, run):
-  return os.path.join(workdir, 'cases', f'{run}.json')
+  report.write_json(data_path, identity)
 
 
 def load_done(workdir, case, fingerprint):
@@ -115,7 +158,7 @@ def load_done(workdir, case, fingerprint):
   fingerprint) is never reused: it moves to cases/discarded/ with a log line, and the run
   trains again.
   """
-  path = done_path(workdir, case)
+  path = record_path(workdir, case)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -128,7 +171,7 @@ def load_done(workdir, case, fingerprint):
   record.pop('config_fingerprint', None)
   if stored == fingerprint:
     return record
-  away = os.path.join(workdir, 'cases', 'discarded', f'{case}_{(stored or "none")[:12]}.json')
+  away = discarded_path(workdir, case, stored)
   os.makedirs(os.path.dirname(away), exist_ok=True)
   os.replace(path, away)
   logging.warning('Run %s: its record was made by another config, data or version (fingerprint '
@@ -140,7 +183,7 @@ def load_done(workdir, case, fingerprint):
 def save_done(workdir, case, record, fingerprint, config_fingerprint=None):
   """Writes a finished run's record with the fingerprint of the run that made it (and its
   sweep's config fingerprint, which tljax.status matches), then drops its checkpoints."""
-  report.write_json(done_path(workdir, case), dict(record, fingerprint=fingerprint,
+  report.write_json(record_path(workdir, case), dict(record, fingerprint=fingerprint,
                                                    config_fingerprint=config_fingerprint))
   shutil.rmtree(case_dir(workdir, case), ignore_errors=True)
   _remove(case_dir(workdir, case) + '.fingerprint')

@@ -13,15 +13,10 @@ from tljax.runtime import interrupt
 from tljax.runtime import parallel
 from tljax.sweep import layout
 
-LOCK_NAME = '.tljax.lock'
 
 
 class WorkdirLockedError(OSError):
   """Another process holds the workdir."""
-
-
-def lock_path(workdir):
-  return os.path.join(workdir, LOCK_NAME)
 
 
 def _holder(fd):
@@ -38,7 +33,7 @@ def _lock(workdir):
   """The fd of `workdir`'s lock file, locked, with this PID in it; raises if another holds it."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(lock_path(workdir), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(layout.path(workdir, layout.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
     raise layout.not_writable(workdir, e) from e
   try:
@@ -85,13 +80,9 @@ RUN_LOCK_POLL_S = 2.0
 _HELD_RUNS = set()  # (workdir, run) held by this process: run_lock is reentrant
 
 
-def run_lock_path(workdir, run):
-  return os.path.join(workdir, 'job_info', f'{run}.lock')
-
-
 def _try_run_lock(workdir, run):
   """(fd, None) with `run` locked by this process, or (None, holder) when another holds it."""
-  path = run_lock_path(workdir, run)
+  path = layout.run_lock_path(workdir, run)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:

@@ -1,10 +1,10 @@
 """A sweep's outputs in its workdir: the summary with per-case statistics, CSVs and figures."""
 
-import os
 
 from tljax.decision import figures
 from tljax.decision import recommend
 from tljax.runtime import report
+from tljax.sweep import layout
 
 
 def finish(summary, runs, failed=()):
@@ -18,12 +18,12 @@ def finish(summary, runs, failed=()):
 
 def write(workdir, summary):
   """summary.json, results.csv (a row per case), runs.csv (a row per case and seed), figures."""
-  report.write_json(os.path.join(workdir, 'summary.json'), summary)
-  report.write_csv(os.path.join(workdir, 'results.csv'), summary['cases'])
-  report.write_csv(os.path.join(workdir, 'runs.csv'), summary['runs'])
+  report.write_json(layout.path(workdir, layout.SUMMARY), summary)
+  report.write_csv(layout.path(workdir, layout.RESULTS), summary['cases'])
+  report.write_csv(layout.path(workdir, layout.RUNS), summary['runs'])
   title = _title(summary)
-  figures.write_figure(os.path.join(workdir, 'figure.png'), summary['cases'], title)
-  figures.write_pareto(os.path.join(workdir, 'pareto.png'), summary['cases'], title,
+  figures.write_figure(layout.path(workdir, layout.FIGURE), summary['cases'], title)
+  figures.write_pareto(layout.path(workdir, layout.PARETO), summary['cases'], title,
                        memory=summary['config']['budget_memory'],
                        include_incomplete=summary['config'].get('include_incomplete', False))
 

@@ -163,7 +163,7 @@ class Sweep:
 
   @property
   def metrics_path(self):
-    return os.path.join(self.workdir, 'metrics.jsonl')
+    return layout.path(self.workdir, layout.METRICS)
 
 
 def _train_and_evaluate(config, workdir):

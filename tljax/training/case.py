@@ -1,7 +1,6 @@
 """One freeze case: its model, variables and freeze labels, its compiled steps, its training."""
 
 import dataclasses
-import os
 from typing import Any
 
 from absl import logging
@@ -219,7 +218,7 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh):
   try:
     out = _train(config, plan, state, (target, target_test), metrics,
                  dict(case=case.name, seed=compiled.seed_of(config), run=key),
-                 os.path.join(workdir, f'cache_{key}'), ckpt, mesh)
+                 layout.prefix_cache_dir(workdir, key), ckpt, mesh)
   finally:
     if ckpt is not None:
       ckpt.close()
