@@ -160,3 +160,17 @@ def test_a_run_on_another_device_kind_than_its_case_is_refused_before_training(
     runner.train_and_evaluate(tiny_config, str(workdir))
   assert not (workdir / 'cases' / f'{case_lib.run_key("last:1", 1)}.json').exists()
   assert not (workdir / 'checkpoints' / case_lib.run_key('last:1', 1)).exists()
+
+
+def test_each_case_is_planned_once_and_each_seed_trains_it_with_its_own_weights(
+    tiny_config, tmp_path, monkeypatch):
+  built = []
+  real = case_lib.make_case
+  monkeypatch.setattr(case_lib, 'make_case', lambda config, case, *a, **k: built.append(
+      getattr(case, 'name', case)) or real(config, case, *a, **k))
+  tiny_config.cases = ('last:1', 'last:2')
+  tiny_config.seeds = (0, 1)
+  summary = runner.train_and_evaluate(tiny_config, str(tmp_path / 'w'))
+  assert built == ['last:1', 'last:2']  # planned (compiled) once, not rebuilt per run
+  by_run = {(r['case'], r['seed']): r for r in summary['runs']}
+  assert by_run[('last:1', 0)]['test_loss'] != by_run[('last:1', 1)]['test_loss']

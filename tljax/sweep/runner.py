@@ -243,7 +243,7 @@ def train_run(sw, plan, spec, seed, pretrained, metrics):
     sw.check_device(spec.name, seed)
     parallel.on_writer('claiming the checkpoints', layout.claim_checkpoints, sw.workdir, run,
                        sw.fingerprints[key])
-    c = case_lib.make_case(rc, spec, sw.num_classes, pretrained)
+    c = case_lib.with_weights(plan.case, rc, pretrained)  # the case as planned, this seed's weights
     rec = case_lib.run_case(rc, plan, c, sw.target, sw.target_test, metrics, sw.workdir, sw.mesh)
     sw.done[key] = rec
     parallel.on_writer('writing a record', layout.save_done, sw.workdir, run, rec,

@@ -47,23 +47,38 @@ def make_case(config, case, num_classes, pretrained=None):
   string or rules; freezing.case_spec) at the seed of `config`."""
   plain = compiled.model_for(config, num_classes)
   layers = plain.keras_layers()
-  # Initial variables do not depend on which layers are frozen (init_variables unfreezes).
-  fresh = compiled.init_variables(plain, config,
-                                  jax.random.fold_in(jax.random.key(compiled.seed_of(config)), 2))
+  fresh = _fresh(plain, config)
   spec = case if isinstance(case, freezing.CaseSpec) else freezing.case_spec(
       case, layers, config.case_counting, params=fresh['params'])
   model = compiled.model_for(config, num_classes,
                              {l.name for l in layers} - set(spec.active_layers))
-  reinit = head_to_reinit(config, layers, pretrained, fresh)
-  variables = fresh if pretrained is None else merge(fresh, pretrained, layers, reinit)
-  labels = freezing.label_tree(variables['params'], spec.rules)
+  labels = freezing.label_tree(fresh['params'], spec.rules)
   logging.info('Case %s: %d layers in training mode: %s', spec.name, len(spec.active_layers),
                ', '.join(spec.active_layers))
   tx = freezing.make_optimizer(optax.adam(config.learning_rate), labels)
-  state = compiled.new_state(variables, tx, compiled.seed_of(config))
   trainable = jax.tree.map(lambda l: l == freezing.TRAINABLE, labels)
-  return Case(spec, model, layers, spec.active_layers, variables, labels, trainable, tx, state,
-              reinit)
+  c = Case(spec, model, layers, spec.active_layers, fresh, labels, trainable, tx, None, set())
+  c = with_weights(c, config, pretrained)
+  c.state = compiled.new_state(c.variables, tx, compiled.seed_of(config))
+  return c
+
+
+def _fresh(model, config):
+  """The model's random initial variables at the seed of `config` (they do not depend on which
+  layers are frozen: init_variables unfreezes)."""
+  return compiled.init_variables(model, config,
+                                 jax.random.fold_in(jax.random.key(compiled.seed_of(config)), 2))
+
+
+def with_weights(case, config, pretrained=None):
+  """`case` as planned (its model, labels and optimiser, built once) with the variables of the
+  seed of `config`: fresh ones, the base overwritten by `pretrained` (merge), the head
+  re-initialised where the target task needs it (head_to_reinit). No train state: the run
+  makes its own."""
+  fresh = _fresh(case.model, config)
+  reinit = head_to_reinit(config, case.layers, pretrained, fresh)
+  variables = fresh if pretrained is None else merge(fresh, pretrained, case.layers, reinit)
+  return dataclasses.replace(case, variables=variables, reinit=reinit, state=None)
 
 
 def merge(fresh, pretrained, layers, new_head_layers):
@@ -159,7 +174,7 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
     if cached is not None:
       prefix_cache.count_on(cached, twin['cached'])
   device_mem, device_xla = _device_memory(c, config)
-  c.state = None  # built again when the case trains: no case holds memory while waiting
+  c = dataclasses.replace(c, variables=None, state=None)  # no plan holds weights while waiting
   return Plan(c, steps.train, steps.eval, compile_s, train_cost, eval_cost, eval_batch, eval_s,
               cached, device_mem, device_xla)
 
