@@ -36,10 +36,10 @@ def get_config():
   # is the same dataset (and data dir) with the same classes (source_classes == target_classes),
   # 'always', 'never' (keep it; an error if its shape changes).
   c.new_head = 'auto'
-  # Freeze cases: each the number of trainable layers in Keras order. counting 'model': the last
-  # N layers of the whole model; 'base': the head plus the last N layers of the base.
   # Freeze cases, each a string (README "Case families"): 'last:N' (the last N layers; a bare
-  # int N means the same), 'bias:N' (the biases of the last N layers, plus the head), 'norm:N'
+  # int N means the same), 'bias:N' (the biases and BatchNorm shifts of the last N layers, plus
+  # the head, every BatchNorm's statistics frozen: TinyTL-B), 'bias_batchstats:N' (the same
+  # biases, the BatchNorms of the last N layers on batch statistics), 'norm:N'
   # (the BatchNorm scale and shift of the last N layers, plus the head), 'block:NAME' or
   # 'layers:A..B' (one contiguous range of layers, plus the head), or a tuple of (regex, label)
   # rules over parameter paths 'layer/param' (labels 'trainable', 'frozen'; fullmatch, first wins).

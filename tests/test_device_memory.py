@@ -175,3 +175,24 @@ def test_case_inputs_and_xla_cross_check_at_batch_1(head_case):
   cached = len(device_memory._XLA_CACHE)  # the same program again: read, not compiled again
   assert device_memory.xla_memory_at_device_batch(case, config, model) == xla
   assert len(device_memory._XLA_CACHE) == cached
+
+
+def test_frozen_statistics_bias_case_keeps_no_input_for_a_weight_gradient(head_case):
+  """bias:23 as the sweep makes it (TinyTL-B): no layer keeps its input for a weight gradient
+  (a bias gradient needs only the output gradient) and no BatchNorm keeps its input (inference
+  mode: its backward pass is a scale); bias_batchstats:23 keeps every BatchNorm's input."""
+  config, _ = head_case
+  rows = {}
+  for name in ('bias:23', 'bias_batchstats:23'):
+    case = case_lib.make_case(config, name, num_classes=10)
+    rows[name] = device_memory.case_device_memory(case, config)
+  expected = {c: OUT[c] // 8 for c in RELU}  # the fused relus' masks, no conv or dense input
+  expected.update(POOL_MASK, dropout=OUT['max_pooling2d'] // 8,
+                  dropout_1=OUT['max_pooling2d_1'] // 8, dropout_2=OUT['max_pooling2d_2'] // 8,
+                  dropout_3=128 // 8, dense_1=4 * 128)  # the head's kernel trains: its input
+  assert _kept(rows['bias:23']) == expected
+  assert _kept(rows['bias_batchstats:23']) == dict(expected, **{b: 4 * n for b, n in BN.items()})
+  bn_rows = [r for r in rows['bias:23']['layers'] if r['kind'] == 'BatchNormalization']
+  assert len(bn_rows) == 7 and all('inference mode' in r['why'] for r in bn_rows)
+  assert rows['bias:23']['total_bytes'] == (rows['bias_batchstats:23']['total_bytes']
+                                            - 4 * sum(BN.values()))

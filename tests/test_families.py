@@ -1,5 +1,5 @@
-"""Case families (last, bias, norm, block, layers, rules): parsing, label trees, active layers,
-train-step behaviour and XLA's compiled FLOPs against the analytic count."""
+"""Case families (last, bias, bias_batchstats, norm, block, layers, rules): parsing, label
+trees, active layers, train-step behaviour and XLA's compiled FLOPs against the analytic count."""
 
 import functools
 
@@ -47,6 +47,7 @@ def _trainable(spec, params):
 
 @pytest.mark.parametrize('case, name', [
     (9, 'last:9'), ('last:9', 'last:9'), ('bias:023', 'bias:23'), ('norm:4', 'norm:4'),
+    ('bias_batchstats:09', 'bias_batchstats:9'),
     ('block:block2', 'block:block2'),
     ('layers:5..8', 'layers:max_pooling2d..batch_normalization_2'),
     ('layers:dense..dense', 'layers:dense..dense'),
@@ -99,7 +100,11 @@ def test_bias_trains_every_bias_and_bn_shift_plus_the_classifier(cnn):
   spec = freezing.case_spec('bias:23', cnn[0], params=cnn[1])
   expected = {f'{l}/bias' for l in CONVS + BNS + ('dense', 'dense_1')} | {'dense_1/kernel'}
   assert _trainable(spec, cnn[1]) == expected
-  assert spec.active_layers == tuple(l.name for l in cnn[0])  # every BN in training mode
+  # TinyTL-B: every BatchNorm on its moving statistics (only the head, dense_1, has a scale).
+  assert spec.active_layers == tuple(l.name for l in cnn[0] if l.name not in BNS)
+  other = freezing.case_spec('bias_batchstats:23', cnn[0], params=cnn[1])
+  assert _trainable(other, cnn[1]) == expected
+  assert other.active_layers == tuple(l.name for l in cnn[0])  # every BN in training mode
 
 
 def test_label_trees_and_active_layers_per_family(cnn):
@@ -112,7 +117,8 @@ def test_label_trees_and_active_layers_per_family(cnn):
       f'{bn}/{p}' for bn in BNS[5:] for p in ('scale', 'bias')}
   last9 = ('conv2d_5', 'batch_normalization_5', 'max_pooling2d_2', 'dropout_2', 'flatten',
            'dense', 'batch_normalization_6', 'dropout_3', 'dense_1')
-  assert spec('bias:9').active_layers == spec('norm:9').active_layers == last9
+  assert spec('bias_batchstats:9').active_layers == spec('norm:9').active_layers == last9
+  assert spec('bias:9').active_layers == tuple(l for l in last9 if l not in BNS)
   block3 = ('conv2d_4', 'batch_normalization_4', 'conv2d_5', 'batch_normalization_5',
             'max_pooling2d_2', 'dropout_2')
   assert spec('block:block3').active_layers == block3 + ('dense_1',)
@@ -154,6 +160,8 @@ def test_the_prefix_cache_cuts_below_the_lowest_active_layer(cnn):
     return names[k]
 
   assert cut('bias:9') == cut('last:9') == 'conv2d_5'  # conv2d_5's bias trains
+  # BN 0's shift trains in inference mode: not active, but never cached.
+  assert cut('bias:22') == cut('bias_batchstats:22') == 'batch_normalization'
   assert cut('norm:9') == 'batch_normalization_5'  # conv2d_5 is frozen: its output is cached
   assert cut('block:block3') == 'conv2d_4'
   assert cut('layers:max_pooling2d_2..dense') == 'dropout_2'  # a Dropout in training mode
@@ -312,7 +320,7 @@ def test_efficientnet_bias_and_norm_suffix_flops_match_the_analytic_count(b0, na
 
 def test_checks_accept_every_family_and_catch_duplicates(cnn):
   config = default.get_config()
-  config.cases = (9, 'bias:23', 'norm:9', 'block:block3', 'layers:1..4',
+  config.cases = (9, 'bias:23', 'bias_batchstats:23', 'norm:9', 'block:block3', 'layers:1..4',
                   (('dense_1/.*', 'trainable'),))
   checks.validate(config)
   checks.validate_cases(config, cnn[0])

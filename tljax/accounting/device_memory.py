@@ -135,12 +135,14 @@ def _weighted_kept(layer, in_elems, out_elems, trains):
 
 def _bn_kept(in_elems, trains, active, lowest):
   """BatchNorm: training mode keeps its input (above the lowest trainable layer); inference
-  mode (affine) keeps it only for its own scale gradient."""
+  mode (moving statistics: a fixed affine map, as bias:N's) keeps it only for its own scale
+  gradient: its input gradient is a per-channel scale and its shift's gradient needs only the
+  output gradient."""
   if active and not lowest:
     return F32_BYTES * in_elems, 'input (training mode, batch statistics)'
   if 'scale' in trains:
     return F32_BYTES * in_elems, 'input for the scale gradient'
-  return 0, 'nothing: affine, scale frozen'
+  return 0, 'nothing: inference mode, scale frozen (backward is a scale)'
 
 
 def _kept(layer, in_elems, out_elems, trains, active, lowest, mask_elems):

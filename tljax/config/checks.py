@@ -155,8 +155,8 @@ FIELDS = {
     # cases and seeds may be added to a finished workdir (only the new runs train).
     'cases': _safe(Field(
         (tuple, list), _cases, 'must be a non-empty tuple of distinct cases, each an '
-        "int N, a string 'last:N', 'bias:N', 'norm:N', 'block:NAME', 'layers:A..B', "
-        "or a tuple of (regex, label) rules")),
+        "int N, a string 'last:N', 'bias:N', 'bias_batchstats:N', 'norm:N', 'block:NAME', "
+        "'layers:A..B', or a tuple of (regex, label) rules")),
     'case_counting': _one_of(freezing.COUNTINGS),
     'epochs': _int_at_least(1),
     'steps_per_epoch': _pre(_int_at_least(0, ' (0 = whole epochs)')),

@@ -13,12 +13,15 @@ from tljax.models.base import blocks as layer_blocks
 
 TRAINABLE, FROZEN = 'trainable', 'frozen'
 COUNTINGS = ('model', 'base')
-FAMILIES = ('last', 'bias', 'norm', 'block', 'layers', 'rules')
+FAMILIES = ('last', 'bias', 'bias_batchstats', 'norm', 'block', 'layers', 'rules')
 CASE_FORMS = ("an int N or 'last:N' (the last N layers train), 'bias:N' (their biases and "
-              "BatchNorm shifts), 'norm:N' (their BatchNorm scales and shifts), 'block:NAME', "
-              "'layers:A..B' (Keras layer names or 1-based indices, inclusive), each plus the "
-              "head, or a tuple of (regex, label) rules over 'layer/param' paths with labels "
-              f"{TRAINABLE!r}/{FROZEN!r}")
+              "BatchNorm shifts, every BatchNorm's statistics frozen), 'bias_batchstats:N' (the "
+              "same, their BatchNorms on batch statistics), 'norm:N' (their BatchNorm scales and "
+              "shifts), 'block:NAME', 'layers:A..B' (Keras layer names or 1-based indices, "
+              "inclusive), each plus the head, or a tuple of (regex, label) rules over "
+              f"'layer/param' paths with labels {TRAINABLE!r}/{FROZEN!r}")
+# The families over the last N layers (N counted as `case_counting` says).
+_SUFFIX_FAMILIES = ('last', 'bias', 'bias_batchstats', 'norm')
 # Parameters of a layer kind, where no params tree is at hand (checks before initialising).
 NOMINAL_PARAMS = {'Conv2D': ('kernel', 'bias'), 'DepthwiseConv2D': ('kernel', 'bias'),
                   'Dense': ('kernel', 'bias'), 'BatchNormalization': ('scale', 'bias')}
@@ -104,13 +107,14 @@ def make_optimizer(tx, labels):
 class CaseSpec:
   """One freeze case, resolved against a model's Keras layers.
 
-  name: canonical string ('last:9', 'bias:23', 'norm:9', 'block:block3', 'layers:A..B' with
-    layer names, 'rules:RX;RX;...' with frozen rules written '!RX').
+  name: canonical string ('last:9', 'bias:23', 'bias_batchstats:23', 'norm:9', 'block:block3',
+    'layers:A..B' with layer names, 'rules:RX;RX;...' with frozen rules written '!RX').
   family: one of FAMILIES.
   rules: ordered (regex, label) rules over 'layer/param' paths, ending in ('.*', 'frozen').
   active_layers: the Keras layers that run in training mode (BatchNorm on batch statistics and
     updating its moving ones; Dropout dropping units), Keras order: the model's `frozen` set is
-    every other layer.
+    every other layer. A layer may own a trainable parameter and stay out: the BatchNorms of
+    'bias:N' train their shift in inference mode (moving statistics, an affine map).
   """
   name: str
   family: str
@@ -122,12 +126,17 @@ def case_spec(case, layers, counting='model', params=None) -> CaseSpec:
   """The CaseSpec of `case` (an int, a case string or a tuple of (regex, label) rules).
 
   last:N (= int N): every parameter of `case_layers(layers, N, counting)`; they are active.
-  bias:N: the parameters named 'bias' (conv/dense biases, BatchNorm shifts) of the layers that
-    last:N trains, plus every parameter of the head; norm:N: likewise BatchNorm 'scale' and
-    'bias'; block:NAME: every parameter of one block's layers (`models.base.blocks`) plus the
-    head; layers:A..B: every parameter of the inclusive Keras-order range A..B plus the head.
-    For these the active layers are the chosen layers plus the head. The head: the layers with
-    base=False, or where a model has none (the small CNN) its last Dense layer.
+  bias:N (TinyTL-B): the parameters named 'bias' (conv/dense biases, BatchNorm shifts) of the
+    layers that last:N trains, plus every parameter of the head; bias_batchstats:N: the same
+    parameters; norm:N: likewise BatchNorm 'scale' and 'bias'; block:NAME: every parameter of
+    one block's layers (`models.base.blocks`) plus the head; layers:A..B: every parameter of
+    the inclusive Keras-order range A..B plus the head. For these the active layers are the
+    chosen layers plus the head, except for bias:N, whose BatchNorms outside the head (scale
+    frozen) run in inference mode on their moving statistics, which stay unchanged: each is a
+    fixed affine map (foldable into the neighbouring convolution) plus a trainable shift.
+    bias_batchstats:N keeps them in training mode (batch statistics, moving ones updated), so the
+    two differ only there; in both the chosen Dropout layers drop units, as in last:N. The head:
+    the layers with base=False, or where a model has none (the small CNN) its last Dense layer.
   rules: custom rules, ('.*', 'frozen') appended unless the last regex is '.*'. Active: the
     layers with a trainable parameter, plus the weightless layers above the lowest of those
     (a BatchNorm whose scale or shift trains runs in training mode, as in Keras).
@@ -145,7 +154,7 @@ def case_spec(case, layers, counting='model', params=None) -> CaseSpec:
     raise ValueError(f'Unknown freeze case {case!r}: a case is {CASE_FORMS}.')
   if family == 'rules':
     return _rules_spec(_parse_rules(arg), layers, params)
-  if family in ('last', 'bias', 'norm'):
+  if family in _SUFFIX_FAMILIES:
     if not re.fullmatch('[0-9]+', arg):
       raise ValueError(f'Freeze case {case!r}: N must be an int >= 0; a case is {CASE_FORMS}.')
     n = int(arg)
@@ -165,11 +174,13 @@ def case_spec(case, layers, counting='model', params=None) -> CaseSpec:
   return spec
 
 
-_PARAMS_OF = {'bias': 'bias', 'norm': '(scale|bias)', 'block': '.*', 'layers': '.*'}
+_PARAMS_OF = {'bias': 'bias', 'bias_batchstats': 'bias', 'norm': '(scale|bias)', 'block': '.*',
+              'layers': '.*'}
 
 
 def _family_spec(name, family, layers, chosen):
-  """bias/norm/block/layers: the `chosen` layers' parameters of the family, plus the head's."""
+  """bias/bias_batchstats/norm/block/layers: the `chosen` layers' parameters of the family,
+  plus the head's; active: the chosen layers and the head, less bias:N's BatchNorms."""
   head = set(head_layers(layers))
   chosen = set(chosen)
   rules = []
@@ -180,8 +191,10 @@ def _family_spec(name, family, layers, chosen):
       rules.append((re.escape(l.name) + '/' + _PARAMS_OF[family], TRAINABLE))
   if not rules:
     raise ValueError(f'Case {name!r} trains no parameter: its layers ({", ".join(sorted(chosen))})'
-                     f' have no {family} parameters and the model has no head.')
-  active = tuple(l.name for l in layers if l.name in chosen or l.name in head)
+                     f' have no {family.partition("_")[0]} parameters and the model has no head.')
+  frozen_stats = family == 'bias'  # TinyTL-B: BatchNorms with a frozen scale keep moving stats
+  active = tuple(l.name for l in layers if l.name in head or (
+      l.name in chosen and not (frozen_stats and l.kind == 'BatchNormalization')))
   return CaseSpec(name, family, tuple(rules) + (('.*', FROZEN),), active)
 
 

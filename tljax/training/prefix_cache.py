@@ -52,11 +52,14 @@ def cut_index(model, trainable_names, trainable_params=None):
   also a conv whose kernel stays frozen in a norm or bias case) compute the same either way,
   so they join the prefix: head-only EfficientNet caches the pooled 1280 features, not the
   7x7x1280 map. A Dropout that drops units in training (a frozen one with
-  frozen_dropout='keras') is random per step, so the prefix stops below it.
+  frozen_dropout='keras') is random per step, so the prefix stops below it. A layer in
+  `trainable_params` is never in the prefix, active or not (bias:N's BatchNorms train their
+  shift in inference mode).
   """
   layers = model.keras_layers()
   names = [l.name for l in layers]
-  lowest = min(names.index(n) for n in trainable_names)
+  owners = [n for n, ps in (trainable_params or {}).items() if ps]
+  lowest = min(names.index(n) for n in tuple(trainable_names) + tuple(owners))
   owns = (lambda l: bool(trainable_params.get(l.name))) if trainable_params is not None else (
       lambda l: l.weighted)
   while (lowest < len(layers) and not owns(layers[lowest])
