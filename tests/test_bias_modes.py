@@ -143,3 +143,21 @@ def test_the_modes_differ_only_in_their_batchnorms():
   assert batch_stats.active_layers == tuple(l.name for l in layers)  # the old bias:23
   assert frozen_stats.active_layers == tuple(l.name for l in layers if l.name not in BNS)
   assert (batch_stats.name, batch_stats.family) == ('bias_batchstats:23', 'bias_batchstats')
+
+
+def test_the_record_counts_a_frozen_statistics_batchnorm_whose_shift_trains():
+  """bias:23 chooses the same 23 layers as bias_batchstats:23; only which run in training mode
+  differs (the record's active_layers)."""
+  from tljax.training import record  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  out = {}
+  for name in ('bias:23', 'bias_batchstats:23'):
+    case = case_lib.make_case(config, name, num_classes=5)
+    out[name] = record._what_trains(case)  # pylint: disable=protected-access
+  frozen, batch = out['bias:23'], out['bias_batchstats:23']
+  assert frozen['trainable_layers'] == batch['trainable_layers'] == 23
+  assert frozen['trainable_layer_names'] == batch['trainable_layer_names']
+  assert frozen['first_trainable_layer'] == batch['first_trainable_layer']
+  assert batch['active_layers'] == 23
+  assert frozen['active_layers'] == 23 - sum('batch_normalization' in n
+                                             for n in batch['active_layer_names'])

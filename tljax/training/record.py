@@ -45,13 +45,17 @@ def run_record(config, plan, case, out, mesh=None):
 
 
 def _what_trains(case):
-  """Which layers and parameters train."""
+  """Which layers and parameters train. The case's trainable layers (Keras order) are those in
+  training mode and those owning a trainable parameter: for bias:N they include the
+  BatchNorms whose shift trains on frozen statistics, which are not in training mode."""
   kinds = {l.name: l.kind for l in case.layers}
-  names = case.trainable_names
   by_layer = freezing.trainable_params_by_layer(case.labels)
+  chosen = set(case.trainable_names) | set(by_layer)
+  names = [l.name for l in case.layers if l.name in chosen]
   trainable_params, total_params = costs.param_counts(case.variables, case.labels)
   return dict(
-      trainable_layers=len(names), trainable_layer_names=list(names),
+      trainable_layers=len(names), trainable_layer_names=names,
+      active_layers=len(case.trainable_names), active_layer_names=list(case.trainable_names),
       first_trainable_layer=names[0], last_trainable_layer=names[-1],
       layers_with_trainable_params=len(by_layer),
       trainable_param_names=sorted(f'{l}/{p}' for l, ps in by_layer.items() for p in ps),
