@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+from configs import base
 from tljax.sweep import fingerprints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,3 +132,21 @@ def test_two_processes_write_once_and_match_one_process_with_two_devices(tmp_pat
   # uninterrupted run).
   fingerprints = {fingerprints.run_fingerprint(config('c', 2, pid, port), {}) for pid in (0, 1)}
   assert fingerprints == {fingerprints.run_fingerprint(config('c', 2, 0, port + 1), {})}
+
+
+def test_only_process_0_converts_the_imagenet_weights(monkeypatch):
+  """Every process of a multi-host run reaches the same barrier; process 0 alone writes the
+  converted weights into the shared cache."""
+  from tljax.models import imagenet  # pylint: disable=g-import-not-at-top
+  from tljax.runtime import parallel  # pylint: disable=g-import-not-at-top
+  from tljax.sweep import runner  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  c.model, c.pretrained = 'efficientnet_b0', 'imagenet'
+  for writer, calls in ((True, 1), (False, 0)):
+    converted, barriers = [], []
+    monkeypatch.setattr(parallel, 'multi_process', lambda: True)
+    monkeypatch.setattr(parallel, 'is_writer', lambda w=writer: w)
+    monkeypatch.setattr(parallel, 'barrier', lambda what, ok=True: barriers.append(what))
+    monkeypatch.setattr(imagenet, 'ensure_converted', lambda *a: converted.append(a))
+    runner.convert_imagenet(c)
+    assert len(converted) == calls and barriers == ['converting the ImageNet weights']

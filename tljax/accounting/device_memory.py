@@ -1,7 +1,5 @@
 """The device memory model: the bytes an edge device holds to train one case (TinyTL's model)."""
 
-import functools
-import hashlib
 import math
 
 import flax
@@ -9,11 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tljax.accounting import costs
 from tljax.models.base import LAYER_OUTPUTS, OUTPUT_SUFFIX
-from tljax.runtime import backend
 from tljax.training import freezing
-from tljax.training import steps
 
 # Bytes per element of the frozen weights on the device (config.device_frozen_dtype).
 DTYPE_BYTES = {'float32': 4, 'float16': 2, 'bfloat16': 2, 'int8': 1}
@@ -26,12 +21,6 @@ WEIGHTED_KINDS = ('Conv2D', 'DepthwiseConv2D', 'Dense')
 KINDS = (WEIGHTED_KINDS + NOTHING_KEPT
          + ('BatchNormalization', 'Activation', 'MaxPooling2D', 'Dropout', 'Multiply'))
 ACTIVATIONS = (None, 'relu', 'swish', 'sigmoid')
-
-
-def layer_output_shapes(model, variables, input_shape, batch_size=1):
-  """{Keras layer name: output shape at `batch_size`}, from the outputs every model sows
-  (models/base.py `record_output`); jax.eval_shape only, nothing runs."""
-  return _trace(model, variables, input_shape, batch_size)[0]
 
 
 def _trace(model, variables, input_shape, batch_size):
@@ -246,51 +235,17 @@ def case_device_memory(case, config):
       batch_size=config.device_batch_size, frozen_dtype=config.device_frozen_dtype)
 
 
-def _state_spec(case):
-  """Shapes of the case's initial TrainState (as train.py builds it), without data."""
-  def build(variables):
-    params = variables['params']
-    return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            batch_stats=variables.get('batch_stats', {}),
-                            opt_state=case.tx.init(params), rng=jax.random.key(0))
-  return jax.eval_shape(build, case.variables)
+def xla_cross_check(cost, batch_size, device_memory):
+  """The cross-check of the model against XLA's memory analysis (`cost`: costs.xla_costs of the
+  case's train step compiled at `batch_size`, one device, the state donated as in training).
 
-
-# XLA's costs of the steps compiled at the device batch, by the sha256 of their StableHLO and
-# the compiler options: the same program (a case run again in this process) compiles once.
-_XLA_CACHE = {}
-
-
-def _xla_costs_cached(lowered, config):
-  """accounting.xla_costs of `lowered` compiled with the backend's options, cached."""
-  options = backend.compiler_options(config)
-  key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(),
-         tuple(sorted(options.items())), jax.default_backend())
-  if key not in _XLA_CACHE:
-    if len(_XLA_CACHE) >= 64:
-      _XLA_CACHE.clear()
-    _XLA_CACHE[key] = costs.xla_costs(backend.compile(lowered, config))
-  return _XLA_CACHE[key]
-
-
-def xla_memory_at_device_batch(case, config, device_memory=None):
-  """The cross-check: XLA's memory analysis of the case's train step compiled at
-  config.device_batch_size (one device, the state donated as in training), beside the model.
-
-  device_memory: the case's `case_device_memory` breakdown (computed when not given).
+  device_memory: the case's `case_device_memory` breakdown.
   Returns {'batch_size', 'memory_bytes', 'temp_bytes', 'argument_bytes', 'output_bytes',
   'alias_bytes', 'model_total_bytes', 'device_to_xla_memory' (model / XLA)}.
   """
-  batch = config.device_batch_size
-  shape = (batch, config.image_size, config.image_size, config.channels)
-  step = jax.jit(functools.partial(steps.train_step, model=case.model, tx=case.tx,
-                                   trainable=case.trainable), donate_argnums=0)
-  lowered = step.lower(_state_spec(case), jax.ShapeDtypeStruct(shape, jnp.float32),
-                       jax.ShapeDtypeStruct((batch,), jnp.int32))
-  cost = _xla_costs_cached(lowered, config)
-  model_bytes = (device_memory or case_device_memory(case, config))['total_bytes']
+  model_bytes = device_memory['total_bytes']
   xla = cost.get('memory_bytes')
   out = {k: cost.get(k) for k in ('memory_bytes', 'temp_bytes', 'argument_bytes',
                                   'output_bytes', 'alias_bytes')}
-  return dict(out, batch_size=batch, model_total_bytes=model_bytes,
+  return dict(out, batch_size=batch_size, model_total_bytes=model_bytes,
               device_to_xla_memory=model_bytes / xla if xla else None)

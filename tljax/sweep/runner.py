@@ -51,6 +51,14 @@ def train_and_evaluate(config, workdir):
     return _train_and_evaluate(config, workdir)
 
 
+def convert_imagenet(config):
+  """Keras's ImageNet weights of config.model, downloaded and converted into the cache once:
+  by process 0 alone in a multi-process run (the others wait at a barrier, then read them)."""
+  from tljax.models import imagenet  # pylint: disable=g-import-not-at-top  # h5py, only here
+  parallel.on_writer('converting the ImageNet weights', imagenet.ensure_converted,
+                     config.model, config.cache_dir)
+
+
 def seed_config(config, seed):
   """The config of one seed's runs: `config` with the field `seed` (data order, initial head,
   dropout, pretraining) set to `seed`."""
@@ -90,10 +98,7 @@ class Sweep:
     self.target_test = inputs.load(self.run_config, 'target', 'test')
     checks.check_data(self.run_config, self.target)
     if prepare and config.pretrained == 'imagenet' and not config.dry_run:
-      from tljax.models import imagenet  # pylint: disable=g-import-not-at-top  # h5py, only here
-      # Offline: fails before compiling. Process 0 alone converts; the others wait for it.
-      parallel.on_writer('converting the ImageNet weights', imagenet.ensure_converted,
-                         config.model, config.cache_dir)
+      convert_imagenet(config)  # offline: fails before compiling
     # What makes the numbers: the sweep's config fingerprint (every run shares it), and each
     # (case, seed) run's own, which decides whether its record or checkpoints are reused.
     self.fingerprint = fingerprints.run_fingerprint(config, data_identity=self.identity)

@@ -198,7 +198,9 @@ def _device_memory(c, config):
   model = device_memory.case_device_memory(c, config)
   if config.dry_run or not config.device_xla_check:
     return model, None
-  return model, device_memory.xla_memory_at_device_batch(c, config, model)
+  step = compiled.compile_train(c.model, c.tx, c.trainable, c.state, config,
+                                config.device_batch_size)
+  return model, device_memory.xla_cross_check(step.cost, config.device_batch_size, model)
 
 
 def check_memory(config, plans):

@@ -124,13 +124,19 @@ def compile_steps(model, tx, trainable, state, config, eval_batch, mesh=None, ba
   training runs exactly them: batch sharded over the mesh's devices, state replicated.
   """
   mesh = parallel.default(mesh)
-  batch = batch or config.batch_size
-  train = compile_step(
+  train = compile_train(model, tx, trainable, state, config, batch or config.batch_size, mesh)
+  ev = _eval_compiled(model, state, config, eval_batch, mesh)
+  return Steps(train.fn, ev.fn, train.seconds, train.cost, ev.cost)
+
+
+def compile_train(model, tx, trainable, state, config, batch, mesh=None):
+  """The train step of a case at `batch` (a Step), over `mesh` (default: one device), its state
+  donated as in training."""
+  mesh = parallel.default(mesh)
+  return compile_step(
       functools.partial(train_step, model=model, tx=tx, trainable=trainable),
       (state, input_spec(config, batch), jax.ShapeDtypeStruct((batch,), jnp.int32)),
       train_shardings(mesh), config, donate=True)
-  ev = _eval_compiled(model, state, config, eval_batch, mesh)
-  return Steps(train.fn, ev.fn, train.seconds, train.cost, ev.cost)
 
 
 def eval_compile_s(model, state, config, eval_batch, mesh=None):

@@ -93,11 +93,6 @@ def label_tree(params, rules, *, log=True):
   return flax.traverse_util.unflatten_dict(labels, sep='/')
 
 
-def trainable_layers_with_params(params, trainable_names):
-  """The trainable layers that own parameters (weightless layers train nothing)."""
-  return tuple(n for n in trainable_names if n in params)
-
-
 def make_optimizer(tx, labels):
   """`tx` on trainable parameters, `optax.set_to_zero()` on frozen ones."""
   return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
