@@ -13,6 +13,7 @@ import pytest
 from tljax.decision import console
 from tljax.decision import figures
 from tljax.decision import pareto
+from tljax import recommend as recommend_cli
 from tljax.decision import recommend
 from tljax.decision import stats
 
@@ -212,7 +213,7 @@ def write_summary(tmp_path, summary):
 
 
 def cli(capsys, *args):
-  rc = recommend.run_cli(['recommend', *args])
+  rc = recommend_cli.run_cli(['recommend', *args])
   out, err = capsys.readouterr()
   return rc, out, err
 

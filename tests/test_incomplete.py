@@ -8,9 +8,10 @@ from submitit.core import utils as submitit_utils
 
 from configs import base
 from tljax.cluster import jobs
-from tljax.cluster import launcher
+from tljax.cluster import job as job_lib
 from tljax.decision import console
 from tljax.decision import figures
+from tljax import recommend as recommend_cli
 from tljax.decision import recommend
 from tljax.decision import stats
 from tljax.sweep import layout
@@ -84,9 +85,9 @@ def test_include_incomplete_puts_it_on_the_front_and_recommends_it(tmp_path, cap
   # The CLI reads the flag from the run's config, or from --include_incomplete.
   (tmp_path / 'summary.json').write_text(json.dumps(summary_of(partial_runs(), ['full', 'one'],
                                                                [0, 1, 2])))
-  assert recommend.run_cli(['recommend', f'--workdir={tmp_path}']) == 0
+  assert recommend_cli.run_cli(['recommend', f'--workdir={tmp_path}']) == 0
   assert 'Recommended: full' in capsys.readouterr().out
-  assert recommend.run_cli(['recommend', f'--workdir={tmp_path}', '--include_incomplete']) == 0
+  assert recommend_cli.run_cli(['recommend', f'--workdir={tmp_path}', '--include_incomplete']) == 0
   assert 'Recommended: one' in capsys.readouterr().out
 
 
@@ -230,7 +231,7 @@ def _gather_workdir(tmp_path):
 
 def test_gather_reports_the_launchers_failed_runs(tmp_path):
   w, c = _gather_workdir(tmp_path)
-  s = launcher.gather(c, w, _facts(['a', 'b'], [0, 1]), 1.0,
+  s = job_lib.gather(c, w, _facts(['a', 'b'], [0, 1]), 1.0,
                       failed=[dict(case='b', seed=1, reason='job 5 FAILED: boom')])
   b = by_case(s)['b']
   assert b['status'] == 'failed' and (b['n_seeds'], b['n_seeds_planned']) == (1, 2)
@@ -244,13 +245,13 @@ def test_gather_job_finds_failed_runs_in_the_book(tmp_path):
   record whose latest job ended with an error is failed; one with no job is missing."""
   w, c = _gather_workdir(tmp_path)
   book = jobs.Book(w)
-  entry = book.add(launcher.Task('case', 1, 'b'), '4242', 'local', str(tmp_path / 'sub'))
+  entry = book.add(jobs.Task('case', 1, 'b'), '4242', 'local', str(tmp_path / 'sub'))
   book.save()
   path = submitit_utils.JobPaths(entry['folder'], '4242').result_pickle
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, 'wb') as f:
     pickle.dump(('error', 'Traceback (most recent call last):\nRuntimeError: out of memory'), f)
-  s = launcher.gather(c, w, _facts(['a', 'b', 'c'], [0, 1]), 1.0)
+  s = job_lib.gather(c, w, _facts(['a', 'b', 'c'], [0, 1]), 1.0)
   assert s['failed_runs'] == [dict(case='b', seed=1,
                                    reason='job 4242 FAILED: RuntimeError: out of memory')]
   assert by_case(s)['b']['status'] == 'failed'

@@ -10,6 +10,9 @@ import time
 import pytest
 
 from conftest import shrunk_default
+from tljax.cluster import executors
+from tljax.cluster import job as job_lib
+from tljax.cluster import jobs as jobs_lib
 from tljax.cluster import launcher
 from tljax.config import checks
 from tljax import run
@@ -68,7 +71,7 @@ def test_local_jobs_give_the_inline_summary(runs):
   assert sorted((j['kind'], j['case'], j['seed']) for j in book['jobs']) == [
       ('case', 'last:1', 0), ('case', 'last:23', 0)]
   assert sorted(os.listdir(root / 'local' / 'metrics')) == [
-      f'{launcher.Task("case", 0, n).run}.jsonl' for n in ('last:1', 'last:23')]
+      f'{jobs_lib.Task("case", 0, n).run}.jsonl' for n in ('last:1', 'last:23')]
 
 
 def test_status_lists_jobs_and_finished_runs(runs, capsys):
@@ -101,8 +104,8 @@ def test_the_gather_job_writes_the_summary_from_the_records(runs, tmp_path):
   for name in ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl'):
     (w / name).unlink()
   facts = json.loads((w / 'jobs.json').read_text())['facts']
-  job = launcher.Job(config, str(w), launcher.Task('gather'), facts, submitted_at=time.time())
-  assert launcher._gather_job(job) == f'2 runs gathered into {w}'  # pylint: disable=protected-access
+  job = job_lib.Job(config, str(w), jobs_lib.Task('gather'), facts, submitted_at=time.time())
+  assert job_lib._gather_job(job) == f'2 runs gathered into {w}'  # pylint: disable=protected-access
   assert _strip(json.loads((w / 'summary.json').read_text())) == _strip(local)
   assert _metrics(w) == _metrics(root / 'local')
 
@@ -185,14 +188,13 @@ def test_bad_launcher_fields_fail_with_what_is_accepted(tiny_config, field, valu
 
 
 def test_slurm_extra_becomes_sbatch_parameters():
-  assert launcher.slurm_extra("--account=abc --constraint='h100|a100' --exclusive") == {
+  assert executors.slurm_extra("--account=abc --constraint='h100|a100' --exclusive") == {
       'account': 'abc', 'constraint': 'h100|a100', 'exclusive': True}
 
 
 def test_user_errors_are_one_list_and_a_job_fails_for_good_only_on_final_ones():
   """tljax.run shows every user error in one line; a job's error that a retry would repeat
   (a bad config, missing data) is not resubmitted, an OSError (a file system's hiccup) is."""
-  from tljax.cluster import job as job_lib  # pylint: disable=g-import-not-at-top
   from tljax.data import datasets  # pylint: disable=g-import-not-at-top
   from tljax.runtime import errors  # pylint: disable=g-import-not-at-top
   from tljax.runtime import parallel  # pylint: disable=g-import-not-at-top
@@ -203,7 +205,7 @@ def test_user_errors_are_one_list_and_a_job_fails_for_good_only_on_final_ones():
 
   class Failing(job_lib.Job):
     def __init__(self, exc):  # pylint: disable=super-init-not-called
-      self.exc, self.cwd, self.task = exc, os.getcwd(), launcher.jobs_lib.Task('gather')
+      self.exc, self.cwd, self.task = exc, os.getcwd(), jobs_lib.Task('gather')
 
   def boom(job):
     raise job.exc

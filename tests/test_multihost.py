@@ -130,8 +130,8 @@ def test_two_processes_write_once_and_match_one_process_with_two_devices(tmp_pat
   # whatever the coordinator's port (checked by hand with launch.py: a SIGTERM to process 1
   # alone stops both at the same step; the rerun on another port resumes and equals an
   # uninterrupted run).
-  fingerprints = {fingerprints.run_fingerprint(config('c', 2, pid, port), {}) for pid in (0, 1)}
-  assert fingerprints == {fingerprints.run_fingerprint(config('c', 2, 0, port + 1), {})}
+  fps = {fingerprints.run_fingerprint(config('c', 2, pid, port), {}) for pid in (0, 1)}
+  assert fps == {fingerprints.run_fingerprint(config('c', 2, 0, port + 1), {})}
 
 
 def test_only_process_0_converts_the_imagenet_weights(monkeypatch):

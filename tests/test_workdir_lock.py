@@ -11,7 +11,7 @@ from tljax.sweep import locks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = ('import sys, time\n'
-        'from tljax import workdir_lock\n'
+        'from tljax.sweep import locks\n'
         'with locks.held(sys.argv[1]):\n'
         '  print("held", flush=True)\n'
         '  time.sleep(600)\n')
@@ -58,7 +58,7 @@ def test_process_0_alone_locks_for_a_multi_host_run(tmp_path):
 
 
 HOLD_RUN = ('import os, sys, time\n'
-            'from tljax import workdir_lock\n'
+            'from tljax.sweep import locks\n'
             'with locks.run_lock(sys.argv[1], sys.argv[2]):\n'
             '  print("held", flush=True)\n'
             '  t = time.time()\n'

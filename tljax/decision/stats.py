@@ -132,7 +132,7 @@ def _status(rs, missing, failed):
   if missing:
     said.append(f'{_seeds_text(missing)} not finished (a rerun on this workdir trains them)')
   if diverged:
-    said.append(f'{_seeds_text(diverged)} diverged (loss NaN/Inf)')
+    said.append(f'{_seeds_text(diverged)} diverged (its loss was not finite)')
   if conflict:
     status = 'costs_differ'
   elif failed or missing:
