@@ -105,12 +105,8 @@ def prepare_workdir(workdir, config):
     for name in DIRS:
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
   elif os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      try:
-        old = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ConfigChangedError(f'{cfg_path} is corrupt ({e}); pass --config.restart=True to start '
-                                 'over in this workdir.') from e
+    old = _load_json(cfg_path, ConfigChangedError,
+                     'pass --config.restart=True to start over in this workdir.')
     diff = fingerprints.config_diff(old, config.to_dict())
     if diff:
       lines = '\n'.join(f'  {k}: {a!r} -> {b!r}' for k, a, b in
@@ -121,6 +117,15 @@ def prepare_workdir(workdir, config):
           'for a new folder. Fields that may change on a resume: '
           f'{", ".join(fingerprints.SAFE_FIELDS)}.')
   report.write_json(cfg_path, config.to_dict())
+
+
+def _load_json(json_path, error, what_to_do):
+  """The JSON file at `json_path`; `error` naming it and `what_to_do` when it is corrupt."""
+  with open(json_path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise error(f'{json_path} is corrupt ({e}); {what_to_do}') from e
 
 
 def _data_diff(old, new):
@@ -158,15 +163,11 @@ def load_done(workdir, case, fingerprint):
   fingerprint) is never reused: it moves to cases/discarded/ with a log line, and the run
   trains again.
   """
-  path = record_path(workdir, case)
-  if not os.path.exists(path):
+  rec_path = record_path(workdir, case)
+  if not os.path.exists(rec_path):
     return None
-  with open(path) as f:
-    try:
-      record = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'The finished-run record {path} is corrupt ({e}); delete it to rerun '
-                       'that run, or pass --config.restart=True.') from e
+  record = _load_json(rec_path, ValueError, 'delete this finished-run record to rerun that run, '
+                      'or pass --config.restart=True.')
   stored = record.pop('fingerprint', None)
   record.pop('config_fingerprint', None)
   if stored == fingerprint:
