@@ -5,8 +5,10 @@ import re
 import shlex
 from typing import Any, Callable, NamedTuple
 
-from tljax.data import datasets
 from tljax import models
+from tljax.accounting import device_memory
+from tljax.data import datasets
+from tljax.decision import pareto
 from tljax.training import freezing
 
 PRETRAINED = ('source', 'imagenet', 'none')
@@ -15,8 +17,9 @@ NEW_HEAD = ('auto', 'always', 'never')
 MAX_SEED = 2**32 - 1
 # A multiply-accumulate costs picojoules; more than this is a mistyped unit (3.2 for 3.2e-12).
 MAX_E_MAC_J = 1e-6
-DEVICE_DTYPES = ('float32', 'float16', 'bfloat16', 'int8')
-BUDGET_MEMORY = ('xla', 'device')
+# Owned by the device memory model (bytes per dtype) and the Pareto front (memory fields).
+DEVICE_DTYPES = tuple(device_memory.DTYPE_BYTES)
+BUDGET_MEMORY = tuple(pareto.MEMORY_FIELDS)
 LAUNCHERS = ('inline', 'local', 'slurm')
 
 
