@@ -174,7 +174,7 @@ def load_done(workdir, case, fingerprint):
     return record
   away = discarded_path(workdir, case, stored)
   os.makedirs(os.path.dirname(away), exist_ok=True)
-  os.replace(path, away)
+  os.replace(rec_path, away)
   logging.warning('Run %s: its record was made by another config, data or version (fingerprint '
                   '%s, this run %s): not reused, moved to %s; the run trains again.', case,
                   (stored or 'none')[:12], fingerprint[:12], away)
