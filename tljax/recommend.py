@@ -35,7 +35,7 @@ def _flags():
 
 
 def _load_summary(workdir):
-  path = layout.path(workdir, layout.SUMMARY)
+  path = layout.file_path(workdir, layout.SUMMARY)
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir}: no such directory')
   try:

@@ -42,7 +42,7 @@ def main(config, workdir):
     return
   if not parallel.is_writer():  # process 0 prints the table of a multi-process run
     return
-  figures = [layout.path(workdir, n) for n in (layout.FIGURE, layout.PARETO)]
+  figures = [layout.file_path(workdir, n) for n in (layout.FIGURE, layout.PARETO)]
   print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
         + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'
         + console.table(summary, figures) + f'\nWritten to {workdir}/ ({layout.SUMMARY}, '

@@ -21,12 +21,12 @@ def fingerprint(workdir):
   """The fingerprint of the workdir's run, from its config.json and data.json."""
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir}: no such directory')
-  path = layout.path(workdir, layout.CONFIG)
+  path = layout.file_path(workdir, layout.CONFIG)
   if not os.path.exists(path):
     raise ValueError(f'{workdir} holds no tljax run (no config.json): run python launch.py '
                      f'--workdir={workdir} first')
   config = _read_json(path, 'tljax config')
-  data_path = layout.path(workdir, layout.DATA)
+  data_path = layout.file_path(workdir, layout.DATA)
   data = _read_json(data_path, 'data identity') if os.path.exists(data_path) else {}
   return fingerprints.run_fingerprint(config, data_identity=data)
 
@@ -34,7 +34,7 @@ def fingerprint(workdir):
 def finished_runs(workdir, fp):
   """[(run, record)] of cases/*.json made by this workdir's config, data and tool versions
   (sorted by run)."""
-  d = layout.path(workdir, layout.RECORDS)
+  d = layout.file_path(workdir, layout.RECORDS)
   out = []
   for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
     if name.endswith('.json'):

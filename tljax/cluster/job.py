@@ -176,7 +176,7 @@ def merge_metrics(workdir, facts):
   """metrics.jsonl from each run's metrics/<run>.jsonl, in the inline sweep's order (per seed:
   its pretraining, then its cases); a run without its own file keeps its lines of the old
   metrics.jsonl (an inline run's)."""
-  path = layout.path(workdir, layout.METRICS)
+  path = layout.file_path(workdir, layout.METRICS)
   old = {}
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:

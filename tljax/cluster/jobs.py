@@ -46,7 +46,7 @@ class Book:
   the sweep (case names, seeds) that tljax.status reports against."""
 
   def __init__(self, workdir):
-    self.path = layout.path(workdir, layout.JOBS)
+    self.path = layout.file_path(workdir, layout.JOBS)
     self.data = {'jobs': []}
     if os.path.exists(self.path):
       try:

@@ -30,7 +30,7 @@ class ConfigChangedError(ValueError):
   """The workdir holds results of a different config."""
 
 
-def path(workdir, name):
+def file_path(workdir, name):
   """The workdir's file `name` (one of the names above)."""
   return os.path.join(workdir, name)
 
@@ -97,11 +97,11 @@ def prepare_workdir(workdir, config):
   if free < MIN_FREE_BYTES:
     raise OSError(f'Only {free / 2**20:.0f} MiB free on the disk of {workdir}; tljax needs at '
                   f'least {MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints and results.')
-  cfg_path = path(workdir, CONFIG)
+  cfg_path = file_path(workdir, CONFIG)
   if config.restart:
     for name in OUTPUTS:
-      if os.path.exists(path(workdir, name)):
-        os.remove(path(workdir, name))
+      if os.path.exists(file_path(workdir, name)):
+        os.remove(file_path(workdir, name))
     for name in DIRS:
       shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
   elif os.path.exists(cfg_path):
@@ -143,7 +143,7 @@ def _data_diff(old, new):
 
 def check_data(workdir, identity):
   """Refuses a workdir whose earlier run used other data (another folder, or changed files)."""
-  data_path = path(workdir, DATA)
+  data_path = file_path(workdir, DATA)
   if os.path.exists(data_path):
     with open(data_path) as f:
       old = json.load(f)

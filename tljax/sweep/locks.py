@@ -33,7 +33,7 @@ def _lock(workdir):
   """The fd of `workdir`'s lock file, locked, with this PID in it; raises if another holds it."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(layout.path(workdir, layout.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(layout.file_path(workdir, layout.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
     raise layout.not_writable(workdir, e) from e
   try:

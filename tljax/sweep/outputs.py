@@ -18,12 +18,12 @@ def finish(summary, runs, failed=()):
 
 def write(workdir, summary):
   """summary.json, results.csv (a row per case), runs.csv (a row per case and seed), figures."""
-  report.write_json(layout.path(workdir, layout.SUMMARY), summary)
-  report.write_csv(layout.path(workdir, layout.RESULTS), summary['cases'])
-  report.write_csv(layout.path(workdir, layout.RUNS), summary['runs'])
+  report.write_json(layout.file_path(workdir, layout.SUMMARY), summary)
+  report.write_csv(layout.file_path(workdir, layout.RESULTS), summary['cases'])
+  report.write_csv(layout.file_path(workdir, layout.RUNS), summary['runs'])
   title = _title(summary)
-  figures.write_figure(layout.path(workdir, layout.FIGURE), summary['cases'], title)
-  figures.write_pareto(layout.path(workdir, layout.PARETO), summary['cases'], title,
+  figures.write_figure(layout.file_path(workdir, layout.FIGURE), summary['cases'], title)
+  figures.write_pareto(layout.file_path(workdir, layout.PARETO), summary['cases'], title,
                        memory=summary['config']['budget_memory'],
                        include_incomplete=summary['config'].get('include_incomplete', False))
 

@@ -168,7 +168,7 @@ class Sweep:
 
   @property
   def metrics_path(self):
-    return layout.path(self.workdir, layout.METRICS)
+    return layout.file_path(self.workdir, layout.METRICS)
 
 
 def _train_and_evaluate(config, workdir):
