@@ -105,8 +105,8 @@ def page(base, configs):
 def help_lines(config, base, width=100):
   """The config fields for `launch.py --help`: each with `config`'s value (and base's when it
   differs) and its description."""
-  lines = ["Config fields (--config.FIELD=VALUE), with this config's values "
-           f'({PAGE} has each one\'s accepted values):']
+  lines = ["Config fields (--config.FIELD=VALUE) with this config's values; each field's "
+           'accepted values', f'and what it changes: {PAGE}']
   for name, spec in checks.FIELDS.items():
     value = f'--config.{name}={config[name]!r}'
     if config[name] != base[name]:

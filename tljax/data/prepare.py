@@ -29,6 +29,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from tljax.runtime import cli
 from tljax.runtime import interrupt
 from tljax.runtime import report
 
@@ -44,6 +45,7 @@ def tensorflow():
   """TensorFlow, imported on first use (a run on arrays in memory never needs it) and kept off
   the accelerators JAX uses: it only feeds the input pipeline."""
   if not _TF:
+    cli.quiet_tensorflow()  # before TensorFlow loads: no C++ log lines on the console
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     try:
       tf.config.set_visible_devices([], 'GPU')
