@@ -8,8 +8,8 @@ the class selection and the fit; a second run with the same folder and model dec
 A prepared split larger than the memory budget stays a read-only memory map: training
 reads its shuffled batches from disk.
 
-Decoding checks the interrupt flag (tljax.interrupt) after every batch of images: SIGINT stops
-it within a second. What was decoded stays in `<cache>.partial` (the memory-mapped file and a
+Decoding checks the interrupt flag (tljax.runtime.interrupt) after every batch of images: SIGINT
+stops it within a second. What was decoded stays in `<cache>.partial` (the memory-mapped file and a
 progress marker: the count of leading images written), under the same key, so a rerun on the
 unchanged folder decodes only the rest; a changed folder has another key, and its stale
 partial preparation is removed. One process prepares a split at a time (a lock file beside it):

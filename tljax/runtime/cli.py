@@ -1,4 +1,4 @@
-"""The commands' console: --help (usage, flags, an example; exit 0), no third-party C++ log lines."""
+"""The commands' console: --help with usage, flags and an example; no TensorFlow C++ log lines."""
 
 import os
 import textwrap

@@ -124,7 +124,7 @@ def prepare_workdir(workdir, config):
 
 
 def _data_diff(old, new):
-  """Lines naming what differs between two data identities (train.data_identity)."""
+  """Lines naming what differs between two data identities (inputs.data_identity)."""
   lines = []
   for role in sorted(set(old) | set(new)):
     a, b = old.get(role, {}), new.get(role, {})
