@@ -50,6 +50,7 @@ def test_launch_help_lists_every_config_field_with_its_value_and_description():
                          '--min_accuracy', '--memory', '--[no]include_incomplete')),
     ('tljax.status', ('--workdir',)),
     ('tljax.convert', ('--model', '--keras_h5', '--out', '--[no]overwrite')),
+    ('tljax.config.docs', ()),
 ])
 def test_each_entry_point_answers_help(module, flags):
   out = _run('-m', module, '--help')
@@ -58,7 +59,7 @@ def test_each_entry_point_answers_help(module, flags):
   for flag in flags:
     assert f'\n  {flag}\n' in out.stdout, flag
   example = out.stdout.split('\nExample')[1]
-  assert f'python -m {module} --' in example
+  assert f'python -m {module} ' in example
   assert 'Unknown command line flag' not in out.stdout + out.stderr
 
 

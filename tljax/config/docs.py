@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 from tljax.config import checks
+from tljax.runtime import cli
 
 PAGE = 'docs/configuration.md'
 COMMAND = f'python -m tljax.config.docs > {PAGE}'
@@ -138,10 +139,15 @@ def generate(root):
   return page(_load(root, 'base'), {n: _load(root, n) for n in shipped(root)})
 
 
-def main():
+def main(argv):
+  if cli.asks_help(argv):
+    print(f'Usage: {COMMAND}\n\nPrints {PAGE}, generated from tljax/config/checks.py FIELDS and '
+          'configs/*.py;\nrun it from the repository root after adding or changing a config field.'
+          f'\n\nExample:\n  {COMMAND}')
+    return
   sys.stdout.write(generate(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))))
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv)
