@@ -1,8 +1,8 @@
 #!/bin/bash
-# The step and sweep benchmarks on a GPU machine, against PyTorch on the same GPU (README,
-# "On a GPU"). Usage: bash benchmarks/gpu.sh OUT_DIR [SWEEP_SCALE]. Writes each benchmark's table
-# (.txt), progress (.err) and JSON into OUT_DIR. Each part has its own time limit, so one that
-# runs long leaves the others' results.
+# The step and sweep benchmarks on a GPU machine, against PyTorch on the same GPU
+# (benchmarks/README.md "On a GPU"). Usage: bash benchmarks/gpu.sh OUT_DIR [SWEEP_SCALE].
+# Writes each benchmark's table (.txt), progress (.err) and JSON into OUT_DIR. Each part has its
+# own time limit, so one that runs long leaves the others' results.
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [SWEEP_SCALE]}
 scale=${2:-0.5}
 mkdir -p "$out"

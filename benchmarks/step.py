@@ -131,7 +131,8 @@ def time_tljax_case(spec, n, impl=None, timing=None, wait_idle=0.0, log=print):
                                  eval_batch=spec['batch_size'])
   train_c, compile_s, cost = steps.train, steps.compile_s, steps.train_cost
   twin = costs.counting_model(model)
-  if twin is not None:  # the FLOPs as counted, whichever step runs (README "FLOPs")
+  # The FLOPs as counted, whichever step runs (docs/accounting.md "FLOPs per backend").
+  if twin is not None:
     twin_steps = compiled.compile_steps(twin, case.tx, case.trainable, case.state, config,
                                         eval_batch=spec['batch_size'],
                                         mesh=parallel.Mesh.on(costs.counting_device()))

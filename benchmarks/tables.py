@@ -73,8 +73,9 @@ def prefix_table(result):
   return '\n'.join(lines)
 
 
-# The whole-sweep benchmark's frameworks as the table names them, and its targets (README
-# "Speed"): the whole sweep at most this share of the fastest peer's time, no phase slower.
+# The whole-sweep benchmark's frameworks as the table names them, and its targets
+# (benchmarks/README.md "The whole sweep"): the whole sweep at most this share of the fastest
+# peer's time, no phase slower.
 SWEEP_NAMES = {'tljax': 'tljax', 'torch': 'PyTorch', 'keras': 'Keras'}
 SWEEP_TARGET = 0.8
 

@@ -1,4 +1,4 @@
-"""Case families side by side (README "Case families"): the offline digits transfer of
+"""Case families side by side (docs/cases.md "Case families"): the offline digits transfer of
 configs/default.py with the six "last N" cases, biases only (BatchNorm statistics frozen, and
 on batch statistics), BatchNorm only and two single blocks, each over three seeds."""
 

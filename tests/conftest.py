@@ -16,7 +16,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 # shrunk configs compile the same steps in many tests, and a loaded executable is the compiled
 # one (tests/test_compilation_cache.py checks the numbers are equal). A fresh directory per
 # session, made by the controlling process (the workers inherit its environment) and removed
-# at its end, so no test ever loads another session's (or another jaxlib's) executables.
+# at its end, so no test ever loads another pytest run's (or another jaxlib's) executables.
 _OWNS_XLA_CACHE = 'TLJAX_TESTS_XLA_CACHE' not in os.environ
 if _OWNS_XLA_CACHE:
   os.environ['TLJAX_TESTS_XLA_CACHE'] = tempfile.mkdtemp(prefix='tljax-tests-xla-')

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_every_config_field_is_in_the_ranges_table():
   fields = set(base.get_config().to_dict())
-  assert fields - set(checks.FIELDS) == set(), 'add these fields to tljax/checks.py FIELDS'
+  assert fields - set(checks.FIELDS) == set(), 'add these fields to tljax/config/checks.py FIELDS'
   assert set(checks.FIELDS) - fields == set(), 'FIELDS lists fields that configs/base.py lacks'
 
 

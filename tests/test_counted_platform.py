@@ -1,4 +1,6 @@
-"""The reported FLOPs are XLA:CPU's count of the same steps on every backend (README "FLOPs").
+"""The reported FLOPs are XLA:CPU's count of the same steps on every backend.
+
+docs/accounting.md "FLOPs per backend" says why.
 
 XLA:GPU leaves cuDNN convolutions out of its cost analysis (0.92 against 69.6 MFLOP per example
 for the small CNN's head-only step on an H100), so off the CPU the steps are compiled a second

@@ -1,6 +1,7 @@
 """Every field of a produced summary against its formula, and results.csv against the record."""
 
 import csv
+import json
 import math
 
 import jax
@@ -135,7 +136,8 @@ def test_csvs_hold_every_scalar_field_of_the_records(run):
 
 
 def test_device_memory_fields(run):
-  """The device memory model at batch 1 (README "Device memory model"), and its XLA ratio."""
+  """The device memory model at batch 1, and its XLA ratio; see
+  docs/accounting.md "The device memory model"."""
   _, summary, _ = run
   for c in summary['runs']:
     d = c['device_memory']
@@ -169,3 +171,26 @@ def test_records_say_where_they_trained_and_cases_what_was_planned(run):
     assert (c['n_seeds'], c['n_seeds_planned']) == (1, 1)
     assert c['seeds'] == c['seeds_planned'] == summary['seeds']
     assert c['seeds_missing'] == c['seeds_failed'] == c['seeds_diverged'] == []
+
+
+def test_the_outputs_page_documents_every_field_a_sweep_writes(run):
+  """docs/outputs.md against what the writer wrote: a row for every field of a run record, a
+  summary and a metrics line (and none for a field no longer written); every case field is a
+  documented one, a record field, or a documented pattern `<f>_suffix` of a record field."""
+  from docs_pages import table_names  # pylint: disable=g-import-not-at-top
+  _, summary, _ = run
+  page = 'docs/outputs.md'
+  record_keys = {k for r in summary['runs'] for k in r}
+  assert set(table_names(page, 'Run record fields')) == record_keys
+  documented = set(table_names(page, 'summary.json'))
+  assert set(summary) <= documented and documented - set(summary) == {'recommendation'}
+  with open(summary['config']['cache_dir'] + '/../w/metrics.jsonl') as f:
+    line_keys = {k for line in f for k in json.loads(line)}
+  assert set(table_names(page, 'metrics.jsonl')) == line_keys
+  case_rows = table_names(page, 'Case fields')
+  suffixes = [n.replace('<f>', '') for n in case_rows if n.startswith('<f>')]
+  own = {n for n in case_rows if '<f>' not in n}
+  for k in {k for c in summary['cases'] for k in c}:
+    assert k in own or k in record_keys or any(
+        k == f + s for f in record_keys for s in suffixes), f'document case field {k!r}'
+  assert own - {k for c in summary['cases'] for k in c} == {'recommended'}

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tljax import models
+from tljax.runtime import cli
 
 # Keras layer kind -> {Keras weight name: (collection, Flax name)}. Keras 2 files
 # name depthwise kernels 'depthwise_kernel', Keras 3 names them 'kernel'.
@@ -223,14 +224,26 @@ def _flag_values() -> flags.FlagValues:
   return fv
 
 
-def main(argv) -> str:
-  """`python -m tljax.convert --model=efficientnet_b0 --keras_h5=PATH --out=DIR`."""
+USAGE = 'python -m tljax.convert --model=NAME --keras_h5=PATH --out=DIR [--overwrite]'
+ABOUT = ("Converts Keras's legacy HDF5 weights of an EfficientNet (as keras.applications "
+         'downloads them, Keras 2 or 3 names) into an orbax checkpoint of tljax variables; a '
+         'weight the model lacks, a missing layer or a shape mismatch is an error naming the '
+         'layer. A run converts the ImageNet weights itself; this is for a file you already have.')
+EXAMPLES = ('python -m tljax.convert --model=efficientnet_b0 '
+            '--keras_h5=efficientnetb0_notop.h5 --out=artifacts/cache/efficientnet_b0_imagenet',)
+
+
+def main(argv):
+  """`python -m tljax.convert --model=efficientnet_b0 --keras_h5=PATH --out=DIR`: the output
+  directory (None after --help)."""
   fv = _flag_values()
+  if cli.asks_help(argv):
+    print(cli.help_text(USAGE, ABOUT, fv, EXAMPLES))
+    return None
   try:
     fv(argv)
   except flags.Error as e:
-    raise SystemExit(f'{e}\nUsage: python -m tljax.convert --model=NAME --keras_h5=PATH --out=DIR '
-                     '[--overwrite]')
+    raise SystemExit(f'{e}\nUsage: {USAGE} (--help says more)')
   try:
     out = convert(fv.keras_h5, fv.model, fv.out, fv.overwrite)
   except (ValueError, OSError) as e:  # bad file, mismatched model, existing --out

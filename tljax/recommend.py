@@ -11,6 +11,7 @@ from tljax.decision import console
 from tljax.decision import pareto
 from tljax.decision import recommend
 from tljax.decision import stats
+from tljax.runtime import cli
 from tljax.sweep import layout
 
 
@@ -48,10 +49,23 @@ def _load_summary(workdir):
     raise ValueError(f'{path} is not a readable JSON summary: {e}') from None
 
 
+USAGE = 'python -m tljax.recommend --workdir=DIR [budget flags]'
+ABOUT = ("Prints a finished sweep's table and the case to pick under a budget, from the "
+         "workdir's summary.json alone (no training, no JAX). A flag left out takes the run's "
+         'config value. docs/decision.md explains the answer.')
+EXAMPLES = ('python -m tljax.recommend --workdir=artifacts/default '
+            '--max_energy_per_example_j=1.5e-4',
+            'python -m tljax.recommend --workdir=artifacts/families --max_train_memory_mb=3 '
+            '--memory=device --min_accuracy=0.9')
+
+
 def run_cli(argv):
   """`python -m tljax.recommend --workdir=DIR [budget flags]`: prints the cases and the
   recommendation; returns the exit status (1 with a one-line error on stderr)."""
   fv = _flags()
+  if cli.asks_help(argv):
+    print(cli.help_text(USAGE, ABOUT, fv, EXAMPLES))
+    return 0
   try:
     rest = fv(list(argv))
     if len(rest) > 1:

@@ -5,6 +5,7 @@ import os
 import sys
 
 from tljax.cluster import jobs as jobs_lib
+from tljax.runtime import cli
 from tljax.sweep import fingerprints
 from tljax.sweep import layout
 
@@ -78,11 +79,22 @@ def lines(workdir):
   return out
 
 
+USAGE = 'python -m tljax.status --workdir=DIR'
+ABOUT = ("Lists a sweep's jobs (launcher 'local' or 'slurm') with their states, a failed job's "
+         'last error line or its log, and the finished runs with their test accuracy. An inline '
+         'run lists its finished runs only. docs/clusters.md explains the states.')
+EXAMPLES = ('python -m tljax.status --workdir=artifacts/default',)
+
+
 def run_cli(argv):
   """The command line; returns the exit status (1 with a one-line error on stderr)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
-  flags.DEFINE_string('workdir', None, 'A tljax workdir.', flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'A tljax workdir (the --workdir of launch.py).',
+                      flag_values=fv)
+  if cli.asks_help(argv):
+    print(cli.help_text(USAGE, ABOUT, fv, EXAMPLES))
+    return 0
   try:
     rest = fv(list(argv))
     if len(rest) > 1:

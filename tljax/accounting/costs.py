@@ -66,7 +66,7 @@ def depthwise_impls(model):
 # convolutions as cuDNN library calls whose FLOPs its cost analysis does not count: the small
 # CNN's head-only step measured 0.92 MFLOP per example on an H100 against 69.6 MFLOP on XLA:CPU
 # (the textbook count is 76.6 MFLOP). So on any other backend the same steps are compiled a
-# second time for the host CPU, only to be counted (README "FLOPs").
+# second time for the host CPU, only to be counted (docs/accounting.md "FLOPs per backend").
 COUNTED_PLATFORM = 'cpu'
 
 

@@ -182,7 +182,8 @@ def _activations(model, layers, trace, input_shape, trainable_params, active_lay
 
 def device_train_memory(model, variables, trainable_params, active_layers, input_shape, *,
                         batch_size=1, frozen_dtype='float32', optimizer_slots=2):
-  """Bytes an edge device holds to train `model` at `batch_size` (README "Device memory model").
+  """Bytes an edge device holds to train `model` at `batch_size` (TinyTL's model; see
+  docs/accounting.md "The device memory model").
 
   trainable_params: {layer name: param names that train}; active_layers: layers in training
   mode (BatchNorm on batch statistics, Dropout dropping). total = weights + one layer's
@@ -212,7 +213,7 @@ def device_train_memory(model, variables, trainable_params, active_layers, input
 
 
 def case_inputs(case):
-  """(trainable_params, active_layers) of a `train.Case`: the parameters its labels mark
+  """(trainable_params, active_layers) of a `case.Case`: the parameters its labels mark
   trainable, and the layers its model runs in training mode (those not in `model.frozen`)."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(case.labels), sep='/')
   trainable = {}
@@ -226,7 +227,7 @@ def case_inputs(case):
 
 
 def case_device_memory(case, config):
-  """`device_train_memory` of a `train.Case` at config.device_batch_size and
+  """`device_train_memory` of a `case.Case` at config.device_batch_size and
   config.device_frozen_dtype."""
   trainable_params, active = case_inputs(case)
   return device_train_memory(

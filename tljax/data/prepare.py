@@ -8,8 +8,8 @@ the class selection and the fit; a second run with the same folder and model dec
 A prepared split larger than the memory budget stays a read-only memory map: training
 reads its shuffled batches from disk.
 
-Decoding checks the interrupt flag (tljax.interrupt) after every batch of images: SIGINT stops
-it within a second. What was decoded stays in `<cache>.partial` (the memory-mapped file and a
+Decoding checks the interrupt flag (tljax.runtime.interrupt) after every batch of images: SIGINT
+stops it within a second. What was decoded stays in `<cache>.partial` (the memory-mapped file and a
 progress marker: the count of leading images written), under the same key, so a rerun on the
 unchanged folder decodes only the rest; a changed folder has another key, and its stale
 partial preparation is removed. One process prepares a split at a time (a lock file beside it):
@@ -29,6 +29,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from tljax.runtime import cli
 from tljax.runtime import interrupt
 from tljax.runtime import report
 
@@ -44,6 +45,7 @@ def tensorflow():
   """TensorFlow, imported on first use (a run on arrays in memory never needs it) and kept off
   the accelerators JAX uses: it only feeds the input pipeline."""
   if not _TF:
+    cli.quiet_tensorflow()  # before TensorFlow loads: no C++ log lines on the console
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     try:
       tf.config.set_visible_devices([], 'GPU')

@@ -12,8 +12,9 @@ import psutil
 # 72 ms of a 73 ms step. Keeping YNNPACK for reductions only (BatchNorm statistics, which the
 # plain XLA emitter runs ~8x slower) doubled the frozen cases (small CNN head-only
 # 890-960 -> 1870-2180 ex/s), sped up full fine-tuning 1.2x (277-288 -> 336-344 ex/s) and
-# EfficientNetB0 head-only 47 -> 74-77 ex/s (2 cores; `benchmarks/step.py`, README "Speed"). The
-# compiled FLOP count is the same with and without (tests/test_backend.py).
+# EfficientNetB0 head-only 47 -> 74-77 ex/s (2 cores; the 2026-11-25 entry of
+# benchmarks/README.md). The compiled FLOP count is the same with and without
+# (tests/test_backend.py).
 CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
 

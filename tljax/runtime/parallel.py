@@ -23,8 +23,9 @@ class ProcessesError(errors.UserError):
 def maybe_initialize(config):
   """jax.distributed.initialize once, when the config asks for several processes."""
   if config.num_processes > 1 and not _INITIALIZED:
-    # JAX's preemption service would take SIGTERM from tljax's handler (interrupt.py), which
-    # stops every process at the same step itself (stop_requested).
+    # JAX's preemption service would take SIGTERM from tljax's handler
+    # (tljax.runtime.interrupt), which stops every process at the same step itself
+    # (stop_requested).
     jax.config.update('jax_enable_preemption_service', False)
     jax.distributed.initialize(coordinator_address=config.coordinator_address,
                                num_processes=config.num_processes,
@@ -51,7 +52,7 @@ class Mesh:
 
   @classmethod
   def on(cls, device):
-    """The one-device mesh on `device` (e.g. accounting.counting_device())."""
+    """The one-device mesh on `device` (e.g. costs.counting_device())."""
     return cls([device])
 
   def check_batch(self, name, size):

@@ -1,4 +1,4 @@
-"""Outputs in the workdir: summary.json, results.csv, metrics.jsonl, config.json (atomic writes)."""
+"""File writes: JSON and CSV atomically (a temporary file renamed over), metrics lines appended."""
 
 import csv
 import io

@@ -129,7 +129,7 @@ def _load_json(json_path, error, what_to_do):
 
 
 def _data_diff(old, new):
-  """Lines naming what differs between two data identities (train.data_identity)."""
+  """Lines naming what differs between two data identities (inputs.data_identity)."""
   lines = []
   for role in sorted(set(old) | set(new)):
     a, b = old.get(role, {}), new.get(role, {})

@@ -92,7 +92,7 @@ class Sweep:
     self.mesh = parallel.Mesh.for_config(config)
     self.mesh.check_batch('batch_size', self.run_config.batch_size)
     self.identity = inputs.data_identity(self.run_config)
-    if prepare:  # process 0 alone writes the workdir (README "Data parallelism")
+    if prepare:  # process 0 alone writes (docs/clusters.md "Several processes (multi-host)")
       parallel.on_writer('checking the workdir', _check_workdir, workdir, config, self.identity)
     self.target = inputs.load(self.run_config, 'target', 'train')
     self.target_test = inputs.load(self.run_config, 'target', 'test')

@@ -165,7 +165,7 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
     cached = prefix_cache.compile_steps(c.model, c.tx, c.trainable, c.state, config,
                                         eval_batch, cut, mesh)
   counting = costs.counting_model(c.model)
-  if counting is not None:  # the FLOPs of the same steps as counted (README "FLOPs")
+  if counting is not None:  # the FLOPs as counted (docs/accounting.md "FLOPs per backend")
     twin = _counting_twin(c, counting, config, eval_batch, cut if cached is not None else None)
     compile_s += twin['compile_s']
     eval_s += twin['eval_compile_s']

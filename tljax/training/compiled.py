@@ -29,7 +29,7 @@ def model_for(config, num_classes, frozen=frozenset()):
 
 
 def seed_of(config):
-  """The seed of one run: `seed`, set per seed by sweep.seed_config, else the first of `seeds`."""
+  """The seed of one run: `seed`, set per seed by runner.seed_config, else the first of `seeds`."""
   return int(config.seed) if 'seed' in config else int(config.seeds[0])
 
 

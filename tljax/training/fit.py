@@ -47,7 +47,7 @@ class Loop:
   train_c: the compiled train step; arrays: the train split (datasets.Arrays, or cached prefix
   features); prep: the batch preprocessing; desc: the progress bar's label; metrics: a
   report.MetricsWriter; tags: {'case', 'seed', 'run'}, labelling its lines; mesh: the
-  parallel.Mesh batches are sharded over; ckpt: the run's resume.Checkpoints or None.
+  parallel.Mesh batches are sharded over; ckpt: the run's checkpoints.Checkpoints or None.
   """
   train_c: Any
   arrays: Any

@@ -22,7 +22,7 @@ from tljax.training import fit
 from tljax.training import freezing
 
 # The fields that pretraining depends on (checks.FIELDS marks them), and the run's one seed
-# (sweep.seed_config), not the config's `seeds`: its cache key.
+# (runner.seed_config), not the config's `seeds`: its cache key.
 PRETRAIN_FIELDS = checks.PRETRAIN_FIELDS + ('seed',)
 
 

@@ -107,8 +107,8 @@ def _run_costs(config, plan, out):
       energy_total_j=costs.energy_j(flops_step, config.e_mac_j) * out.steps,
       train_memory_bytes=plan.train_cost.get('memory_bytes'),
       train_memory=plan.train_cost, eval_cost=plan.eval_cost,
-      # The device memory model (README "Device memory model") and XLA's analysis of the same
-      # step compiled at device_batch_size (None in a dry run).
+      # The device memory model (docs/accounting.md "The device memory model") and XLA's
+      # analysis of the same step compiled at device_batch_size (None in a dry run).
       device_train_memory_bytes=plan.device_memory['total_bytes'],
       device_memory=plan.device_memory,
       xla_memory_at_device_batch_bytes=plan.device_xla and plan.device_xla['memory_bytes'],
