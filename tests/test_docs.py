@@ -129,7 +129,8 @@ def _layout_paths():
           'fingerprint': 'F' * 12, 'name': None}
   out = [*layout.OUTPUTS, layout.LOCK, *(d + '/' for d in layout.DIRS)]
   for name, fn in inspect.getmembers(layout, inspect.isfunction):
-    if fn.__module__ != layout.__name__ or not name.endswith(('_path', '_dir')):
+    if (fn.__module__ != layout.__name__ or not name.endswith(('_path', '_dir'))
+        or name == 'file_path'):  # the named files above
       continue
     params = list(inspect.signature(fn).parameters)
     assert all(p in args and args[p] for p in params), (
