@@ -6,12 +6,21 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   c.name = 'base'
-  # Model: 'small_cnn' (32x32x1), 'efficientnet_b0', 'efficientnet_b2' (RGB).
+  # Model: 'small_cnn' (32x32x1), 'efficientnet_b0', 'efficientnet_b2', 'mobilenet_v2',
+  # 'mobilenet_v3_small', 'mobilenet_v3_large', 'resnet50' (RGB).
   c.model = 'small_cnn'
   c.image_size = 32
   c.channels = 1
-  # Pretraining: 'source' (train on source_dataset, cached), 'imagenet' (Keras weights,
-  # EfficientNet only), 'none' (random init).
+  # The MobileNets' width multiplier (Keras's alpha, any number > 0); the other models take
+  # none and refuse anything but 1.0. With pretrained='imagenet', Keras has weights for
+  # MobileNetV2 at 0.35, 0.5, 0.75, 1.0, 1.3 and 1.4 (and image_size 96, 128, 160, 192 or 224),
+  # MobileNetV3 at 0.75 and 1.0 (1.0 when minimalistic).
+  c.alpha = 1.0
+  # MobileNetV3 without squeeze-excite and hard-swish, with 3x3 kernels (Keras's minimalistic);
+  # the other models refuse True.
+  c.minimalistic = False
+  # Pretraining: 'source' (train on source_dataset, cached), 'imagenet' (Keras weights:
+  # EfficientNets, MobileNets, ResNet50), 'none' (random init).
   c.pretrained = 'source'
   c.source_dataset = 'cifar100'
   c.source_classes = ()  # labels kept (remapped to 0..k-1 in this order); () = all

@@ -76,11 +76,15 @@ def _cases(v, c):
 
 def _image_size(v, c):
   fixed = models.fixed_image_size(c.model)
-  return v == fixed if fixed else v >= models.min_image_size(c.model)
+  return (v == fixed if fixed else v >= models.min_image_size(c.model)) and _imagenet_size_ok(v, c)
 
 
 def _image_size_accepted(c):
   fixed = models.fixed_image_size(c.model)
+  if not _imagenet_size_ok(c.image_size, c):
+    return (f"model {c.model!r} with pretrained='imagenet' takes "
+            f'{models._or(models.MOBILENET_V2_IMAGENET_SIZES)} (the sizes Keras has ImageNet '
+            'weights for)')
   if fixed:
     return (f'model {c.model!r} takes exactly {fixed}x{fixed} images (its dense layer is sized '
             'for that)')
@@ -88,9 +92,40 @@ def _image_size_accepted(c):
   return f'model {c.model!r} needs images of at least {m}x{m} (an int >= {m})'
 
 
+def _imagenet_size_ok(v, c):
+  """MobileNetV2's ImageNet weights exist per input size."""
+  return not (c.get('pretrained') == 'imagenet' and c.model == 'mobilenet_v2'
+              and v not in models.MOBILENET_V2_IMAGENET_SIZES)
+
+
 def _channels_accepted(c):
   return (f"model {c.model!r} takes {models.default_input_shape(c.model)[-1]}-channel images "
           '(1 = grayscale, 3 = RGB)')
+
+
+def _takes(c, field):
+  return field in models.MODEL_FIELDS.get(c.model, ())
+
+
+def _alpha(v, c):
+  """A MobileNet's width multiplier: > 0, one Keras has weights for with 'imagenet'; 1.0 for
+  the models without one."""
+  if not _takes(c, 'alpha'):
+    return v == models.FIELD_DEFAULTS['alpha']
+  if not (math.isfinite(v) and v > 0):
+    return False
+  return c.get('pretrained') != 'imagenet' or not models.imagenet_problem(
+      c.model, v, c.get('minimalistic', False))
+
+
+def _alpha_accepted(c):
+  if not _takes(c, 'alpha'):
+    return f'{models.field_users("alpha")}; model {c.model!r} takes none: leave it at 1.0'
+  problem = c.get('pretrained') == 'imagenet' and models.imagenet_problem(
+      c.model, c.alpha, c.get('minimalistic', False))
+  if problem and isinstance(c.alpha, (int, float)) and c.alpha > 0:
+    return f"with pretrained='imagenet': {problem}"
+  return 'must be a number > 0 (the width multiplier: 1.0 = the paper\'s widths)'
 
 
 def _dataset(role):
@@ -111,8 +146,14 @@ FIELDS = {
     'channels': Field(int, lambda v, c: v == models.default_input_shape(c.model)[-1],
                       _channels_accepted),
     'pretrained': Field(str, lambda v, c: v in PRETRAINED and (
-        v != 'imagenet' or c.model.startswith('efficientnet')),
-                        f"must be one of {PRETRAINED} ('imagenet' needs an EfficientNet model)"),
+        v != 'imagenet' or c.model in models.IMAGENET_MODELS),
+                        f"must be one of {PRETRAINED} ('imagenet' needs a model with Keras "
+                        f"ImageNet weights: {', '.join(models.IMAGENET_MODELS)})"),
+    'alpha': Field((int, float), _alpha, _alpha_accepted),
+    'minimalistic': Field(bool, lambda v, c: (
+        not v or 'minimalistic' in models.MODEL_FIELDS.get(c.model, ())),
+                          lambda c: f"must be True or False; {models.field_users('minimalistic')}"
+                          f'; model {c.model!r} takes none: leave it False'),
     'source_dataset': _dataset('source'),
     'source_classes': Field((tuple, list), _class_list,
                             'must be a tuple of distinct labels >= 0 (() = all)'),

@@ -124,7 +124,8 @@ def _fetch_inputs(sw, tasks):
     return
   if sw.config.pretrained == 'imagenet':
     from tljax import weights  # pylint: disable=g-import-not-at-top
-    weights.imagenet_variables(sw.config.model, sw.config.cache_dir)
+    weights.imagenet_variables(sw.config.model, sw.config.cache_dir,
+                               **weights.config_fields(sw.config))
   if any(t.kind == 'pretrain' for t in tasks):
     from tljax import inputs  # pylint: disable=g-import-not-at-top
     for split in ('train', 'test'):

@@ -54,7 +54,8 @@ def variables(config, metrics, workdir, identity, mesh):
     return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
   if config.pretrained == 'imagenet':
     from tljax import weights  # pylint: disable=g-import-not-at-top
-    return weights.imagenet_variables(config.model, config.cache_dir), {
+    return weights.imagenet_variables(config.model, config.cache_dir,
+                                      **weights.config_fields(config)), {
         'source': 'imagenet', 'model': config.model}
   return _pretrain(config, metrics, workdir, identity['source'], mesh)
 

@@ -26,6 +26,9 @@ SAFE_FIELDS = ('progress', 'cache_dir', 'data_dir', 'source_data_dir', 'target_d
 # compared at these values, so the processes of a run share one fingerprint, a rerun may use
 # another coordinator address, and a single-process run's fingerprint is what it always was.
 PER_PROCESS = {'process_id': 0, 'coordinator_address': ''}
+# Fields added to configs/base.py after runs were made, at the value every earlier run had: left
+# out of the fingerprint and the comparison at that value, so an earlier workdir resumes.
+ADDED_FIELDS = {'alpha': 1.0, 'minimalistic': False}
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
 OUTPUTS = ('summary.json', 'results.csv', 'runs.csv', 'metrics.jsonl', 'figure.png',
            'pareto.png', 'config.json', 'data.json', 'jobs.json')
@@ -41,6 +44,7 @@ class ConfigChangedError(ValueError):
 
 def _normalise(d):
   d = json.loads(json.dumps(d, default=list))
+  d = {k: v for k, v in d.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
   return {**d, **{k: v for k, v in PER_PROCESS.items() if k in d}}
 
 

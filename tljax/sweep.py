@@ -88,7 +88,8 @@ class _Sweep:
     checks.check_data(self.run_config, self.target)
     if prepare and config.pretrained == 'imagenet' and not config.dry_run:
       from tljax import weights  # pylint: disable=g-import-not-at-top  # h5py, only here
-      weights.ensure_converted(config.model, config.cache_dir)  # offline: fails before compiling
+      weights.ensure_converted(  # offline: fails before compiling
+          config.model, config.cache_dir, **weights.config_fields(config))
     # What makes the numbers: records and checkpoints of another fingerprint are never reused.
     self.fingerprint = resume.run_fingerprint(config, data_identity=self.identity)
     if prepare:
