@@ -105,7 +105,8 @@ def test_keras_weight_files(model, fields, path, md5):
 
 def test_keras_file_names_and_md5s_are_those_of_keras_applications():
   """Keras's own source names the files and hashes (MobileNetV2's: no hash)."""
-  from keras.src.applications import mobilenet_v2, mobilenet_v3, resnet  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from keras.src.applications import mobilenet_v2, mobilenet_v3, resnet
   assert weights.KERAS_APPLICATIONS_URL + 'mobilenet_v2/' == mobilenet_v2.BASE_WEIGHT_PATH
   assert weights.KERAS_APPLICATIONS_URL + 'mobilenet_v3/' == mobilenet_v3.BASE_WEIGHT_PATH
   assert weights.KERAS_APPLICATIONS_URL + 'resnet/' == resnet.BASE_WEIGHTS_PATH
@@ -193,7 +194,8 @@ def test_converted_checkpoint_records_and_checks_the_fields(tmp_path):
   out = convert.main(['convert', '--model=mobilenet_v2', '--alpha=0.35', f'--keras_h5={path}',
                       f'--out={tmp_path / "ckpt"}'])
   assert convert.converted_metadata(out)['fields'] == {'alpha': 0.35}
-  assert convert.load_converted(out, 'mobilenet_v2', alpha=0.35)['params']['Conv1']['kernel'].shape[-1] == 16
+  loaded = convert.load_converted(out, 'mobilenet_v2', alpha=0.35)
+  assert loaded['params']['Conv1']['kernel'].shape[-1] == 16
   with pytest.raises(ValueError, match='with alpha=0.35, not 1.0'):
     convert.load_converted(out, 'mobilenet_v2', alpha=1.0)
 
