@@ -209,3 +209,45 @@ def test_workdirs_made_before_the_model_fields_resume():
   new.alpha = 0.35
   assert resume.run_fingerprint(old, {}) != resume.run_fingerprint(new, {})
   assert resume.config_diff(old, new.to_dict()) == {'alpha': (None, 0.35)}
+
+
+def _imagenet_config(tmp_path):
+  from configs import mobilenet  # pylint: disable=g-import-not-at-top
+  c = mobilenet.get_config()
+  c.update(dict(target_dataset='digits', target_classes=(0, 1, 2), image_size=96,
+                cases=('last:0',), seeds=(0,), epochs=1, steps_per_epoch=2, batch_size=8,
+                eval_batch_size=64, progress=False, cache_dir=str(tmp_path / 'cache'),
+                prefix_cache=False, device_xla_check=False))
+  return c
+
+
+def test_a_sweep_uses_the_converted_weights_of_its_alpha_and_size(tmp_path):
+  config = _imagenet_config(tmp_path)
+  like, _ = convert.expected_variables('mobilenet_v2', alpha=0.35)
+  rng = np.random.default_rng(0)
+  fake = jax.tree.map(lambda s: rng.uniform(0.5, 1.0, s.shape).astype(np.float32), like)
+  convert.save_converted(fake, weights.checkpoint_dir('mobilenet_v2', config.cache_dir,
+                                                      alpha=0.35, image_size=96),
+                         {'model': 'mobilenet_v2', 'fields': {'alpha': 0.35}})
+  from tljax import sweep  # pylint: disable=g-import-not-at-top
+  summary = sweep.train_and_evaluate(config, str(tmp_path / 'w'))
+  run = summary['runs'][0]
+  assert summary['pretraining']['0']['source'] == 'imagenet'
+  assert run['status'] == 'ok' and run['trainable_conv_layers'] == 0
+  assert run['trainable_params'] == 1280 * 128 + 128 + 2 * 128 + 128 * 3 + 3
+
+
+def test_offline_a_sweep_names_the_mobilenet_file_before_compiling(tmp_path, monkeypatch):
+  from tljax import case as case_lib  # pylint: disable=g-import-not-at-top
+  from tljax import sweep  # pylint: disable=g-import-not-at-top
+
+  def refuse(*a, **k):
+    raise OSError('network is unreachable')
+
+  monkeypatch.setattr(urllib.request, 'urlopen', refuse)
+  monkeypatch.setattr(case_lib, 'plan_case',
+                      lambda *a, **k: pytest.fail('compiled before asking for the weights'))
+  with pytest.raises(weights.WeightsUnavailableError) as e:
+    sweep.train_and_evaluate(_imagenet_config(tmp_path), str(tmp_path / 'w'))
+  assert ('mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5'
+          in str(e.value))

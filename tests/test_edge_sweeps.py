@@ -179,7 +179,7 @@ def test_data_parallel_mobilenet_matches_single_device(tmp_path):
     assert abs(a - b) <= 2e-3 * abs(a), (a, b)
   assert dp['run']['train_memory']['devices'] == 4
   # Per example the 4 device programs do the single one's work, plus 3 more copies of the
-  # replicated Adam update: at 32x32 MobileNetV2 0.35 computes so little per example (~5 MFLOP
+  # replicated Adam update: at 32x32 MobileNetV2 0.35 computes so little per example (a few MFLOP
   # in this case) that those copies add ~25 % (measured 1.247).
   ratio = dp['run']['train_flops_per_example'] / single['run']['train_flops_per_example']
   assert 1.0 < ratio < 1.3
