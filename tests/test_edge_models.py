@@ -165,3 +165,17 @@ def test_analytic_macs_are_the_textbook_count(name, fields):
   assert got == {**_keras_macs(km), **head}
   zero = {l['kind'] for l in per_layer if not l['macs']}
   assert zero >= {'BatchNormalization', 'Add', 'GlobalAveragePooling2D'}
+
+
+def test_the_step_benchmarks_edge_rows_time_the_same_cases_in_keras():
+  from benchmarks import edge_step  # pylint: disable=g-import-not-at-top
+  from benchmarks import keras_peers  # pylint: disable=g-import-not-at-top
+  for spec in edge_step.specs(quick=True, which=('mobilenet_v2_0.35_128', 'resnet50_224')):
+    keras.backend.clear_session()
+    model, base_model = keras_peers.b0(keras, 5, 32, spec['model'], **spec['fields'])
+    assert base_model.count_params() == {'mobilenet_v2': 410_208, 'resnet50': 23_587_712}[
+        spec['model']]
+    assert spec['n_base'] == len(base_model.layers) - 1 == spec['cases'][-1]
+    assert model.output.shape[-1] == 5
+    top = [l.name for l in base_model.layers[-spec['top']:]]
+    assert top[0] == {'mobilenet_v2': 'Conv_1', 'resnet50': 'conv5_block3_1_conv'}[spec['model']]
