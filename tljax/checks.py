@@ -76,14 +76,15 @@ def _cases(v, c):
 
 def _image_size(v, c):
   fixed = models.fixed_image_size(c.model)
-  return (v == fixed if fixed else v >= models.min_image_size(c.model)) and _imagenet_size_ok(v, c)
+  ok = v == fixed if fixed else v >= models.min_image_size(c.model)
+  return ok and _imagenet_size_ok(v, c)
 
 
 def _image_size_accepted(c):
   fixed = models.fixed_image_size(c.model)
   if not _imagenet_size_ok(c.image_size, c):
     return (f"model {c.model!r} with pretrained='imagenet' takes "
-            f'{models._or(models.MOBILENET_V2_IMAGENET_SIZES)} (the sizes Keras has ImageNet '
+            f'{models.or_words(models.MOBILENET_V2_IMAGENET_SIZES)} (the sizes Keras has ImageNet '
             'weights for)')
   if fixed:
     return (f'model {c.model!r} takes exactly {fixed}x{fixed} images (its dense layer is sized '

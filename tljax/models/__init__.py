@@ -85,19 +85,20 @@ def imagenet_problem(name: str, alpha=1.0, minimalistic=False, image_size=224):
             f'{", ".join(IMAGENET_MODELS)}')
   if name == 'mobilenet_v2' and alpha not in MOBILENET_V2_IMAGENET_ALPHAS:
     return (f'Keras has ImageNet weights for mobilenet_v2 at alpha '
-            f'{_or(MOBILENET_V2_IMAGENET_ALPHAS)}, not alpha={alpha!r}')
+            f'{or_words(MOBILENET_V2_IMAGENET_ALPHAS)}, not alpha={alpha!r}')
   if name == 'mobilenet_v2' and image_size not in MOBILENET_V2_IMAGENET_SIZES:
     return (f'Keras has ImageNet weights for mobilenet_v2 at input sizes '
-            f'{_or(MOBILENET_V2_IMAGENET_SIZES)}, not image_size={image_size!r}')
+            f'{or_words(MOBILENET_V2_IMAGENET_SIZES)}, not image_size={image_size!r}')
   if name.startswith('mobilenet_v3'):
     ok = (1.0,) if minimalistic else MOBILENET_V3_IMAGENET_ALPHAS
     if alpha not in ok:
       return (f'Keras has ImageNet weights for {name}{" minimalistic" if minimalistic else ""} '
-              f'at alpha {_or(ok)}, not alpha={alpha!r}')
+              f'at alpha {or_words(ok)}, not alpha={alpha!r}')
   return None
 
 
-def _or(values):
+def or_words(values):
+  """The values as one phrase: 'a, b or c'."""
   values = [repr(v) for v in values]
   return values[0] if len(values) == 1 else ', '.join(values[:-1]) + ' or ' + values[-1]
 
