@@ -1,4 +1,5 @@
-"""The Keras 3 (TensorFlow backend) peers: the small CNN and EfficientNetB0, timed train steps, the whole sweep."""
+"""The Keras 3 (TensorFlow backend) peers: the small CNN and keras.applications bases
+(EfficientNetB0, MobileNetV2, ResNet50), timed train steps, the whole sweep."""
 
 import os
 import time
@@ -21,11 +22,18 @@ def small_cnn(keras, num_classes):
   return keras.Sequential(stack)
 
 
-def b0(keras, num_classes, size):
-  """keras.applications.EfficientNetB0 (random weights) + the tljax head; (model, base)."""
+# tljax model -> the keras.applications builder of its base.
+APPLICATIONS = {'efficientnet_b0': 'EfficientNetB0', 'mobilenet_v2': 'MobileNetV2',
+                'mobilenet_v3_small': 'MobileNetV3Small', 'mobilenet_v3_large': 'MobileNetV3Large',
+                'resnet50': 'ResNet50'}
+
+
+def b0(keras, num_classes, size, model='efficientnet_b0', **fields):
+  """keras.applications's base of tljax `model` (random weights; fields: alpha, minimalistic)
+  + the tljax head; (model, base)."""
   layers = keras.layers
-  base = keras.applications.EfficientNetB0(weights=None, include_top=False,
-                                           input_shape=(size, size, 3))
+  base = getattr(keras.applications, APPLICATIONS[model])(
+      weights=None, include_top=False, input_shape=(size, size, 3), **fields)
   x = layers.GlobalAveragePooling2D()(base.output)
   x = layers.Dense(128, activation='relu')(x)
   x = layers.BatchNormalization()(x)
@@ -58,9 +66,10 @@ def step_peer(spec, cases, xn, yn, timing_args, wait_idle=0.0, top_layers=3):
       for layer in model.layers[:len(model.layers) - n]:
         layer.trainable = False
     else:
-      model, base = b0(keras, spec['num_classes'], spec['image_size'])
+      model, base = b0(keras, spec['num_classes'], spec['image_size'], spec['model'],
+                       **spec.get('fields', {}))
       base_layers = [l for l in base.layers if not isinstance(l, keras.layers.InputLayer)]
-      keep = {'head': 0, 'top': top_layers, 'all': len(base_layers)}[kind]
+      keep = {'head': 0, 'top': spec.get('top', top_layers), 'all': len(base_layers)}[kind]
       for layer in base_layers[:len(base_layers) - keep]:
         layer.trainable = False
     # compile()'s defaults, as model.fit uses them (jit_compile='auto' is off on a CPU).

@@ -29,7 +29,8 @@ def op_names(hlo_text):
 
 
 # (substring of the JAX op or of the operation's name, the family it belongs to), first match wins.
-FAMILIES = (('dwconv', 'depthwise conv'), ('silu', 'swish'), ('_bn', 'BatchNorm'),
+FAMILIES = (('dwconv', 'depthwise conv'), ('depthwise', 'depthwise conv'), ('silu', 'swish'),
+            ('_bn', 'BatchNorm'), ('_BN', 'BatchNorm'),
             ('batch_normalization', 'BatchNorm'), ('conv_general_dilated', 'convolution'),
             ('dot_general', 'dense'), ('dropout', 'dropout'), ('reduce_max', 'max pool'),
             ('relu', 'relu'), ('transpose_copy', 'layout transpose'), ('copy', 'copy'),
@@ -77,7 +78,9 @@ def profile_step(step, args, steps=10):
 
 def main(argv=None):
   p = argparse.ArgumentParser(prog='python -m benchmarks.profile', description=__doc__.split('\n')[0])
-  p.add_argument('--model', default='small_cnn', choices=('small_cnn', 'efficientnet_b0'))
+  p.add_argument('--model', default='small_cnn', help='small_cnn, efficientnet_b0 or an edge '
+                 'row of benchmarks.edge_step (mobilenet_v2_0.35_128, mobilenet_v2_1.0_224, '
+                 'resnet50_224)')
   p.add_argument('--case', type=int, required=True)
   p.add_argument('--steps', type=int, default=10)
   p.add_argument('--top', type=int, default=25)
@@ -87,7 +90,13 @@ def main(argv=None):
   from benchmarks import step as bench  # pylint: disable=g-import-not-at-top
   from tljax.training import case as case_lib  # pylint: disable=g-import-not-at-top
   from tljax.training import compiled  # pylint: disable=g-import-not-at-top
-  spec = bench.model_specs(True, models=(args.model,))[0]
+  from benchmarks import edge_step  # pylint: disable=g-import-not-at-top
+  if args.model in edge_step.NAMES:
+    spec = edge_step.specs(True, (args.model,))[0]
+  elif args.model in ('small_cnn', 'efficientnet_b0'):
+    spec = bench.model_specs(True, models=(args.model,))[0]
+  else:
+    p.error(f'unknown --model {args.model!r}')
   spec['xla_cpu_tuning'] = not args.no_xla_cpu_tuning
   config = bench.config_for(spec)
   case = case_lib.make_case(config, args.case, spec['num_classes'])

@@ -79,7 +79,7 @@ def case_label(spec, n):
   """'1'..'23' for the small CNN; 'head', 'top', 'all' for EfficientNet."""
   if spec['counting'] != 'base':
     return str(n)
-  return {0: 'head', B0_TOP: 'top', spec['n_base']: 'all'}.get(n, str(n))
+  return {0: 'head', spec.get('top', B0_TOP): 'top', spec['n_base']: 'all'}.get(n, str(n))
 
 
 def config_for(spec):
@@ -99,6 +99,7 @@ def config_for(spec):
   c.learning_rate = 1e-3
   c.seed = 0
   c.xla_cpu_tuning = spec.get('xla_cpu_tuning', True)
+  c.update(spec.get('fields', {}))
   return c
 
 
@@ -106,7 +107,7 @@ def random_batch(spec, seed=0):
   """Random images (uint8 range for EfficientNet, [0, 1] otherwise) and labels, NHWC float32."""
   rng = np.random.default_rng(seed)
   shape = (spec['batch_size'], spec['image_size'], spec['image_size'], spec['channels'])
-  scale = 255.0 if spec['model'].startswith('efficientnet') else 1.0
+  scale = 1.0 if spec['model'] == 'small_cnn' else 255.0
   x = (rng.uniform(size=shape) * scale).astype(np.float32)
   y = rng.integers(0, spec['num_classes'], spec['batch_size']).astype(np.int32)
   return x, y
@@ -245,7 +246,7 @@ def peer_case_kind(spec, n):
   """For EfficientNet peers: 'head', 'top' or 'all'; None if the peer cannot express case n."""
   if spec['counting'] != 'base':
     return n
-  return {0: 'head', B0_TOP: 'top', spec['n_base']: 'all'}.get(n)
+  return {0: 'head', spec.get('top', B0_TOP): 'top', spec['n_base']: 'all'}.get(n)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,6 +90,9 @@ def step_peer(spec, cases, xn, yn, timing_args, wait_idle=0.0):
   xn, yn: one batch (NHWC float32, int labels).
   """
   import torch  # pylint: disable=g-import-not-at-top
+  if spec['model'] not in ('small_cnn', 'efficientnet_b0'):  # the edge rows: no port yet
+    return dict(versions={'torch': torch.__version__}, cases=[],
+                note=f'no torch.nn port of {spec["model"]} in benchmarks/torch_peers.py')
   device, sync = timing.torch_device(torch)
   torch.manual_seed(0)
   # channels_last: oneDNN's fast layout for convolutions (1.3-1.8x over NCHW here), cuDNN's too.

@@ -13,6 +13,8 @@ def get_config():
   c.model = 'small_cnn'
   c.image_size = 32
   c.channels = 1
+  c.alpha = 1.0
+  c.minimalistic = False
   c.pretrained = 'source'
   c.source_dataset = 'cifar100'
   c.source_classes = ()

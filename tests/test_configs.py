@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import XLA_CACHE
 from tljax.data import datasets
+from tljax import models
 from tljax.sweep import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +50,8 @@ def test_config_dry_run(name, tmp_path):
   if config.model != 'small_cnn':  # EfficientNet: the cheapest case at the smallest input
     config.cases = config.cases[:1]  # (trainable depthwise layers: test_depthwise_flops.py)
     config.image_size = 32
+    if config.model == 'mobilenet_v2' and config.pretrained == 'imagenet':
+      config.image_size = models.MOBILENET_V2_IMAGENET_SIZES[0]  # Keras's weights: 96 and up
     config.prefix_cache = False  # B0's prefix steps: test_prefix_cache.py
   summary = runner.train_and_evaluate(config, str(tmp_path / 'w'))
   on_disk = json.loads((tmp_path / 'w' / 'summary.json').read_text())

@@ -13,8 +13,8 @@ import pytest
 from tljax.decision import console
 from tljax.decision import figures
 from tljax.decision import pareto
-from tljax import recommend as recommend_cli
 from tljax.decision import recommend
+from tljax.decision import recommend as recommend_cli
 from tljax.decision import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,12 +7,12 @@ import pytest
 from submitit.core import utils as submitit_utils
 
 from configs import base
-from tljax.cluster import jobs
 from tljax.cluster import job as job_lib
+from tljax.cluster import jobs
 from tljax.decision import console
 from tljax.decision import figures
-from tljax import recommend as recommend_cli
 from tljax.decision import recommend
+from tljax.decision import recommend as recommend_cli
 from tljax.decision import stats
 from tljax.sweep import layout
 from tljax.sweep import outputs

@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from absl import flags
+from absl import logging
 import h5py
 import jax
 import jax.numpy as jnp
@@ -82,9 +83,10 @@ def read_keras_h5(path: str) -> dict[str, dict[str, np.ndarray]]:
                            f'{type(e).__name__}: {e}') from e
 
 
-def expected_variables(model_name: str):
-  """The base model's variables as jax.ShapeDtypeStructs, and its weighted layers' kinds."""
-  model = models.create(model_name, num_classes=None)
+def expected_variables(model_name: str, **fields):
+  """The base model's variables as jax.ShapeDtypeStructs, and its weighted layers' kinds (in
+  Keras order). fields: the model's fields (`alpha`, `minimalistic`: models.MODEL_FIELDS)."""
+  model = models.create(model_name, num_classes=None, **fields)
   shape = (1, *models.default_input_shape(model_name))
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
   kinds = {l.name: l.kind for l in model.keras_layers() if l.weighted and l.base}
@@ -92,7 +94,15 @@ def expected_variables(model_name: str):
 
 
 def _file_layer_to_model(file_layers, kinds):
-  """Map file layer names to model layer names; only Keras's auto-named 'normalization_N' moves."""
+  """Map file layer names to model layer names: by name, where only Keras's auto-named
+  'normalization_N' moves; by position (Keras's own rule for legacy HDF5 files) only when no
+  file layer is named as a model layer and both have as many weighted layers."""
+  if (file_layers and not set(file_layers) & set(kinds) and len(file_layers) == len(kinds)
+      and 'normalization' not in kinds):
+    logging.warning('No layer of the weights file is named as a layer of the model: its %d '
+                    'weighted layers are matched by position, as Keras loads legacy HDF5 files.',
+                    len(kinds))
+    return dict(zip(file_layers, kinds))
   mapping = {}
   for name in file_layers:
     target = name
@@ -103,14 +113,23 @@ def _file_layer_to_model(file_layers, kinds):
   return mapping
 
 
-def keras_h5_to_variables(path: str, model_name: str) -> dict:
-  """{'params': ..., 'batch_stats': ...} (numpy float32) for the base of `model_name`.
+def describe(model_name: str, fields: dict) -> str:
+  """'mobilenet_v2 (alpha=0.35)': a model and its non-default fields, for messages."""
+  shown = ', '.join(f'{k}={v!r}' for k, v in sorted(fields.items())
+                    if v != models.FIELD_DEFAULTS.get(k))
+  return f'{model_name} ({shown})' if shown else model_name
+
+
+def keras_h5_to_variables(path: str, model_name: str, **fields) -> dict:
+  """{'params': ..., 'batch_stats': ...} (numpy float32) for the base of `model_name` with the
+  model fields `fields` (alpha=0.35, minimalistic=True: models.MODEL_FIELDS).
 
   Strict: a weight of the file the model lacks, a model variable the file
   lacks, or a shape mismatch raises ValueError naming the layer and weight.
   """
   file_weights = read_keras_h5(path)
-  expected, kinds = expected_variables(model_name)
+  expected, kinds = expected_variables(model_name, **fields)
+  model_name = describe(model_name, fields)  # in the messages
   out = {col: {} for col in expected}
   for file_layer, layer in _file_layer_to_model(file_weights, kinds).items():
     if layer not in kinds:
@@ -189,8 +208,9 @@ def converted_metadata(ckpt_dir: str) -> dict:
     return json.load(f)
 
 
-def load_converted(ckpt_dir: str, model_name: str | None = None) -> dict:
-  """The variables saved by `save_converted` (numpy); checks the model name if given."""
+def load_converted(ckpt_dir: str, model_name: str | None = None, **fields) -> dict:
+  """The variables saved by `save_converted` (numpy); checks the model name if given, and the
+  model fields given against those recorded."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   ckpt_dir = os.path.abspath(os.path.expanduser(ckpt_dir))
   path = os.path.join(ckpt_dir, _VARIABLES_DIR)
@@ -200,14 +220,20 @@ def load_converted(ckpt_dir: str, model_name: str | None = None) -> dict:
     saved = converted_metadata(ckpt_dir).get('model')
     if saved != model_name:
       raise ValueError(f'{ckpt_dir} holds weights for {saved!r}, not {model_name!r}.')
+    recorded = converted_metadata(ckpt_dir).get('fields', {})
+    for k, v in fields.items():
+      if recorded.get(k, models.FIELD_DEFAULTS.get(k)) != v:
+        raise ValueError(f'{ckpt_dir} holds weights for {model_name} with {k}='
+                         f'{recorded.get(k, models.FIELD_DEFAULTS.get(k))!r}, not {v!r}.')
   return ocp.PyTreeCheckpointer().restore(path)
 
 
-def convert(keras_h5: str, model_name: str, out_dir: str, overwrite: bool = False) -> str:
+def convert(keras_h5: str, model_name: str, out_dir: str, overwrite: bool = False,
+            **fields) -> str:
   """Read, check and save: the whole of the command line."""
-  variables = keras_h5_to_variables(keras_h5, model_name)
+  variables = keras_h5_to_variables(keras_h5, model_name, **fields)
   meta = {'model': model_name, 'source': os.path.abspath(keras_h5),
-          'source_md5': file_md5(keras_h5)}
+          'source_md5': file_md5(keras_h5), 'fields': fields}
   return save_converted(variables, out_dir, meta, overwrite)
 
 
@@ -219,23 +245,31 @@ def _flag_values() -> flags.FlagValues:
                       flag_values=fv)
   flags.DEFINE_string('out', None, 'Directory to write the orbax checkpoint to.', flag_values=fv)
   flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.', flag_values=fv)
+  flags.DEFINE_float('alpha', None, 'Width multiplier of the MobileNets (Keras alpha; 1.0).',
+                     flag_values=fv)
+  flags.DEFINE_bool('minimalistic', None, 'MobileNetV3 without squeeze-excite and hard-swish.',
+                    flag_values=fv)
   for name in ('model', 'keras_h5', 'out'):
     flags.mark_flag_as_required(name, flag_values=fv)
   return fv
 
 
-USAGE = 'python -m tljax.convert --model=NAME --keras_h5=PATH --out=DIR [--overwrite]'
-ABOUT = ("Converts Keras's legacy HDF5 weights of an EfficientNet (as keras.applications "
-         'downloads them, Keras 2 or 3 names) into an orbax checkpoint of tljax variables; a '
-         'weight the model lacks, a missing layer or a shape mismatch is an error naming the '
-         'layer. A run converts the ImageNet weights itself; this is for a file you already have.')
+USAGE = ('python -m tljax.convert --model=NAME --keras_h5=PATH --out=DIR [--alpha=A] '
+         '[--minimalistic] [--overwrite]')
+ABOUT = ("Converts Keras's legacy HDF5 weights of an EfficientNet, MobileNetV2/V3 or ResNet50 "
+         '(as keras.applications downloads them, Keras 2 or 3 names) into an orbax checkpoint of '
+         'tljax variables; a weight the model lacks, a missing layer or a shape mismatch is an '
+         'error naming the layer. A run converts the ImageNet weights itself; this is for a file '
+         'you already have.')
 EXAMPLES = ('python -m tljax.convert --model=efficientnet_b0 '
-            '--keras_h5=efficientnetb0_notop.h5 --out=artifacts/cache/efficientnet_b0_imagenet',)
+            '--keras_h5=efficientnetb0_notop.h5 --out=artifacts/cache/efficientnet_b0_imagenet',
+            'python -m tljax.convert --model=mobilenet_v2 --alpha=0.35 --keras_h5=FILE.h5 '
+            '--out=DIR')
 
 
 def main(argv):
-  """`python -m tljax.convert --model=efficientnet_b0 --keras_h5=PATH --out=DIR`: the output
-  directory (None after --help)."""
+  """`python -m tljax.convert --model=efficientnet_b0 --keras_h5=PATH --out=DIR` (MobileNets:
+  --alpha=0.35, MobileNetV3: --minimalistic): the output directory (None after --help)."""
   fv = _flag_values()
   if cli.asks_help(argv):
     print(cli.help_text(USAGE, ABOUT, fv, EXAMPLES))
@@ -245,7 +279,8 @@ def main(argv):
   except flags.Error as e:
     raise SystemExit(f'{e}\nUsage: {USAGE} (--help says more)')
   try:
-    out = convert(fv.keras_h5, fv.model, fv.out, fv.overwrite)
+    fields = {k: fv[k].value for k in models.FIELD_DEFAULTS if fv[k].value is not None}
+    out = convert(fv.keras_h5, fv.model, fv.out, fv.overwrite, **fields)
   except (ValueError, OSError) as e:  # bad file, mismatched model, existing --out
     raise SystemExit(f'tljax.convert: {e}') from e
   print(f'Wrote {fv.model} variables from {fv.keras_h5} to {out}')

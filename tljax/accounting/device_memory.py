@@ -19,8 +19,13 @@ NOTHING_KEPT = ('Flatten', 'GlobalAveragePooling2D', 'Rescaling', 'ZeroPadding2D
                 'Normalization', 'Reshape')
 WEIGHTED_KINDS = ('Conv2D', 'DepthwiseConv2D', 'Dense')
 KINDS = (WEIGHTED_KINDS + NOTHING_KEPT
-         + ('BatchNormalization', 'Activation', 'MaxPooling2D', 'Dropout', 'Multiply'))
-ACTIVATIONS = (None, 'relu', 'swish', 'sigmoid')
+         + ('BatchNormalization', 'Activation', 'ReLU', 'MaxPooling2D', 'Dropout', 'Multiply'))
+ACTIVATIONS = (None, 'relu', 'relu6', 'hard_sigmoid', 'swish', 'hard_swish', 'sigmoid')
+# Activations whose gradient is a constant on a set of inputs (ReLU: 1 on x > 0; ReLU6: 1 on
+# 0 < x < 6; MobileNetV3's hard sigmoid relu6(x + 3) / 6: 1/6 on -3 < x < 3): a 1-bit mask per
+# element serves their backward pass (TinyTL, Sec. 2: ReLU-like activations need only a binary
+# mask; sigmoid, swish and h-swish need the full activation).
+MASK_ACTIVATIONS = ('relu', 'relu6', 'hard_sigmoid')
 
 
 def _trace(model, variables, input_shape, batch_size):
@@ -107,10 +112,10 @@ def _activation_kept(activation, out_elems):
   """(bytes, why) an activation function keeps for its backward pass."""
   if activation is None:
     return 0, ''
-  if activation == 'relu':
-    return -(-out_elems // 8), 'relu 1-bit mask'
-  if activation == 'swish':
-    return F32_BYTES * out_elems, 'swish input'
+  if activation in MASK_ACTIVATIONS:
+    return -(-out_elems // 8), f'{activation} 1-bit mask'
+  if activation in ('swish', 'hard_swish'):
+    return F32_BYTES * out_elems, f'{activation} input'
   return F32_BYTES * out_elems, 'sigmoid output'
 
 
@@ -143,7 +148,7 @@ def _kept(layer, in_elems, out_elems, trains, active, lowest, mask_elems):
     return _weighted_kept(layer, in_elems, out_elems, trains)
   if kind == 'BatchNormalization':
     return _bn_kept(in_elems, trains, active, lowest)
-  if kind == 'Activation':
+  if kind in ('Activation', 'ReLU'):
     kept, why = _activation_kept(layer.activation, out_elems)
     return kept, why or 'nothing: linear'
   if kind == 'MaxPooling2D':  # an argmax index into its window per output element
@@ -166,6 +171,8 @@ def _activations(model, layers, trace, input_shape, trainable_params, active_lay
   prev = batch_size * math.prod(input_shape)
   rows = []
   for i, l in enumerate(layers):
+    if l.inputs:  # a branch's layer (ResNet's shortcut): its own inputs, not the previous layer
+      prev = sum(math.prod(shapes[n]) for n in l.inputs)
     out = math.prod(shapes[l.name])
     mask = math.prod(n for d, n in enumerate(shapes[l.name]) if d not in broadcast.get(l.name, ()))
     active = l.name in active_layers or (l.kind == 'Dropout' and keras_dropout)

@@ -93,7 +93,8 @@ def _fetch_inputs(sw, tasks):
     return
   if sw.config.pretrained == 'imagenet':
     from tljax.models import imagenet  # pylint: disable=g-import-not-at-top
-    imagenet.imagenet_variables(sw.config.model, sw.config.cache_dir)
+    imagenet.imagenet_variables(sw.config.model, sw.config.cache_dir,
+                                **imagenet.config_fields(sw.config))
   if any(t.kind == 'pretrain' for t in tasks):
     from tljax.data import inputs  # pylint: disable=g-import-not-at-top
     for split in ('train', 'test'):

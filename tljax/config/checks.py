@@ -5,10 +5,10 @@ import re
 import shlex
 from typing import Any, Callable, NamedTuple
 
-from tljax import models
 from tljax.accounting import device_memory
 from tljax.data import datasets
 from tljax.decision import pareto
+from tljax import models
 from tljax.training import freezing
 
 PRETRAINED = ('source', 'imagenet', 'none')
@@ -100,11 +100,16 @@ def _cases(v, c):
 
 def _image_size(v, c):
   fixed = models.fixed_image_size(c.model)
-  return v == fixed if fixed else v >= models.min_image_size(c.model)
+  ok = v == fixed if fixed else v >= models.min_image_size(c.model)
+  return ok and _imagenet_size_ok(v, c)
 
 
 def _image_size_accepted(c):
   fixed = models.fixed_image_size(c.model)
+  if not _imagenet_size_ok(c.image_size, c):
+    return (f"model {c.model!r} with pretrained='imagenet' takes "
+            f'{models.or_words(models.MOBILENET_V2_IMAGENET_SIZES)} (the sizes Keras has ImageNet '
+            'weights for)')
   if fixed:
     return (f'model {c.model!r} takes exactly {fixed}x{fixed} images (its dense layer is sized '
             'for that)')
@@ -112,9 +117,40 @@ def _image_size_accepted(c):
   return f'model {c.model!r} needs images of at least {m}x{m} (an int >= {m})'
 
 
+def _imagenet_size_ok(v, c):
+  """MobileNetV2's ImageNet weights exist per input size."""
+  return not (c.get('pretrained') == 'imagenet' and c.model == 'mobilenet_v2'
+              and v not in models.MOBILENET_V2_IMAGENET_SIZES)
+
+
 def _channels_accepted(c):
   return (f"model {c.model!r} takes {models.default_input_shape(c.model)[-1]}-channel images "
           '(1 = grayscale, 3 = RGB)')
+
+
+def _takes(c, field):
+  return field in models.MODEL_FIELDS.get(c.model, ())
+
+
+def _alpha(v, c):
+  """A MobileNet's width multiplier: > 0, one Keras has weights for with 'imagenet'; 1.0 for
+  the models without one."""
+  if not _takes(c, 'alpha'):
+    return v == models.FIELD_DEFAULTS['alpha']
+  if not (math.isfinite(v) and v > 0):
+    return False
+  return c.get('pretrained') != 'imagenet' or not models.imagenet_problem(
+      c.model, v, c.get('minimalistic', False))
+
+
+def _alpha_accepted(c):
+  if not _takes(c, 'alpha'):
+    return f'{models.field_users("alpha")}; model {c.model!r} takes none: leave it at 1.0'
+  problem = c.get('pretrained') == 'imagenet' and models.imagenet_problem(
+      c.model, c.alpha, c.get('minimalistic', False))
+  if problem and isinstance(c.alpha, (int, float)) and c.alpha > 0:
+    return f"with pretrained='imagenet': {problem}"
+  return 'must be a number > 0 (the width multiplier: 1.0 = the paper\'s widths)'
 
 
 def _dataset(role):
@@ -129,8 +165,9 @@ def _dataset(role):
 # says how); free-form fields have ok=None. A check that needs the data loaded (e.g. batch_size
 # against the dataset) is in check_data below.
 FIELDS = {
-    'model': _doc('the network: small_cnn (32x32 grayscale, the thesis\'s CNN), efficientnet_b0 '
-                  "or efficientnet_b2 (RGB, Keras's graph)", _pre(Field(
+    'model': _doc("the network: small_cnn (the thesis's CNN) or a Keras application "
+                  '(efficientnet_b0/b2, mobilenet_v2/v3_small/v3_large, resnet50)',
+                  _pre(Field(
                       str, lambda v, c: v in models.names(),
                       lambda c: f'unknown model; known models: {", ".join(models.names())}'))),
     'name': _doc('the experiment\'s name; the default workdir is artifacts/<name>', _safe(Field(
@@ -141,8 +178,19 @@ FIELDS = {
     'pretrained': _doc("starting weights: 'source' (trained on source_dataset, cached per seed), "
                        "'imagenet' (Keras's weights) or 'none' (random)", Field(
                            str, lambda v, c: v in PRETRAINED and (
-                               v != 'imagenet' or c.model.startswith('efficientnet')),
-                           f"must be one of {PRETRAINED} ('imagenet' needs an EfficientNet model)")),
+                               v != 'imagenet' or c.model in models.IMAGENET_MODELS),
+                           f"must be one of {PRETRAINED} ('imagenet' needs a model with Keras "
+                           f"ImageNet weights: {', '.join(models.IMAGENET_MODELS)})")),
+    'alpha': _doc("the MobileNets' width multiplier (Keras's alpha; 1.0 = the paper's widths); "
+                  'the other models take none and keep 1.0', _pre(Field(
+                      (int, float), _alpha, _alpha_accepted))),
+    'minimalistic': _doc('MobileNetV3 without squeeze-excite and hard-swish, 3x3 kernels '
+                         "(Keras's minimalistic); the other models keep False", _pre(Field(
+                             bool, lambda v, c: (
+                                 not v or 'minimalistic' in models.MODEL_FIELDS.get(c.model, ())),
+                             lambda c: 'must be True or False; '
+                             f"{models.field_users('minimalistic')}; model {c.model!r} takes "
+                             'none: leave it False'))),
     'source_dataset': _doc("the dataset pretrained on when pretrained='source'",
                            _pre(_dataset('source'))),
     'source_classes': _doc('labels of the source dataset kept, remapped to 0..k-1 in this order',

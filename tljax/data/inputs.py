@@ -7,10 +7,19 @@ from tljax import models
 
 
 def prep_fn(config, dataset_name):
-  """The per-batch preprocessing of `dataset_name` for the config's model."""
-  return functools.partial(datasets.preprocess, image_size=config.image_size,
+  """The per-batch preprocessing of `dataset_name` for the config's model: resized, scaled to
+  its pixel range, then Keras's preprocess_input where the model's graph lacks it
+  (models.PREPROCESS: MobileNetV2, ResNet50)."""
+  prep = functools.partial(datasets.preprocess, image_size=config.image_size,
                            channels=config.channels, fit=datasets.fit_of(dataset_name),
                            pixel_scale=models.pixel_scale(config.model))
+  if config.model not in models.PREPROCESS:
+    return prep
+  return functools.partial(_keras_prep, prep=prep, model=config.model)
+
+
+def _keras_prep(images, *, prep, model):
+  return models.preprocess_input(model, prep(images))
 
 
 def model_input(config):

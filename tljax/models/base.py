@@ -16,8 +16,11 @@ class KerasLayer:
     classification head that tljax attaches for the target task).
   block: the model's block the layer belongs to ('block1', 'stem', 'head', ...; '' = none),
     for the 'block:NAME' freeze cases (`blocks`).
-  activation: the activation Keras fuses into a Conv2D/Dense layer, or an Activation layer's
-    function: 'relu', 'swish' or 'sigmoid'; None = linear.
+  activation: the activation Keras fuses into a Conv2D/Dense layer, or an Activation or ReLU
+    layer's function: 'relu', 'relu6', 'swish', 'sigmoid', 'hard_swish' or 'hard_sigmoid'
+    (MobileNetV3's relu6(x + 3) / 6, its ReLU layer standing for the whole); None = linear.
+  inputs: the layers whose outputs this layer takes, where they are not just the previous
+    layer's (ResNet's shortcut convolution takes the block's input); () = the previous layer.
   """
   name: str
   kind: str
@@ -25,6 +28,7 @@ class KerasLayer:
   base: bool = True
   block: str = ''
   activation: Optional[str] = None
+  inputs: tuple[str, ...] = ()
 
 
 # The collection each model sows every Keras layer's output into (flax's 'intermediates': only

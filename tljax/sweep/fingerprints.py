@@ -18,9 +18,13 @@ TOOLS = ('tljax', 'jax', 'jaxlib', 'flax')
 # compared at these values, so the processes of a run share one fingerprint, a rerun may use
 # another coordinator address, and a single-process run's fingerprint is what it always was.
 PER_PROCESS = {'process_id': 0, 'coordinator_address': ''}
+# Fields added to configs/base.py after runs were made, at the value every earlier run had: left
+# out of the fingerprint and the comparison at that value, so an earlier workdir resumes.
+ADDED_FIELDS = {'alpha': 1.0, 'minimalistic': False}
 
 def normalise(d):
   d = json.loads(json.dumps(d, default=list))
+  d = {k: v for k, v in d.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
   return {**d, **{k: v for k, v in PER_PROCESS.items() if k in d}}
 
 

@@ -55,8 +55,9 @@ def convert_imagenet(config):
   """Keras's ImageNet weights of config.model, downloaded and converted into the cache once:
   by process 0 alone in a multi-process run (the others wait at a barrier, then read them)."""
   from tljax.models import imagenet  # pylint: disable=g-import-not-at-top  # h5py, only here
-  parallel.on_writer('converting the ImageNet weights', imagenet.ensure_converted,
-                     config.model, config.cache_dir)
+  parallel.on_writer('converting the ImageNet weights', functools.partial(
+      imagenet.ensure_converted, **imagenet.config_fields(config)), config.model,
+                     config.cache_dir)
 
 
 def seed_config(config, seed):

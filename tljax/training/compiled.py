@@ -25,7 +25,13 @@ def model_for(config, num_classes, frozen=frozenset()):
   """The config's model for `num_classes`, the layers in `frozen` in inference mode."""
   return models.create(config.model, num_classes=num_classes, frozen=frozenset(frozen),
                        bn_momentum=config.bn_momentum, frozen_dropout=config.frozen_dropout,
-                       depthwise_impl=config.depthwise_impl)
+                       depthwise_impl=config.depthwise_impl,
+                       **models.model_fields(config.model, config))
+
+
+def model_key(config):
+  """The model fields (alpha, minimalistic) of the config's model, as a cache key."""
+  return tuple(sorted(models.model_fields(config.model, config).items()))
 
 
 def seed_of(config):
@@ -40,7 +46,7 @@ def input_spec(config, batch):
 
 def init_variables(model, config, rng):
   """The model's random initial variables for `rng` (cached for the latest model)."""
-  key = (config.model, model.num_classes, config.image_size, config.channels,
+  key = (config.model, model_key(config), model.num_classes, config.image_size, config.channels,
          tuple(jax.random.key_data(rng).tolist()))
   if key not in _INIT_CACHE:
     x = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
@@ -147,7 +153,8 @@ def eval_compile_s(model, state, config, eval_batch, mesh=None):
 def _eval_compiled(model, state, config, eval_batch, mesh):
   """The eval step (a Step), compiled once per process, shape and mesh."""
   options = backend.compiler_options(config)
-  key = (config.model, model.num_classes, config.image_size, config.channels, eval_batch,
+  key = (config.model, model_key(config), model.num_classes, config.image_size, config.channels,
+         eval_batch,
          costs.depthwise_impls(model)[0], jax.default_backend(),
          tuple(str(d) for d in mesh.devices), tuple(sorted(options.items())))
   if key not in _EVAL_CACHE:

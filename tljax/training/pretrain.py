@@ -57,7 +57,8 @@ def variables(config, metrics, workdir, identity, mesh):
     return None, {'source': 'random init' + (' (dry run)' if config.dry_run else '')}
   if config.pretrained == 'imagenet':
     from tljax.models import imagenet  # pylint: disable=g-import-not-at-top
-    return imagenet.imagenet_variables(config.model, config.cache_dir), {
+    return imagenet.imagenet_variables(config.model, config.cache_dir,
+                                      **imagenet.config_fields(config)), {
         'source': 'imagenet', 'model': config.model}
   return _pretrain(config, metrics, workdir, identity['source'], mesh)
 
