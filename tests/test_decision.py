@@ -14,8 +14,8 @@ from tljax.decision import console
 from tljax.decision import figures
 from tljax.decision import pareto
 from tljax.decision import recommend
-from tljax.decision import recommend as recommend_cli
 from tljax.decision import stats
+from tljax import recommend as recommend_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T2 = 4.302652729911275  # Student t 0.975 quantile, 2 degrees of freedom (tables)

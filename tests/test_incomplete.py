@@ -12,8 +12,8 @@ from tljax.cluster import jobs
 from tljax.decision import console
 from tljax.decision import figures
 from tljax.decision import recommend
-from tljax.decision import recommend as recommend_cli
 from tljax.decision import stats
+from tljax import recommend as recommend_cli
 from tljax.sweep import layout
 from tljax.sweep import outputs
 from tljax.training import case as case_lib
