@@ -31,7 +31,10 @@ def _tiny_folder(root, classes):
   return str(root)
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+# test3 (EfficientNetB2 at 260 px) runs test2's code path (EfficientNetB0) at the longest
+# compile of the suite: marked slow (pytest -m slow), the other configs run every time.
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n == 'test3' else n
+                                  for n in CONFIGS])
 def test_config_dry_run(name, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config()
   config.dry_run = True
