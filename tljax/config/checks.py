@@ -5,8 +5,10 @@ import math
 from tljax import models
 from tljax.config import accounting_fields
 from tljax.config import run_fields
+from tljax.config import search_fields
 from tljax.config.fields import Field, doc, int_at_least, is_kind, number_in, one_of, pre, safe
 from tljax.data import datasets
+from tljax.data import validation
 from tljax.training import freezing
 
 PRETRAINED = ('source', 'imagenet', 'none')
@@ -196,6 +198,7 @@ FIELDS = {
     'prefix_cache': doc('run the frozen layers below a case once and train on their cached '
                          'output (same numbers, faster)', Field(bool, lambda v, c: True,
                                                                 'must be True or False')),
+    **search_fields.FIELDS,
     **accounting_fields.FIELDS,
     **run_fields.FIELDS,
 }
@@ -227,9 +230,11 @@ def validate(config):
 
 def check_data(config, train_arrays):
   """The ranges that need the data: the train batch against the training examples."""
-  if config.batch_size > len(train_arrays):
+  held = len(validation.held_out(train_arrays.labels, config.get('validation_fraction', 0), 0))
+  if config.batch_size > len(train_arrays) - held:
     raise ValueError(f'config.batch_size={config.batch_size}: must be at most the '
-                     f'{len(train_arrays)} training examples of {train_arrays.name!r}.')
+                     f'{len(train_arrays) - held} training examples of {train_arrays.name!r}'
+                     + (f' left after holding out {held} for validation.' if held else '.'))
 
 
 def validate_cases(config, layers):

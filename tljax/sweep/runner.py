@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 
 from tljax.config import checks
 from tljax.data import inputs
+from tljax.data import validation
 from tljax.decision import stats
 from tljax.runtime import backend
 from tljax.runtime import parallel
@@ -138,12 +139,20 @@ class Sweep:
     stats.check_same_device([r for r in self.done.values() if r is not None], name,
                             str(self.mesh.devices[0].device_kind), self.mesh.num_devices)
 
+  def splits(self, seed):
+    """(train, validation, test) of `seed`'s runs: validation (None when
+    config.validation_fraction is 0) is held out of the target's train split by the seed."""
+    train, val = validation.split(self.target, self.run_config.validation_fraction, seed)
+    return train, val, self.target_test
+
   def todo(self, seed):
     return [s for s in self.specs if self.done[(s.name, seed)] is None]
 
   def facts(self):
     """What the summary says about the data and the runs, beside the records (JSON-able)."""
-    return dict(num_classes=self.num_classes, train_examples=len(self.target),
+    train, val, _ = self.splits(self.seeds[0])
+    return dict(num_classes=self.num_classes, train_examples=len(train),
+                validation_examples=0 if val is None else len(val),
                 test_examples=len(self.target_test), data=self.identity,
                 fingerprint=self.fingerprint, cases=[s.name for s in self.specs],
                 seeds=self.seeds, run_fingerprints={
@@ -250,7 +259,8 @@ def train_run(sw, plan, spec, seed, pretrained, metrics):
     parallel.on_writer('claiming the checkpoints', layout.claim_checkpoints, sw.workdir, run,
                        sw.fingerprints[key])
     c = case_lib.with_weights(plan.case, rc, pretrained)  # the case as planned, this seed's weights
-    rec = case_lib.run_case(rc, plan, c, sw.target, sw.target_test, metrics, sw.workdir, sw.mesh)
+    train, _, test = sw.splits(seed)
+    rec = case_lib.run_case(rc, plan, c, train, test, metrics, sw.workdir, sw.mesh)
     sw.done[key] = rec
     parallel.on_writer('writing a record', layout.save_done, sw.workdir, run, rec,
                        sw.fingerprints[key], sw.fingerprint)
@@ -271,6 +281,7 @@ def new_summary(config, facts, eval_compile_s, env=None):
       source_dataset=config.source_dataset if config.pretrained == 'source' else None,
       target_dataset=config.target_dataset, num_classes=facts['num_classes'],
       train_examples=facts['train_examples'], test_examples=facts['test_examples'],
+      validation_examples=facts.get('validation_examples', 0),
       data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j,
       seeds=list(facts['seeds']), planned_cases=list(facts['cases']),
       eval_compile_s=eval_compile_s,
