@@ -35,6 +35,12 @@ def test_off_the_cpu_the_counted_flops_are_the_cpu_twins(plans):
   assert as_gpu.train_cost['flops'] == as_gpu.train_cost['flops_as_compiled'] == (
       as_cpu.train_cost['flops'])
   assert as_gpu.eval_cost['flops'] == as_cpu.eval_cost['flops']
+  # Bytes accessed and transcendentals come from the same twin (docs/accounting.md "Memory
+  # traffic"): the running program's own are kept apart.
+  for k in ('bytes_accessed', 'transcendentals'):
+    assert as_gpu.train_cost[k] == as_gpu.train_cost[f'{k}_as_compiled'] == as_cpu.train_cost[k]
+    assert f'{k}_as_compiled' not in as_cpu.train_cost
+  assert as_gpu.train_cost['bytes_accessed'] > 0
   for name in ('prefix_cost', 'train_cost', 'eval_cost'):  # the cached suffix's steps too
     got, want = getattr(as_gpu.cached, name), getattr(as_cpu.cached, name)
     assert got['flops'] == got['flops_as_compiled'] == want['flops'] > 0, name

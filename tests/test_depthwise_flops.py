@@ -71,13 +71,14 @@ def test_counting_model_is_the_slices_twin():
   assert costs.counting_model(small) is None
 
 
-def test_cached_steps_take_the_twins_flops_and_keep_their_memory():
+def test_cached_steps_take_the_twins_flops_and_bytes_and_keep_their_memory():
   def compiled(flops, memory):
-    costs = dict(flops=flops, memory_bytes=memory)
+    costs = dict(flops=flops, bytes_accessed=flops * 3, memory_bytes=memory)
     return prefix_cache.Compiled(3, 'x', (1,), None, None, None, dict(costs), dict(costs),
                                  dict(costs), 2.0)
   runs, twin = compiled(100.0, 7), compiled(10.0, 9)
   prefix_cache.count_on(runs, twin)
   for cost in (runs.prefix_cost, runs.train_cost, runs.eval_cost):
-    assert cost == dict(flops=10.0, flops_as_compiled=100.0, memory_bytes=7)
+    assert cost == dict(flops=10.0, flops_as_compiled=100.0, bytes_accessed=30.0,
+                        bytes_accessed_as_compiled=300.0, memory_bytes=7)
   assert runs.compile_s == 4.0

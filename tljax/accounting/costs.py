@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 # Energy of one multiply-accumulate, 45 nm CMOS (the thesis's 3.2 pJ: int32 mult 3.1 + add 0.1,
-# Horowitz ISSCC 2014). Energy = FLOPs / 2 x E_mac; memory traffic is not counted.
+# Horowitz ISSCC 2014). Energy = FLOPs / 2 x E_mac; memory traffic is counted apart
+# (accounting/traffic.py).
 DEFAULT_E_MAC_J = 3.2e-12
 
 
@@ -85,10 +86,18 @@ def counting_model(model):
   return model if ran == counted else model.clone(depthwise_impl=counted)
 
 
+# The costs read from the counted twin, whichever program runs: its FLOPs, and the bytes accessed
+# and transcendentals of the same count (docs/accounting.md "Memory traffic").
+COUNTED_COSTS = ('flops', 'transcendentals', 'bytes_accessed')
+
+
 def with_counted_flops(costs, counted_costs):
-  """`costs` of the program that runs (memory, bytes), with the FLOPs of its counted twin;
-  the running program's own count stays as 'flops_as_compiled'."""
-  return {**costs, 'flops': counted_costs['flops'], 'flops_as_compiled': costs['flops']}
+  """`costs` of the program that runs (memory), with the COUNTED_COSTS (FLOPs, transcendentals,
+  bytes accessed) of its counted twin; the running program's own counts stay as
+  '<name>_as_compiled' (each of them that `costs` has)."""
+  names = [k for k in COUNTED_COSTS if k in costs]
+  return {**costs, **{k: counted_costs[k] for k in names},
+          **{f'{k}_as_compiled': costs[k] for k in names}}
 
 
 def _module_macs(module, in_shape, out_shape):
