@@ -52,6 +52,10 @@ def get_config():
   c.budget_memory = 'xla'
   c.include_incomplete = False
   c.e_mac_j = 3.2e-12
+  c.e_byte_j = 1.6e-10
+  c.budget_energy = 'mac'
+  c.energy_meter = 'off'
+  c.energy_idle_s = 5.0
   # The run: logging, checkpoints, devices and processes, compilation.
   c.log_every_steps = 20
   c.progress = True

@@ -69,6 +69,15 @@ def test_config_dry_run(name, tmp_path):
     assert c['status'] == 'ok'
     assert c['train_memory_bytes'] > 0
     assert 0.75 < c['xla_to_analytic_train_flops'] < 1.25, c['xla_to_analytic_train_flops']
+    # Memory traffic (docs/accounting.md "Memory traffic"): a dry run's bytes are the real ones.
+    assert c['bytes_accessed_per_example'] > 0 and c['edge_traffic_bytes_per_step'] > 0
+    assert c['memory_energy_per_example_j'] == c['bytes_accessed_per_example'] * config.e_byte_j
+    assert c['energy_with_memory_per_example_j'] == (
+        c['energy_per_example_j'] + c['memory_energy_per_example_j'])
+  if name == 'default':  # head only (last:1) moves fewer bytes than full fine-tuning (last:23)
+    head, full = summary['cases']
+    assert head['bytes_accessed_per_example'] < full['bytes_accessed_per_example'] / 5
+    assert head['edge_traffic_bytes_per_step'] < full['edge_traffic_bytes_per_step'] / 5
   assert not os.path.exists(os.path.join(config.cache_dir, 'pretrained'))
 
 

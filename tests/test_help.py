@@ -47,7 +47,7 @@ def test_launch_help_lists_every_config_field_with_its_value_and_description():
 
 @pytest.mark.parametrize('module, flags', [
     ('tljax.recommend', ('--workdir', '--max_energy_per_example_j', '--max_train_memory_mb',
-                         '--min_accuracy', '--memory', '--[no]include_incomplete')),
+                         '--min_accuracy', '--memory', '--energy', '--[no]include_incomplete')),
     ('tljax.status', ('--workdir',)),
     ('tljax.convert', ('--model', '--keras_h5', '--out', '--[no]overwrite')),
     ('tljax.config.docs', ()),

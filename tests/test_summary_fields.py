@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import shrunk_default
+from tljax.accounting import meters
 from tljax.runtime import report
 from tljax.sweep import runner
 from tljax.training import compiled
@@ -27,6 +28,23 @@ MACS = {
 PREFIX_FEATURES = {'last:1': 128, 'last:9': 8 * 8 * 128}  # records name cases canonically
 
 
+class ScriptedMeter:
+  """An energy counter reading 10 n^2 J at its n-th read, on a clock that moves 1 s per call:
+  the idle measurement (reads 0 and 1) gives 10 W, and the k-th run's span (reads 2k and 2k+1,
+  1 s) 10 (4k + 1) J, 40 k J above idle."""
+
+  def __init__(self):
+    self.reads, self.calls = 0, 0
+
+  def read_j(self):
+    self.reads += 1
+    return 10.0 * (self.reads - 1) ** 2
+
+  def clock(self):
+    self.calls += 1
+    return float(self.calls - 1)
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('fields')
@@ -34,7 +52,17 @@ def run(tmp_path_factory):
   c.log_every_steps = 10  # the default config's
   c.device_xla_check = True  # the device memory fields' cross-check (test_device_memory_fields)
   c.cases = CASES
-  summary = runner.train_and_evaluate(c, str(tmp / 'w'))
+  c.energy_meter = 'nvml'  # a scripted counter (test_traffic_and_measured_energy_fields)
+  fake = ScriptedMeter()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(meters.COUNTERS, 'nvml', lambda: meters.Counter('scripted', fake.read_j))
+    mp.setattr(meters, 'clock', fake.clock)
+    mp.setattr(meters, 'sleep', lambda s: None)
+    meters.reset()
+    try:
+      summary = runner.train_and_evaluate(c, str(tmp / 'w'))
+    finally:
+      meters.reset()
   with open(tmp / 'w' / 'runs.csv') as f:
     rows = list(csv.DictReader(f))
   return c, summary, rows
@@ -154,6 +182,46 @@ def test_device_memory_fields(run):
   # tests/test_device_memory.py).
   kept = [c['device_memory']['activation_bytes'] for c in summary['runs']]
   assert kept == [4 * 128, 76_576, 770_336]
+
+
+def test_traffic_and_measured_energy_fields(run):
+  """Bytes accessed and transcendentals per example of the compiled step, the energy with
+  memory, the edge traffic from the device memory model and the meter's readings, each from its
+  formula (docs/accounting.md "Memory traffic", "Edge traffic", "Measured energy")."""
+  config, summary, _ = run
+  for c in summary['runs']:
+    step, b = c['train_memory'], c['batch_size']
+    assert c['bytes_accessed_per_example'] == step['bytes_accessed'] / b > 0
+    assert c['transcendentals_per_example'] == step['transcendentals'] / b
+    assert c['memory_energy_per_example_j'] == c['bytes_accessed_per_example'] * config.e_byte_j
+    assert c['energy_with_memory_per_example_j'] == (
+        c['energy_per_example_j'] + c['memory_energy_per_example_j'])
+    e, d = c['edge_traffic'], c['device_memory']
+    assert (e['activations_bytes'], e['gradients_bytes'], e['optimizer_bytes']) == (
+        2 * d['activation_bytes'], 2 * d['gradient_bytes'], 2 * d['optimizer_bytes'])
+    assert e['weights_updated_bytes'] == 2 * d['trainable_weights_bytes']
+    assert e['input_bytes'] == 4 * 32 * 32 and e['weights_read_bytes'] >= d['weights_bytes']
+    assert c['edge_traffic_bytes_per_step'] == e['total_bytes'] == sum(
+        e[k] for k in ('input_bytes', 'weights_read_bytes', 'activations_bytes',
+                       'gradients_bytes', 'optimizer_bytes', 'weights_updated_bytes'))
+  # Head only moves the fewest bytes, full fine-tuning the most, in XLA's count and the edge's.
+  for f in ('bytes_accessed_per_example', 'edge_traffic_bytes_per_step'):
+    got = [c[f] for c in summary['runs']]
+    assert got == sorted(got) and got[0] < got[-1] / 5, f
+  # last:1 reads its weights once: nothing above dense_1 passes a gradient down.
+  assert summary['runs'][0]['edge_traffic']['weights_read_bytes'] == (
+      summary['runs'][0]['device_memory']['weights_bytes'])
+  # The scripted meter: 10 W idle, 40 k J above it for the k-th run, over 3 steps of 16.
+  assert [c['measured_energy_j'] for c in summary['runs']] == [40.0, 80.0, 120.0]
+  for c in summary['runs']:
+    assert (c['energy_meter'], c['idle_power_w']) == ('scripted', 10.0)
+    assert c['measured_energy_per_example_j'] == c['measured_energy_j'] / 48
+  assert [c['measured_energy_per_example_j_mean'] for c in summary['cases']] == [
+      40 / 48, 80 / 48, 120 / 48]
+  assert summary['energy_rank_correlations'] == dict(
+      n_cases=3, cases=['last:1', 'last:9', 'last:23'],
+      spearman=dict(mac=1.0, memory=1.0, edge_traffic=1.0))
+  assert summary['e_byte_j'] == config.e_byte_j == 1.6e-10
 
 
 def test_records_say_where_they_trained_and_cases_what_was_planned(run):

@@ -29,6 +29,9 @@ def _flags():
   flags.DEFINE_enum('memory', None, list(pareto.MEMORY_FIELDS), 'The memory the front and the '
                     "budget read: xla or device (default: the run's budget_memory).",
                     flag_values=fv)
+  flags.DEFINE_enum('energy', None, list(pareto.ENERGY_FIELDS), 'The energy the front and the '
+                    'budget read: mac (FLOPs / 2 x e_mac_j) or memory (plus bytes accessed x '
+                    "e_byte_j) (default: the run's budget_energy).", flag_values=fv)
   flags.DEFINE_boolean('include_incomplete', None, 'Count cases with runs missing or failed on '
                        "the front and in the recommendation (default: the run's config).",
                        flag_values=fv)
@@ -74,9 +77,9 @@ def run_cli(argv):
       raise ValueError('--workdir is required: the workdir of a tljax run (holding summary.json)')
     summary = _load_summary(fv.workdir)
     budget = recommend.budget_of(summary.get('config') or {} if isinstance(summary, dict) else {})
-    budget.update({k: fv[k].value for k in (*recommend.LIMITS, 'memory', 'include_incomplete')
-                   if fv[k].value is not None})
-    cases = stats.cases_of(summary, memory=budget['memory'],
+    budget.update({k: fv[k].value for k in (*recommend.LIMITS, 'memory', 'energy',
+                                            'include_incomplete') if fv[k].value is not None})
+    cases = stats.cases_of(summary, memory=budget['memory'], energy=budget['energy'],
                            include_incomplete=budget['include_incomplete'])
     rec = recommend.recommend(cases, **budget)
   except (flags.Error, ValueError) as e:
@@ -88,6 +91,7 @@ def run_cli(argv):
     return 1
   print(console.table({'cases': cases, 'recommendation': rec,
                        'config': {'budget_memory': budget['memory'],
+                                  'budget_energy': budget['energy'],
                                   'include_incomplete': budget['include_incomplete']}}))
   return 0
 

@@ -3,6 +3,8 @@
 import logging
 import os
 
+from tljax.decision import measured
+from tljax.decision import pareto
 from tljax.decision import recommend
 from tljax.decision import stats
 
@@ -61,12 +63,31 @@ def _pick(summary):
   return (rec.get('pick') or {}).get('case')
 
 
-def _row(c, pick, energy_scale):
+# The energy columns: (header, how a case gives it), left to right; the measured one only when
+# a case has it.
+ENERGY_COLUMNS = (('MAC energy', lambda c: pareto.energy_of(c, 'mac')),
+                  ('energy with memory', lambda c: pareto.energy_of(c, 'memory')),
+                  ('measured energy', measured.measured))
+
+
+def _energy_columns(cases):
+  """[(header with its unit, value of a case, scale)] of the ENERGY_COLUMNS to show."""
+  out = []
+  for name, get in ENERGY_COLUMNS:
+    values = [get(c) for c in cases if get(c) is not None]
+    if get is measured.measured and not values:
+      continue
+    scale, unit = recommend.energy_unit([abs(v) for v in values if v] or [1.0])
+    out.append((f'{name} {unit}/example', get, scale))
+  return out
+
+
+def _row(c, pick, energies):
   status = '' if c.get('status', 'ok') == 'ok' else f": {c['status']}"
   wall = c.get('wall_s_total', c.get('wall_s'))
   return (str(c['case']) + status, _fmt(c.get('trainable_params'), ','),
           _accuracy(c), _fmt(c.get('test_loss_mean', c.get('test_loss')), '.4f'),
-          _fmt(c.get('energy_per_example_j'), '.4g', energy_scale),
+          *(_fmt(get(c), '.4g', scale) for _, get, scale in energies),
           _fmt(c.get('train_memory_bytes'), '.1f', 2**20),
           _fmt(c.get('device_train_memory_bytes'), '.1f', 2**20), _fmt(wall, '.1f'),
           '*' if c.get('on_pareto_front') else '',
@@ -92,21 +113,23 @@ def table(summary, figures=()):
   of the `figures`."""
   config = summary.get('config') or {}
   memory = config.get('budget_memory', 'xla')
+  energy = config.get('budget_energy', 'mac')
   include = bool(config.get('include_incomplete', False))
-  cases = stats.cases_of(summary, memory=memory, include_incomplete=include)
-  energies = [c['energy_per_example_j'] for c in cases if c.get('energy_per_example_j')]
-  scale, unit = recommend.energy_unit(energies or [1.0])
+  cases = stats.cases_of(summary, memory=memory, include_incomplete=include, energy=energy)
+  energies = _energy_columns(cases)
   rows = [('case', 'trainable params', 'test acc % ± 95% CI (seeds)', 'test loss',
-           f'energy {unit}/example', 'XLA train MiB', 'device MiB', 'wall s (all seeds)',
-           'Pareto', 'pick')]
-  rows += [_row(c, _pick(summary), scale) for c in cases]
+           *(header for header, _, _ in energies), 'XLA train MiB', 'device MiB',
+           'wall s (all seeds)', 'Pareto', 'pick')]
+  rows += [_row(c, _pick(summary), energies) for c in cases]
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   lines = ['  '.join([r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:])])
            .rstrip() for r in rows]
   lines.insert(1, '  '.join('-' * w for w in widths))
-  lines.append(f"'*': on the Pareto front (mean test accuracy up, energy and {memory.upper()} "
-               'train memory down).')
+  lines.append(f"'*': on the Pareto front (mean test accuracy up, {pareto.ENERGY_NAMES[energy]} "
+               f'and {memory.upper()} train memory down).')
   lines += _status_lines(cases, include)
+  if measured.rank_correlations(cases):
+    lines.append(measured.describe(measured.rank_correlations(cases)))
   if summary.get('recommendation'):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
   if figures:

@@ -56,17 +56,23 @@ def _stat_panel(ax, cases, f, scale, color, ylabel):
   ax.set_ylabel(ylabel)
 
 
+# The energy panel's bars: (record field, label), left to right.
+ENERGY_BARS = ((pareto.ENERGY_FIELDS['mac'], 'train step (XLA FLOPs / 2 x E_mac)'),
+               (pareto.ENERGY_FIELDS['memory'], 'train step with memory (+ bytes x E_byte)'),
+               ('thesis_energy_per_example_j', 'thesis (trainable fwd MACs x E_mac)'))
+
+
 def _energy_panel(ax, cases):
-  """Energy per example (log): the compiled train step beside the thesis's convention."""
+  """Energy per example (log): the compiled train step, with memory traffic, and the thesis's
+  convention (the bars a case has)."""
   x = np.arange(len(cases))
-  step = [c.get('energy_per_example_j') or 0.0 for c in cases]
-  thesis = [c.get('thesis_energy_per_example_j') or 0.0 for c in cases]
-  positive = [e for e in step + thesis if e > 0]
+  bars = [(label, [c.get(f) or 0.0 for c in cases]) for f, label in ENERGY_BARS
+          if any(c.get(f) for c in cases)]
+  positive = [e for _, values in bars for e in values if e > 0]
   scale, unit = recommend.energy_unit(positive or [1.0])
-  w = 0.4
-  ax.bar(x - w / 2, [e / scale for e in step], w, label='train step (XLA FLOPs / 2 x E_mac)')
-  ax.bar(x + w / 2, [e / scale for e in thesis], w,
-         label='thesis (trainable fwd MACs x E_mac)')
+  w = 0.8 / max(len(bars), 1)
+  for i, (label, values) in enumerate(bars):
+    ax.bar(x + (i - (len(bars) - 1) / 2) * w, [e / scale for e in values], w, label=label)
   if positive:  # head-room above the bars for the legend
     ax.set_yscale('log')
     ax.set_ylim(min(positive) / scale / 3, max(positive) / scale * 1e3)
@@ -109,11 +115,11 @@ def _marked(c):
   return (c.get('status') or '?') + (f' {n}/{planned}' if n != planned else '')
 
 
-def _front_names(cases, memory, include_incomplete=False):
+def _front_names(cases, memory, include_incomplete=False, energy='mac'):
   """The cases marked on_pareto_front, or pareto.front() when they carry no mark."""
   if cases and all('on_pareto_front' in c for c in cases):
     return {c['case'] for c in cases if c['on_pareto_front']}
-  return pareto.front(cases, memory, include_incomplete)
+  return pareto.front(cases, memory, include_incomplete, energy)
 
 
 def _round_mib(m):
@@ -130,12 +136,12 @@ def _sizer(mems):
   return (lambda m: 20.0 + 380.0 * (m or 0) / top), refs
 
 
-def _plot_ok(ax, ok, front, memory):
+def _plot_ok(ax, ok, front, memory, energy):
   """The ok cases: CI error bars, labels, area = memory; the front filled, the rest hollow."""
   field = pareto.memory_field(memory)
   size, refs = _sizer([c.get(field) for c in ok])
   for c in ok:
-    e, acc = c['energy_per_example_j'], 100 * pareto.accuracy(c)
+    e, acc = pareto.energy_of(c, energy), 100 * pareto.accuracy(c)
     lo, hi = _ci_err(c, 'test_accuracy', 100)
     if lo or hi:
       ax.errorbar([e], [acc], yerr=[[lo], [hi]], fmt='none', ecolor='gray', capsize=3, zorder=1)
@@ -153,9 +159,9 @@ def _plot_ok(ax, ok, front, memory):
                label=f'{r:g} MiB {memory.upper()} train memory')
 
 
-def _plot_front(ax, ok, front):
+def _plot_front(ax, ok, front, energy):
   """The front as a step line: the best mean accuracy reached at each energy or less."""
-  pts = sorted((c['energy_per_example_j'], 100 * pareto.accuracy(c))
+  pts = sorted((pareto.energy_of(c, energy), 100 * pareto.accuracy(c))
                for c in ok if c['case'] in front)
   if pts:
     best = np.maximum.accumulate([a for _, a in pts])
@@ -163,47 +169,47 @@ def _plot_front(ax, ok, front):
             label='Pareto front (filled; accuracy, energy, memory)')
 
 
-def _plot_failed(ax, failed):
+def _plot_failed(ax, failed, energy):
   """Cases that are not ok: a red x at their energy near the bottom of the axes, labelled;
   those without an energy (no finished run, or costs that differ) named in the corner."""
   at = ax.get_xaxis_transform()  # x in data, y in axes fraction
-  for i, c in enumerate(c for c in failed if c.get('energy_per_example_j')):
-    e, y = c['energy_per_example_j'], 0.04 + 0.06 * i
+  for i, c in enumerate(c for c in failed if pareto.energy_of(c, energy)):
+    e, y = pareto.energy_of(c, energy), 0.04 + 0.06 * i
     ax.scatter([e], [y], marker='x', color='red', transform=at,
                label='not ok (see its status)' if i == 0 else None)
     ax.annotate(f"{c['case']}: {_marked(c)}", (e, y), xycoords=at, xytext=(6, -3),
                 textcoords='offset points', fontsize=7, color='red')
-  unplaced = [f"{c['case']} ({_marked(c)})" for c in failed if not c.get('energy_per_example_j')]
+  unplaced = [f"{c['case']} ({_marked(c)})" for c in failed if not pareto.energy_of(c, energy)]
   if unplaced:
     ax.text(0.99, 0.01, 'not shown: ' + ', '.join(unplaced), transform=ax.transAxes,
             ha='right', va='bottom', fontsize=7, color='red')
 
 
-def _energy_limits(ax, cases):
+def _energy_limits(ax, cases, energy):
   """x limits (log) around every case's energy, ok or not."""
-  energies = [c['energy_per_example_j'] for c in cases if c.get('energy_per_example_j')]
+  energies = [pareto.energy_of(c, energy) for c in cases if pareto.energy_of(c, energy)]
   if energies:
     ax.set_xlim(min(energies) / 1.25, max(energies) * 1.25)  # first: one point is no range
     ax.set_xscale('log')
 
 
-def write_pareto(path, cases, title, memory='xla', include_incomplete=False):
-  """pareto.png: mean test accuracy (%, 95 % CI bars) against training energy per example
-  (J, log x), one labelled point per case, marker area = `memory`'s train memory, the Pareto
-  front as a step line, cases not ok (pareto.is_ok with `include_incomplete`) as red x, those
-  included with runs missing labelled in red with their status, the case with
+def write_pareto(path, cases, title, memory='xla', include_incomplete=False, energy='mac'):
+  """pareto.png: mean test accuracy (%, 95 % CI bars) against training energy per example as
+  `energy` says (J, log x), one labelled point per case, marker area = `memory`'s train memory,
+  the Pareto front as a step line, cases not ok (pareto.is_ok with `include_incomplete`) as red
+  x, those included with runs missing labelled in red with their status, the case with
   recommended=True starred."""
   pareto.memory_field(memory)
-  ok = [c for c in cases if pareto.is_ok(c, include_incomplete) and c.get('energy_per_example_j')]
+  ok = [c for c in cases if pareto.is_ok(c, include_incomplete) and pareto.energy_of(c, energy)]
   failed = [c for c in cases if not pareto.is_ok(c, include_incomplete)]
-  front = _front_names(cases, memory, include_incomplete)
+  front = _front_names(cases, memory, include_incomplete, energy)
   fig, ax = plt.subplots(figsize=(8.5, 5.8))
-  _plot_ok(ax, ok, front, memory)
-  _plot_front(ax, ok, front)
-  _plot_failed(ax, failed)
+  _plot_ok(ax, ok, front, memory, energy)
+  _plot_front(ax, ok, front, energy)
+  _plot_failed(ax, failed, energy)
   ax.margins(y=0.15)
-  _energy_limits(ax, cases)
-  ax.set_xlabel('training energy per example (J, log scale)')
+  _energy_limits(ax, cases, energy)
+  ax.set_xlabel(f'training {pareto.ENERGY_NAMES[energy]} per example (J, log scale)')
   ax.set_ylabel('test accuracy (%, mean over seeds, 95 % CI)')
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=7, loc='best', labelspacing=1.3, borderpad=0.9)

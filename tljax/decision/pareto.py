@@ -12,6 +12,26 @@ def memory_field(memory):
   return MEMORY_FIELDS[memory]
 
 
+# energy= names the field the front, the figures and a budget read energy from, in J per
+# example: the MAC energy (FLOPs / 2 x e_mac_j, the thesis's) or that plus the energy of the
+# bytes the step accesses (docs/accounting.md "Memory traffic").
+ENERGY_FIELDS = {'mac': 'energy_per_example_j', 'memory': 'energy_with_memory_per_example_j'}
+ENERGY_NAMES = {'mac': 'MAC energy', 'memory': 'energy with memory'}
+
+
+def energy_field(energy):
+  """The record field of `energy` ('mac' or 'memory')."""
+  if energy not in ENERGY_FIELDS:
+    raise ValueError(f"energy={energy!r}: must be one of {', '.join(map(repr, ENERGY_FIELDS))} "
+                     '(FLOPs / 2 x e_mac_j, or that plus bytes accessed x e_byte_j)')
+  return ENERGY_FIELDS[energy]
+
+
+def energy_of(case, energy='mac'):
+  """The case's energy per example (J) as `energy` says; None when it has none."""
+  return case.get(energy_field(energy))
+
+
 def accuracy(case):
   """The case's mean test accuracy (a fraction; a one-seed record's own test_accuracy)."""
   return case.get('test_accuracy_mean', case.get('test_accuracy'))
@@ -33,16 +53,17 @@ def is_ok(case, include_incomplete=False):
       include_incomplete and status in INCOMPLETE and not case.get('seeds_diverged'))
 
 
-def costs(case, memory='xla'):
-  """(mean accuracy, energy_per_example_j, memory bytes) of an ok case; ValueError naming the
-  case and field when one is missing."""
-  field = memory_field(memory)
-  values = (accuracy(case), case.get('energy_per_example_j'), case.get(field))
-  for name, v in zip(('test_accuracy', 'energy_per_example_j', field), values):
+def costs(case, memory='xla', energy='mac'):
+  """(mean accuracy, energy per example as `energy` says, memory bytes as `memory` says) of an
+  ok case; ValueError naming the case and field when one is missing."""
+  field, e_field = memory_field(memory), energy_field(energy)
+  values = (accuracy(case), case.get(e_field), case.get(field))
+  for name, v in zip(('test_accuracy', e_field, field), values):
     if v is None:
       hint = (" (this summary has no device memory model: use XLA's, memory='xla' or "
-              '--memory=xla)') if (
-          memory == 'device' and name == field) else ''
+              '--memory=xla)') if (memory == 'device' and name == field) else (
+                  " (this summary has no memory traffic: use the MAC energy, energy='mac' or "
+                  '--energy=mac)' if energy == 'memory' and name == e_field else '')
       raise ValueError(f"case {case.get('case')!r} has no {name}{hint}")
   return values
 
@@ -53,8 +74,9 @@ def dominates(a, b):
   return at_least and (a[0] > b[0] or a[1] < b[1] or a[2] < b[2])
 
 
-def front(cases, memory='xla', include_incomplete=False):
-  """Names of the ok cases (is_ok) that no other ok case dominates (cases with equal costs both
-  stay); a case that is not ok (a seed diverged or missing, costs that differ) is never on it."""
-  ok = {c['case']: costs(c, memory) for c in cases if is_ok(c, include_incomplete)}
+def front(cases, memory='xla', include_incomplete=False, energy='mac'):
+  """Names of the ok cases (is_ok) that no other ok case dominates on accuracy, `energy` and
+  `memory` (cases with equal costs both stay); a case that is not ok (a seed diverged or
+  missing, costs that differ) is never on it."""
+  ok = {c['case']: costs(c, memory, energy) for c in cases if is_ok(c, include_incomplete)}
   return {n for n, p in ok.items() if not any(dominates(q, p) for m, q in ok.items() if m != n)}

@@ -43,8 +43,8 @@ def _check(name, value, hi=math.inf):
     raise ValueError(f'{name}={value!r}: must be {accepted} (0 = no limit)')
 
 
-def _entry(c, memory):
-  acc, energy, mem = pareto.costs(c, memory)
+def _entry(c, memory, energy):
+  acc, energy, mem = pareto.costs(c, memory, energy)
   low, high = c.get('test_accuracy_ci95_low'), c.get('test_accuracy_ci95_high')
   return dict(case=c['case'], test_accuracy=acc, n_seeds=c.get('n_seeds', 1),
               n_seeds_planned=c.get('n_seeds_planned', c.get('n_seeds', 1)),
@@ -86,10 +86,12 @@ def _cheapest(entries):
 
 
 def recommend(cases, *, max_energy_per_example_j=0, max_train_memory_mb=0, min_accuracy=0,
-              memory='xla', include_incomplete=False):
+              memory='xla', include_incomplete=False, energy='mac'):
   """The case to train within a budget (0 = no limit; memory in MiB = 2**20 bytes of
-  `memory`'s field, pareto.MEMORY_FIELDS), from aggregated cases (stats.aggregate); only ok
-  cases count (pareto.is_ok: with `include_incomplete` also those with runs missing or failed).
+  `memory`'s field, pareto.MEMORY_FIELDS; energy in J per example of `energy`'s field,
+  pareto.ENERGY_FIELDS: each entry's energy_per_example_j is that one), from aggregated cases
+  (stats.aggregate); only ok cases count (pareto.is_ok: with `include_incomplete` also those
+  with runs missing or failed).
 
   pick: the ok in-budget case of highest mean accuracy (ties: less energy, then memory);
   tied: the other in-budget cases tied with it (see tied()), cheapest (energy) first, each with
@@ -102,10 +104,11 @@ def recommend(cases, *, max_energy_per_example_j=0, max_train_memory_mb=0, min_a
   _check('max_train_memory_mb', max_train_memory_mb)
   _check('min_accuracy', min_accuracy, hi=1)
   pareto.memory_field(memory)
+  pareto.energy_field(energy)
   budget = dict(max_energy_per_example_j=max_energy_per_example_j,
                 max_train_memory_mb=max_train_memory_mb, min_accuracy=min_accuracy,
-                memory=memory)
-  ok = [_entry(c, memory) for c in cases if pareto.is_ok(c, include_incomplete)]
+                memory=memory, energy=energy)
+  ok = [_entry(c, memory, energy) for c in cases if pareto.is_ok(c, include_incomplete)]
   inside = [e for e in ok if not _breaks(e, budget)]
   rec = dict(budget=budget, include_incomplete=bool(include_incomplete), pick=None, tied=[],
              compared=[], next_better=None, cheapest=None)
@@ -148,15 +151,21 @@ def _accuracy_text(e):
   return f"{_pct(e['test_accuracy'])} ± {half:.2f} (95 % CI, {_seeds_text(e)})"
 
 
-def _costs_text(e, memory):
-  return (f"{format_energy(e['energy_per_example_j'])}/example, "
-          f"{format_mib(e['memory_bytes'])} {_MEMORY_NAMES[memory]}")
+def _energy_words(budget):
+  """'' for the MAC energy (the thesis's), ' with memory' for the energy with memory."""
+  return ' with memory' if budget.get('energy', 'mac') == 'memory' else ''
+
+
+def _costs_text(e, budget):
+  return (f"{format_energy(e['energy_per_example_j'])}/example{_energy_words(budget)}, "
+          f"{format_mib(e['memory_bytes'])} {_MEMORY_NAMES[budget['memory']]}")
 
 
 def _budget_text(budget):
   parts = []
   if budget['max_energy_per_example_j']:
-    parts.append(f"energy <= {format_energy(budget['max_energy_per_example_j'])}/example")
+    parts.append(f"energy{_energy_words(budget)} <= "
+                 f"{format_energy(budget['max_energy_per_example_j'])}/example")
   if budget['max_train_memory_mb']:
     parts.append(f"{_MEMORY_NAMES[budget['memory']]} <= {budget['max_train_memory_mb']:g} MiB")
   if budget['min_accuracy']:
@@ -166,7 +175,7 @@ def _budget_text(budget):
 
 def _breaks_text(e, budget):
   said = {'max_energy_per_example_j': lambda: (
-              f"energy {format_energy(e['energy_per_example_j'])}/example > "
+              f"energy{_energy_words(budget)} {format_energy(e['energy_per_example_j'])}/example > "
               f"{format_energy(budget['max_energy_per_example_j'])}/example"),
           'max_train_memory_mb': lambda: (
               f"memory {format_mib(e['memory_bytes'])} > {budget['max_train_memory_mb']:g} MiB"),
@@ -177,7 +186,7 @@ def _breaks_text(e, budget):
 
 def format_recommendation(rec):
   """The recommendation as a few lines of text (energies with their unit, memory in MiB)."""
-  budget, memory = rec['budget'], rec['budget']['memory']
+  budget = rec['budget']
   mib = ' (MiB = 2**20 bytes)' if budget['max_train_memory_mb'] else ''
   lines = [f'Budget: {_budget_text(budget)}{mib}.']
   pick = rec['pick']
@@ -185,23 +194,23 @@ def format_recommendation(rec):
     lines.append(rec['message'])
     c = rec.get('cheapest')
     if c:
-      lines.append(f"Cheapest case: {c['case']}, {_costs_text(c, memory)}, test accuracy "
+      lines.append(f"Cheapest case: {c['case']}, {_costs_text(c, budget)}, test accuracy "
                    f"{_accuracy_text(c)}; breaks {_breaks_text(c, budget)}.")
     return '\n'.join(lines)
   lines.append(f"Recommended: {pick['case']}, test accuracy {_accuracy_text(pick)}, "
-               f"{_costs_text(pick, memory)}.")
-  lines += _ties_text(rec, memory)
+               f"{_costs_text(pick, budget)}.")
+  lines += _ties_text(rec, budget)
   b = rec['next_better']
   if b is None:
     lines.append('No case is more accurate.')
   else:
     lines.append(f"More accurate, outside the budget: {b['case']}, "
                  f"+{100 * b['accuracy_gain']:.2f} points ({_pct(b['test_accuracy'])}), "
-                 f"{_costs_text(b, memory)}; breaks {_breaks_text(b, budget)}.")
+                 f"{_costs_text(b, budget)}; breaks {_breaks_text(b, budget)}.")
   return '\n'.join(lines)
 
 
-def _ties_text(rec, memory):
+def _ties_text(rec, budget):
   """The tied cases, grouped by the rule that tied each to the pick, or the rules that tied
   none; then a hint when a comparison had a one-seed case."""
   compared = rec.get('compared', [])
@@ -210,7 +219,7 @@ def _ties_text(rec, memory):
     tied_by = [e for e in rec['tied'] if e['tie_rule'] == rule]
     if tied_by:
       lines.append(f"Statistically tied with it ({rule}), cheapest first: " + '; '.join(
-          f"{e['case']} {_pct(e['test_accuracy'])} at {_costs_text(e, memory)}"
+          f"{e['case']} {_pct(e['test_accuracy'])} at {_costs_text(e, budget)}"
           for e in tied_by) + '.')
   if not rec['tied']:
     lines.append('No other case within the budget is tied with it (' + (
@@ -223,9 +232,10 @@ def _ties_text(rec, memory):
 
 def budget_of(config):
   """The budget keyword arguments of recommend() from a config (or summary['config'] dict);
-  missing fields are 0 (no limit), memory 'xla' and include_incomplete False."""
+  missing fields are 0 (no limit), memory 'xla', energy 'mac' and include_incomplete False."""
   get = config.get if isinstance(config, dict) else lambda k, d: getattr(config, k, d)
   return dict({k: get(k, 0) or 0 for k in LIMITS}, memory=get('budget_memory', 'xla'),
+              energy=get('budget_energy', 'mac'),
               include_incomplete=bool(get('include_incomplete', False)))
 
 
@@ -235,14 +245,14 @@ def has_limits(budget):
 
 def decide(summary):
   """Fills summary['cases'] from summary['runs'] and the summary's plan (stats.aggregate with
-  stats.plan_of: planned cases, seeds, failed runs; the front on the config's budget_memory and
-  include_incomplete) and, when summary['config'] sets a budget, summary['recommendation'] and
+  stats.plan_of: planned cases, seeds, failed runs; the front on the config's budget_memory,
+  budget_energy and include_incomplete) and, when summary['config'] sets a budget, summary['recommendation'] and
   each case's `recommended`. Returns the summary."""
   from tljax.decision import stats  # pylint: disable=g-import-not-at-top
   budget = budget_of(summary.get('config') or {})
   summary['cases'] = stats.aggregate(summary['runs'], memory=budget['memory'],
                                      include_incomplete=budget['include_incomplete'],
-                                     **stats.plan_of(summary))
+                                     energy=budget['energy'], **stats.plan_of(summary))
   summary.pop('recommendation', None)
   if has_limits(budget):
     rec = recommend(summary['cases'], **budget)

@@ -9,15 +9,17 @@ from tljax.decision import pareto
 
 # Metrics that depend on the seed and get the full statistics (mean, std, 95 % CI, values).
 STAT_FIELDS = ('test_accuracy', 'test_loss')
-# Timings: they vary from run to run even when equal by chance, so always <f>_mean.
-TIMINGS = ('wall_s', 'examples_per_s', 'compile_s')
+# Timings and the energy meter's readings: they vary from run to run even when equal by chance,
+# so always <f>_mean.
+TIMINGS = ('wall_s', 'examples_per_s', 'compile_s', 'idle_power_w', 'measured_energy_j',
+           'measured_energy_per_example_j')
 # Fields that aggregate() writes itself (never copied from the runs).
 _OWN = ('case', 'seed', 'status')
 # Costs the compiled steps fix: the same for every seed of a case, unless its runs compiled on
 # another device kind or data-parallel width (then the case has no one cost: status
 # 'costs_differ').
-COST_FIELDS = ('train_flops_per_step', 'energy_per_example_j', 'train_memory_bytes',
-               'device_train_memory_bytes')
+COST_FIELDS = ('train_flops_per_step', 'energy_per_example_j', 'energy_with_memory_per_example_j',
+               'train_memory_bytes', 'device_train_memory_bytes')
 # A case's status, the first that applies ('ok' when none does): 'costs_differ' (its runs
 # report different COST_FIELDS), 'failed' (a run failed for good, whether or not others are
 # also missing: a rerun retries it), 'incomplete' (runs planned but not finished: not trained
@@ -206,7 +208,7 @@ def _failures(failed):
 
 
 def aggregate(runs, memory='xla', *, cases=None, seeds=None, failed=(),
-              include_incomplete=False):
+              include_incomplete=False, energy='mac'):
   """Per-case records from per-(case, seed) run records: one per case of `cases` (default: the
   runs' cases, in their order; a planned case without a finished run is kept, its metrics None)
   and of any other run.
@@ -218,13 +220,14 @@ def aggregate(runs, memory='xla', *, cases=None, seeds=None, failed=(),
   <f>_mean/_std/_ci95_low/_ci95_high/_values for STAT_FIELDS (and <f> = the mean; statistics
   over the seeds that have a value, i.e. not diverged), <f>_mean for other numbers that differ
   and for TIMINGS (wall_s also wall_s_total), <f>_values for anything else that differs, and
-  on_pareto_front (pareto.front with `memory` and `include_incomplete`).
+  on_pareto_front (pareto.front with `memory`, `energy` and `include_incomplete`).
   """
   groups, fails = _group(list(runs)), _failures(failed)
   out = [_aggregate_case(case, groups.get(case, []), planned,
                          {s: why for (c, s), why in fails.items() if c == case})
          for case, planned in _plan(groups, cases, seeds, fails)]
-  on_front = pareto.front(out, memory=memory, include_incomplete=include_incomplete)
+  on_front = pareto.front(out, memory=memory, include_incomplete=include_incomplete,
+                          energy=energy)
   for c in out:
     c['on_pareto_front'] = c['case'] in on_front
   return out
@@ -235,7 +238,7 @@ def is_aggregated(cases):
   return bool(cases) and all('n_seeds' in c and 'test_accuracy_mean' in c for c in cases)
 
 
-def cases_of(summary, memory='xla', include_incomplete=False):
+def cases_of(summary, memory='xla', include_incomplete=False, energy='mac'):
   """The summary's per-case aggregates: summary['cases'] when aggregated, else aggregate() of
   summary['runs'] (with its planned cases, seeds and failed runs), or of an old one-seed
   summary's per-run `cases` (seed = summary['seed'])."""
@@ -243,14 +246,15 @@ def cases_of(summary, memory='xla', include_incomplete=False):
     raise ValueError(f'the summary is a {type(summary).__name__}, not a JSON object')
   cases = summary.get('cases')
   if isinstance(cases, list) and is_aggregated(cases):  # the front again, for this `memory`
-    on_front = pareto.front(cases, memory=memory, include_incomplete=include_incomplete)
+    on_front = pareto.front(cases, memory=memory, include_incomplete=include_incomplete,
+                            energy=energy)
     return [dict(c, on_pareto_front=c['case'] in on_front) for c in cases]
   runs = summary.get('runs')
   if not runs:
     if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
       raise ValueError('the summary has neither "runs" nor a list of case records in "cases"')
     runs = [dict(c, seed=c.get('seed', summary.get('seed', 0))) for c in cases]
-  return aggregate(runs, memory=memory, include_incomplete=include_incomplete,
+  return aggregate(runs, memory=memory, include_incomplete=include_incomplete, energy=energy,
                    **plan_of(summary))
 
 

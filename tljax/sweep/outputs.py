@@ -2,6 +2,7 @@
 
 
 from tljax.decision import figures
+from tljax.decision import measured
 from tljax.decision import recommend
 from tljax.runtime import report
 from tljax.sweep import layout
@@ -10,10 +11,12 @@ from tljax.sweep import layout
 def finish(summary, runs, failed=()):
   """Fills the summary's runs (the finished ones), failed_runs ({case, seed, reason} of runs
   that failed for good), per-case statistics against the summary's planned_cases and seeds,
-  Pareto marks and, under the config's budget, the recommendation (recommend.decide)."""
+  Pareto marks and, under the config's budget, the recommendation (recommend.decide); the rank
+  correlations of measured energy with the energy models (None without measurements)."""
   summary['runs'] = runs
   summary['failed_runs'] = [dict(f) for f in failed]
   recommend.decide(summary)
+  summary['energy_rank_correlations'] = measured.rank_correlations(summary['cases'])
 
 
 def write(workdir, summary):
@@ -25,7 +28,8 @@ def write(workdir, summary):
   figures.write_figure(layout.file_path(workdir, layout.FIGURE), summary['cases'], title)
   figures.write_pareto(layout.file_path(workdir, layout.PARETO), summary['cases'], title,
                        memory=summary['config']['budget_memory'],
-                       include_incomplete=summary['config'].get('include_incomplete', False))
+                       include_incomplete=summary['config'].get('include_incomplete', False),
+                       energy=summary['config'].get('budget_energy', 'mac'))
 
 
 def _title(summary):

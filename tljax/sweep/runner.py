@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from tljax.accounting import meters
 from tljax.config import checks
 from tljax.data import inputs
 from tljax.data import validation
@@ -184,6 +185,7 @@ class Sweep:
 def _train_and_evaluate(config, workdir):
   sw = Sweep(config, workdir)
   logging.info('%s', sw.plan_line())
+  meters.get(sw.run_config)  # the idle power, before anything trains (config.energy_meter)
   for key in [k for k, r in sw.done.items() if r is None]:
     sw.check_device(*key)  # before any pretraining or compiling
   sw.filter_metrics()
@@ -282,7 +284,7 @@ def new_summary(config, facts, eval_compile_s, env=None):
       target_dataset=config.target_dataset, num_classes=facts['num_classes'],
       train_examples=facts['train_examples'], test_examples=facts['test_examples'],
       validation_examples=facts.get('validation_examples', 0),
-      data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j,
+      data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j, e_byte_j=config.e_byte_j,
       seeds=list(facts['seeds']), planned_cases=list(facts['cases']),
       eval_compile_s=eval_compile_s,
       fingerprint=facts['fingerprint'], config=config.to_dict(),

@@ -10,6 +10,7 @@ import optax
 
 from tljax.accounting import costs
 from tljax.accounting import device_memory
+from tljax.accounting import meters
 from tljax.data import inputs
 from tljax.runtime import backend
 from tljax.runtime import parallel
@@ -254,13 +255,14 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):
       train_c, eval_c = plan.cached.train, plan.cached.eval
       train_arrays, test_arrays, prep = cache.train, cache.test, prefix_cache.identity_prep
     desc = f'{tags["case"]} (seed {tags["seed"]})'
-    state, steps, wall, diverged_at = fit.fit(state, fit.Loop(
-        train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
-        metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh))
+    with meters.measuring(config, ckpt) as measured:  # None unless config.energy_meter is on
+      state, steps, wall, diverged_at = fit.fit(state, fit.Loop(
+          train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
+          metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh))
     acc = loss = None
     if diverged_at is None:
       acc, loss = fit.evaluate(eval_c, state, test_arrays, config, prep, mesh)
   finally:
     if cache is not None:
       cache.delete()
-  return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache)
+  return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache, measured)

@@ -7,6 +7,8 @@ from absl import logging
 import jax
 
 from tljax.accounting import costs
+from tljax.accounting import meters
+from tljax.accounting import traffic
 from tljax.training import compiled
 from tljax.training import freezing
 
@@ -21,6 +23,7 @@ class Outcome:
   diverged_at: Any
   test_examples: int
   cache: Any = None  # the prefix_cache.Cache it trained on, or None
+  measured: Any = None  # the energy meter's meters.Measured over the fit loop, or None
 
 
 def run_record(config, plan, case, out, mesh=None):
@@ -36,7 +39,10 @@ def run_record(config, plan, case, out, mesh=None):
   rec.update(test_accuracy=out.test_accuracy, test_loss=out.test_loss,
              test_examples=out.test_examples, steps=out.steps, batch_size=config.batch_size)
   rec.update(_flops(config, plan, case))
+  rec.update(traffic.record_fields(config, plan.train_cost, case, plan.device_memory,
+                                   rec['energy_per_example_j']))
   rec.update(_run_costs(config, plan, out))
+  rec.update(meters.record_fields(out.measured, out.steps, config.batch_size))
   logging.info('Case %s, seed %d: accuracy %s, train %.4g FLOPs/example, %.4g J/example, '
                'memory %s B', case.name, compiled.seed_of(config), out.test_accuracy,
                rec['train_flops_per_example'], rec['energy_per_example_j'],
