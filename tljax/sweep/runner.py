@@ -185,7 +185,8 @@ class Sweep:
 def _train_and_evaluate(config, workdir):
   sw = Sweep(config, workdir)
   logging.info('%s', sw.plan_line())
-  meters.get(sw.run_config)  # the idle power, before anything trains (config.energy_meter)
+  if any(r is None for r in sw.done.values()):  # the idle power, before anything trains
+    meters.get(sw.run_config)  # (config.energy_meter; None when off)
   for key in [k for k, r in sw.done.items() if r is None]:
     sw.check_device(*key)  # before any pretraining or compiling
   sw.filter_metrics()
