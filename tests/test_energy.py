@@ -235,3 +235,19 @@ def test_memory_energy_and_edge_traffic_rules():
                       activations_bytes=600, gradients_bytes=400, optimizer_bytes=800,
                       weights_updated_bytes=400, total_bytes=128 + 1128 + 600 + 400 + 800 + 400,
                       batch_size=2, frozen_dtype='int8')
+
+
+def test_a_sweep_summary_decides_on_the_configs_budget_energy():
+  runs = [dict(case=c['case'], seed=0, status='ok', test_accuracy=c['test_accuracy'],
+               test_loss=0.1, **{f: c[f] for f in ('energy_per_example_j', 'train_memory_bytes',
+                                                   'energy_with_memory_per_example_j')})
+          for c in CASES]
+  got = {}
+  for energy in ('mac', 'memory'):
+    s = recommend.decide(dict(runs=runs, config=dict(max_energy_per_example_j=250 * UJ,
+                                                     budget_energy=energy)))
+    got[energy] = (s['recommendation']['pick']['case'],
+                   {c['case'] for c in s['cases'] if c['on_pareto_front']})
+  # Within 250 uJ of MAC energy bias:23 is the most accurate; with memory only last:1 fits.
+  assert got['mac'] == ('bias:23', {'last:1', 'last:9', 'bias:23', 'last:17'})
+  assert got['memory'] == ('last:1', {'last:1', 'last:9', 'last:17'})
