@@ -163,7 +163,8 @@ def _case(name, acc, mac_uj, memory_uj, mem_mib, measured_uj=None, edge=None):
 #   last:9    0.90   140     600             50           7e6
 #   bias:23   0.93   225     1300            90           9e6
 #   last:17   0.94   260     1100            80           12e6
-CASES = [_case('last:1', 0.80, 100, 250, 10, 30, 2.2e6), _case('last:9', 0.90, 140, 600, 12, 50, 7e6),
+CASES = [_case('last:1', 0.80, 100, 250, 10, 30, 2.2e6),
+         _case('last:9', 0.90, 140, 600, 12, 50, 7e6),
          _case('bias:23', 0.93, 225, 1300, 20, 90, 9e6),
          _case('last:17', 0.94, 260, 1100, 20, 80, 12e6)]
 

@@ -1,4 +1,4 @@
-"""Memory traffic: the counted step's bytes accessed, an edge device's traffic, the energy of bytes."""
+"""Memory traffic: the counted step's bytes accessed, an edge device's traffic, their energy."""
 
 import math
 

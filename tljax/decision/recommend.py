@@ -246,8 +246,8 @@ def has_limits(budget):
 def decide(summary):
   """Fills summary['cases'] from summary['runs'] and the summary's plan (stats.aggregate with
   stats.plan_of: planned cases, seeds, failed runs; the front on the config's budget_memory,
-  budget_energy and include_incomplete) and, when summary['config'] sets a budget, summary['recommendation'] and
-  each case's `recommended`. Returns the summary."""
+  budget_energy and include_incomplete) and, when summary['config'] sets a budget,
+  summary['recommendation'] and each case's `recommended`. Returns the summary."""
   from tljax.decision import stats  # pylint: disable=g-import-not-at-top
   budget = budget_of(summary.get('config') or {})
   summary['cases'] = stats.aggregate(summary['runs'], memory=budget['memory'],
