@@ -54,6 +54,20 @@ def test_proxies_json_ranks_every_proxy_with_finite_scores(sweep):
       f"{case_lib.run_key(r['case'], r['seed'])}.json" for r in summary['runs'])
 
 
+def test_the_outputs_page_documents_every_field_of_proxies_json(sweep):
+  from docs_pages import table_names  # pylint: disable=g-import-not-at-top
+  doc = _doc(sweep[1])
+  assert set(table_names('docs/outputs.md', 'proxies.json')) == set(doc)
+  leaderboard_row = '\n'.join(_outputs_rows('leaderboard'))
+  for key in doc['leaderboard'][0]:
+    assert f'`{key}`' in leaderboard_row, key
+
+
+def _outputs_rows(name):
+  from docs_pages import section  # pylint: disable=g-import-not-at-top
+  return [l for l in section('docs/outputs.md', 'proxies.json') if l.startswith(f'| `{name}`')]
+
+
 def test_a_resume_reuses_the_scores_and_the_console_ends_with_the_table(sweep, monkeypatch,
                                                                         capsys):
   c, workdir, _ = sweep

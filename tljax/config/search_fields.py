@@ -8,8 +8,8 @@ FIELDS = {
         'early decisions; never trained on', number_in(
             0, 1, lo_open=False, hi_open=True, what=' (0 = no validation split)')),
     'proxies': safe(boolean(
-        'score every case with the selection proxies before it trains and rank them against '
-        'the sweep (proxies.json, docs/proxies.md); not in dry runs')),
+        'score the cases with the selection proxies before they train, rank the proxies against '
+        'the sweep (proxies.json)')),
     'proxy_batches': doc('train batches (of batch_size) the gradient proxies read', safe(
         int_at_least(1))),
     'proxy_examples': doc('train examples the feature proxies read', safe(
