@@ -188,6 +188,8 @@ def test_names_baselines_and_gradient_masks():
     scores.check_names(['logme', 'short_training'])
   assert baselines.random_score('last:1', 0) == baselines.random_score('last:1', 0)
   assert baselines.random_score('last:1', 0) != baselines.random_score('last:1', 1)
+  by_case = {'A': {'score': float('nan'), 'cost_s': 1.0}, 'B': {'score': 2.0, 'cost_s': 1.0}}
+  assert scores._finite('logme', by_case)['A']['score'] is None  # pylint: disable=protected-access
   sq, mean_sq, w = np.array([1., 4., 9.]), np.array([1., 4., 0.]), np.array([2., 0., 1.])
   got = gradients.case_scores(sq, mean_sq, w, [True, True, False])
   # Fisher 1 + 4; the mean gradient's norm sqrt(1 + 4); RGN over the tensors with |w| > 0: 1/2.

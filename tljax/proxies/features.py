@@ -12,6 +12,7 @@ import functools
 import math
 import time
 
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
@@ -116,7 +117,11 @@ def scores(config, plans, variables, train, seed, mesh, names):
     f, y, extract_s = extract(config, plans[cases[0]], cut, variables, examples, mesh)
     for n in names:
       t0 = time.perf_counter()
-      score = estimators.ESTIMATORS[n](f, y)
+      try:
+        score = estimators.ESTIMATORS[n](f, y)
+      except ValueError as e:  # NaN features, a decomposition that failed: no score
+        logging.warning('Proxy %s at cut %d (%s): no score, %s', n, cut, ', '.join(cases), e)
+        score = None
       share = (extract_s + time.perf_counter() - t0) / len(cases)
       for case in cases:
         out[n][case] = {'score': score, 'cost_s': share + read_s}

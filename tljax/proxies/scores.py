@@ -6,6 +6,7 @@ and the target's train split (the validation examples held out, never the test s
 short_training comes from the runs' records (short_training.scores).
 """
 
+import math
 import time
 
 from absl import logging
@@ -51,7 +52,8 @@ def case_scores(sw, seed, pretrained, specs, plans, names=BEFORE_TRAINING):
   sw: a runner.Sweep; pretrained: the seed's pretrained variables (pretrain.variables, None
   for random weights); plans: {case name: case.Plan} holding every case of `specs`. cost_s is
   the wall time of that case's score; work shared by cases (features at one cut, the gradient)
-  is charged to them in equal shares, so a proxy's cost is the sum over its cases.
+  is charged to them in equal shares, so a proxy's cost is the sum over its cases. A score that
+  cannot be computed (NaN features, no tensor with a nonzero weight) is None.
   """
   names = check_names(names)
   missing = [s.name for s in specs if s.name not in plans]
@@ -76,4 +78,14 @@ def case_scores(sw, seed, pretrained, specs, plans, names=BEFORE_TRAINING):
       out.update(compute(wanted))
       logging.info('Proxies %s of %d cases: %.2f s', ', '.join(wanted), len(chosen),
                    time.perf_counter() - t0)
-  return {n: out[n] for n in names}
+  return {n: _finite(n, out[n]) for n in names}
+
+
+def _finite(name, by_case):
+  """`by_case` with every score that is not a finite number replaced by None (logged)."""
+  for case, entry in by_case.items():
+    score = entry['score']
+    if score is not None and not math.isfinite(score):
+      logging.warning('Proxy %s of case %s is %s: no score.', name, case, score)
+      entry['score'] = None
+  return by_case
