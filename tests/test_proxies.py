@@ -4,6 +4,7 @@ hand computations and scipy, and the leaderboard on a hand-made summary."""
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
+from sklearn import covariance
 
 from tljax.data import datasets
 from tljax.data import inputs
@@ -55,16 +56,34 @@ def test_logme_prefers_separable_features_and_ignores_dead_dimensions():
   assert estimators.logme(padded, y) == pytest.approx(estimators.logme(f, y), rel=1e-9)
 
 
-def test_hscore_closed_form_and_pinv_reference():
-  # 1-D, two classes: cov(f) = 20/3, cov(E[f|y]) = 16/3, H = 0.8.
-  assert estimators.hscore(np.array([[0.], [2.], [4.], [6.]]), [0, 0, 1, 1]) == pytest.approx(0.8)
+def test_hscore_closed_form_pinv_reference_and_shrinkage():
+  # 1-D, two classes: cov(f) = 20/3, cov(E[f|y]) = 16/3, H = 0.8 (Bao et al., no shrinkage).
+  hand = np.array([[0.], [2.], [4.], [6.]])
+  assert estimators.hscore(hand, [0, 0, 1, 1], shrinkage=0) == pytest.approx(0.8)
   f, y, noise = _separable()
   g = np.zeros_like(f)
   for c in (0, 1):
     g[y == c] = f[y == c].mean(0)
   reference = np.trace(np.linalg.pinv(np.cov(f.T)) @ np.cov(g.T))
-  assert estimators.hscore(f, y) == pytest.approx(reference, rel=1e-8)
-  assert estimators.hscore(f, y) > 5 * estimators.hscore(noise, y)
+  assert estimators.hscore(f, y, shrinkage=0) == pytest.approx(reference, rel=1e-8)
+  a = 0.3  # shrunk: tr(((1 - a) S + a mu I)^-1 (1 - a) S_g), covariances over N
+  s_f, s_g = np.cov(f.T, bias=True), np.cov(g.T, bias=True)
+  shrunk = (1 - a) * s_f + a * np.trace(s_f) / 8 * np.eye(8)
+  assert estimators.hscore(f, y, shrinkage=a) == pytest.approx(
+      np.trace(np.linalg.solve(shrunk, (1 - a) * s_g)), rel=1e-8)
+  assert estimators.hscore(f, y, shrinkage=0) > 5 * estimators.hscore(noise, y, shrinkage=0)
+  # N <= D: without shrinkage any full-rank features score K - 1; shrunk, they rank.
+  rng = np.random.default_rng(3)
+  y50 = np.repeat([0, 1], 25)
+  wide_noise = rng.normal(size=(50, 100))
+  wide = wide_noise + 3 * y50[:, None] * (np.arange(100) < 5)
+  assert estimators.hscore(wide, y50, shrinkage=0) == pytest.approx(1.0)
+  assert estimators.hscore(wide_noise, y50, shrinkage=0) == pytest.approx(1.0)
+  assert estimators.hscore(wide, y50) > 2 * estimators.hscore(wide_noise, y50)
+  lw = covariance.LedoitWolf().fit(wide)  # the regularised H-score's reference computation
+  means = np.where(y50[:, None] == 1, wide[y50 == 1].mean(0), wide[y50 == 0].mean(0))
+  assert estimators.hscore(wide, y50) == pytest.approx(np.trace(
+      np.linalg.pinv(lw.covariance_) @ ((1 - lw.shrinkage_) * np.cov(means.T, bias=True))))
 
 
 def test_transrate_is_the_official_slogdet_and_rewards_class_subspaces():

@@ -1,11 +1,13 @@
 """Training-free transferability estimators of features and labels: LogME, H-score, TransRate.
 
 Each takes features (N examples x D, any float) and integer labels (N,) and returns one float,
-higher = the features predict the labels better. Pure numpy, float64 (docs/proxies.md
+higher = the features predict the labels better. Numpy in float64, and scikit-learn's
+Ledoit-Wolf coefficient for the H-score (docs/proxies.md
 "Feature scores" gives the formulas and their references).
 """
 
 import numpy as np
+from sklearn import covariance
 
 # LogME's fixed point: at most this many updates, stopped when alpha/beta moves by less than
 # LOGME_TOL relative (the official code's 11 and 1e-3); EPS keeps the updates finite.
@@ -88,16 +90,28 @@ def logme(features, labels):
   return float(np.mean(out))
 
 
-def hscore(features, labels):
-  """H-score (Bao et al., ICIP 2019): tr(cov(f)^+ cov(E[f | y])), the pseudo-inverse over the
-  nonzero singular values. With the centred features f = U S V^T and 1_c the indicator of class
-  c (n_c examples), it is sum_c |U^T 1_c|^2 / n_c."""
+def hscore(features, labels, shrinkage=None):
+  """H-score (Bao et al., ICIP 2019), tr(cov(f)^-1 cov(E[f | y])), with the feature covariance
+  shrunk as Ibrahim et al. (2022) do: (1 - a) cov(f) + a mu I, mu its mean variance, a the
+  Ledoit-Wolf coefficient (`shrinkage` None) or `shrinkage`; 0 gives Bao et al.'s, whose
+  pseudo-inverse makes every full-rank feature matrix with N <= D score K - 1. With the
+  centred features f = U S V^T (k nonzero s_i), 1_c the indicator of the n_c examples of
+  class c and covariances over N: sum_c (1/n_c) sum_i w_i (u_i^T 1_c)^2,
+  w_i = (1 - a) s_i^2 / ((1 - a) s_i^2 + a N mu)."""
   f, y = _check(features, labels)
-  u, _ = gram_basis(f - f.mean(0))
+  f = f - f.mean(0)
+  n, d = f.shape
+  u, sigma = gram_basis(f)
+  if not len(sigma):
+    return 0.0
+  a = float(covariance.ledoit_wolf_shrinkage(f, assume_centered=True)
+            if shrinkage is None else shrinkage)
+  mu = float(sigma.sum()) / (n * d)
+  w = (1 - a) * sigma / ((1 - a) * sigma + a * n * mu)
   total = 0.0
   for c in np.unique(y):
     z = u[y == c].sum(0)
-    total += float(z @ z) / int(np.sum(y == c))
+    total += float((w * z * z).sum()) / int(np.sum(y == c))
   return total
 
 
