@@ -1,9 +1,9 @@
 """Training-free transferability estimators of features and labels: LogME, H-score, TransRate.
 
 Each takes features (N examples x D, any float) and integer labels (N,) and returns one float,
-higher = the features predict the labels better. Numpy in float64, and scikit-learn's
-Ledoit-Wolf coefficient for the H-score (docs/proxies.md
-"Feature scores" gives the formulas and their references).
+higher = the features predict the labels better; numpy in float64, with scikit-learn's
+Ledoit-Wolf coefficient for the H-score (docs/proxies.md "Feature scores" gives the formulas and
+their references).
 """
 
 import numpy as np
