@@ -157,7 +157,7 @@ def _case(name, accs, energy_uj):
 def _summary(max_energy=0.0):
   cases = [_case('A', [0.9, 0.9], 4), _case('B', [0.8, 0.8], 3), _case('C', [0.7, 0.7], 2),
            _case('D', [0.5, 0.7], 1)]
-  return dict(cases=cases, wall_s=100.0, seeds=[0, 1],
+  return dict(cases=cases, wall_s=100.0, seeds=[0, 1], runs=[dict(wall_s=10.0), dict(wall_s=30.0)],
               config=dict(max_energy_per_example_j=max_energy, include_incomplete=False))
 
 
@@ -174,7 +174,8 @@ def test_leaderboard_on_a_hand_made_sweep():
   assert (perfect['kendall_tau'], perfect['spearman_rho'], perfect['regret_at_1']) == (
       1.0, 1.0, 0.0)
   assert perfect['top_cases'] == ['A'] and perfect['cost_s'] == 4.0
-  assert perfect['cost_fraction'] == pytest.approx(0.04)
+  assert perfect['cost_fraction'] == pytest.approx(0.04)  # of the sweep's 100 s
+  assert perfect['cost_fraction_training'] == pytest.approx(0.1)  # of its runs' 40 s
   # D's seeds (0.5, 0.7) resample to means 0.5, 0.6 or 0.7; C's are 0.7: the two may tie.
   assert perfect['kendall_tau_ci95'][1] == 1.0 and perfect['kendall_tau_ci95'][0] < 1.0
   assert reverse['kendall_tau'] == pytest.approx(-2 / 3)

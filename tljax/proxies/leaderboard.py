@@ -61,9 +61,15 @@ def _correlations(x, means, boot):
   return out
 
 
-def entry(name, proxy_scores, truth_, inside, wall_s, resamples=ranking.BOOTSTRAP_RESAMPLES):
+def training_s(summary):
+  """Seconds the summary's finished runs trained (their records' wall_s, compilation excluded)."""
+  return float(sum(r.get('wall_s') or 0.0 for r in summary.get('runs') or []))
+
+
+def entry(name, proxy_scores, truth_, inside, times, resamples=ranking.BOOTSTRAP_RESAMPLES):
   """The leaderboard row of proxy `name`: its scores {case: {'score', 'cost_s'}} against
-  `truth_` (truth()), `inside` ({budget label: case names}) and the sweep's `wall_s`."""
+  `truth_` (truth()), `inside` ({budget label: case names}) and the sweep's `times` (wall_s,
+  training_s)."""
   scored = {c: float(s['score']) for c, s in (proxy_scores or {}).items()
             if s.get('score') is not None and np.isfinite(s['score'])}
   names = [c for c in truth_ if c in scored]
@@ -72,7 +78,8 @@ def entry(name, proxy_scores, truth_, inside, wall_s, resamples=ranking.BOOTSTRA
              kendall_tau_ci95=None, spearman_rho=None, spearman_rho_ci95=None,
              regret_at_1=None, top_cases=[], regret_at_1_budget={},
              cost_s=cost if proxy_scores else None,
-             cost_fraction=cost / wall_s if proxy_scores and wall_s else None)
+             **{f'cost_fraction{k}': cost / times[t] if proxy_scores and times.get(t) else None
+                for k, t in (('', 'wall_s'), ('_training', 'training_s'))})
   if len(names) < 2:
     return row
   x = np.asarray([scored[c] for c in names])
@@ -95,11 +102,16 @@ def leaderboard(summary, scores, names):
   config = summary.get('config') or {}
   truth_ = truth(summary['cases'], bool(config.get('include_incomplete', False)))
   inside = budgets(config, summary['cases'])
-  return [entry(n, scores.get(n), truth_, inside, summary.get('wall_s')) for n in names]
+  times = dict(wall_s=summary.get('wall_s'), training_s=training_s(summary))
+  return [entry(n, scores.get(n), truth_, inside, times) for n in names]
 
 
 def _num(v, spec='.2f'):
   return '-' if v is None else format(v, spec)
+
+
+def _percent(fraction):
+  return _num(None if fraction is None else 100 * fraction, '.2g')
 
 
 def _with_ci(point, ci):
@@ -112,7 +124,8 @@ def table(rows, budget_labels=()):
   """The leaderboard as aligned text: a row per proxy, its rank agreement with 95 % intervals,
   its regret (points of mean test accuracy, overall and per budget), its top case(s), cost."""
   head = (['proxy', 'Kendall tau [95% CI]', 'Spearman rho [95% CI]', 'regret@1 points']
-          + [f'regret@1 {b}' for b in budget_labels] + ['top case', 'cost s', '% of sweep wall'])
+          + [f'regret@1 {b}' for b in budget_labels]
+          + ['top case', 'cost s', '% of sweep wall', '% of training'])
   body = []
   for r in rows:
     if r['missing']:
@@ -123,10 +136,10 @@ def table(rows, budget_labels=()):
                 + [_num(r['regret_at_1_budget'].get(b, {}).get('regret_at_1'))
                    for b in budget_labels]
                 + [', '.join(r['top_cases']) or '-', _num(r['cost_s'], '.3g'),
-                   _num(None if r['cost_fraction'] is None else 100 * r['cost_fraction'], '.2g')])
+                   _percent(r['cost_fraction']), _percent(r.get('cost_fraction_training'))])
   rows_ = [head] + body
   widths = [max(len(r[i]) for r in rows_) for i in range(len(head))]
-  lines = ['  '.join(v.ljust(w) if i in (0, len(head) - 3) else v.rjust(w)
+  lines = ['  '.join(v.ljust(w) if i in (0, len(head) - 4) else v.rjust(w)
                      for i, (v, w) in enumerate(zip(r, widths))).rstrip() for r in rows_]
   lines.insert(1, '  '.join('-' * w for w in widths))
   return '\n'.join(lines)

@@ -33,7 +33,8 @@ def _mean(values):
 
 def pooled(docs):
   """{proxy: its means over the sweeps that rank it}: n_sweeps, kendall_tau, spearman_rho,
-  regret_at_1 (points), cost_fraction; proxies in scores.NAMES order, then any other."""
+  regret_at_1 (points), cost_fraction, cost_fraction_training; proxies in scores.NAMES order,
+  then any other."""
   rows = {}
   for doc in docs:
     for r in doc['leaderboard']:
@@ -46,12 +47,17 @@ def pooled(docs):
                   kendall_tau=_mean(r.get('kendall_tau') for r in rs),
                   spearman_rho=_mean(r.get('spearman_rho') for r in rs),
                   regret_at_1=_mean(r.get('regret_at_1') for r in rs),
-                  cost_fraction=_mean(r.get('cost_fraction') for r in rs))
+                  cost_fraction=_mean(r.get('cost_fraction') for r in rs),
+                  cost_fraction_training=_mean(r.get('cost_fraction_training') for r in rs))
   return out
 
 
 def _f(v, spec='.2f'):
   return '-' if v is None else format(v, spec)
+
+
+def _pct(fraction):
+  return _f(None if fraction is None else 100 * fraction, '.2g')
 
 
 def _ci(point, ci):
@@ -65,7 +71,7 @@ def sweep_label(doc, workdir):
 
 
 HEAD = ('sweep', 'proxy', 'cases', 'Kendall tau [95% CI]', 'Spearman rho [95% CI]',
-        'regret@1 points', '% of sweep wall')
+        'regret@1 points', '% of sweep wall', '% of training')
 
 
 def markdown(docs, workdirs):
@@ -74,11 +80,11 @@ def markdown(docs, workdirs):
   lines = ['| ' + ' | '.join(HEAD) + ' |', '|' + '---|' * len(HEAD)]
   for doc, w in zip(docs, workdirs):
     for r in doc['leaderboard']:
-      cells = ([r['proxy'], 'missing', '', '', '', ''] if r.get('missing') else [
+      cells = ([r['proxy'], 'missing', '', '', '', '', ''] if r.get('missing') else [
           r['proxy'], str(r.get('n_cases', '')),
           _ci(r.get('kendall_tau'), r.get('kendall_tau_ci95')),
           _ci(r.get('spearman_rho'), r.get('spearman_rho_ci95')), _f(r.get('regret_at_1')),
-          _f(None if r.get('cost_fraction') is None else 100 * r['cost_fraction'], '.2g')])
+          _pct(r.get('cost_fraction')), _pct(r.get('cost_fraction_training'))])
       lines.append('| ' + ' | '.join([sweep_label(doc, w)] + cells) + ' |')
   means = pooled(docs)
   ranked = sorted(means, key=lambda n: -math.inf if means[n]['kendall_tau'] is None
@@ -88,5 +94,5 @@ def markdown(docs, workdirs):
     lines.append('| ' + ' | '.join([
         f'pooled mean ({m["n_sweeps"]} of {len(docs)} sweeps)', n, '', _f(m['kendall_tau']),
         _f(m['spearman_rho']), _f(m['regret_at_1']),
-        _f(None if m['cost_fraction'] is None else 100 * m['cost_fraction'], '.2g')]) + ' |')
+        _pct(m['cost_fraction']), _pct(m['cost_fraction_training'])]) + ' |')
   return '\n'.join(lines)

@@ -99,6 +99,7 @@ def document(summary, table, seed, cut_layers):
       name=summary.get('name'), model=summary.get('model'),
       target_dataset=summary.get('target_dataset'), fingerprint=summary.get('fingerprint'),
       seed=seed, seeds=summary.get('seeds'), wall_s=summary.get('wall_s'),
+      training_s=leaderboard.training_s(summary),
       settings=dict(proxy_batches=config.get('proxy_batches'),
                     proxy_examples=config.get('proxy_examples'),
                     max_features=features.MAX_FEATURES, batch_size=config.get('batch_size'),
