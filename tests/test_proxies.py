@@ -118,7 +118,7 @@ def test_pool_keeps_small_vectors_and_averages_large_maps():
 
 def test_a_case_that_trains_every_layer_scores_the_input_pixels(tiny_config):
   tiny_config.batch_size = 4
-  images = np.arange(6 * 8 * 8, dtype=np.uint8).reshape(6, 8, 8, 1)
+  images = (np.arange(6 * 32 * 32) % 251).astype(np.uint8).reshape(6, 32, 32, 1)  # no resize
   arrays = datasets.Arrays(images, np.arange(6) % 2, 2, 'digits', 'train')
   f, y, _ = features.extract(tiny_config, None, 0, None, arrays, parallel.default())
   prep = inputs.prep_fn(tiny_config, tiny_config.target_dataset)

@@ -87,8 +87,7 @@ def batches(config, train, seed):
 
 def per_tensor(config, model, variables, index, train, seed, mesh):
   """Over the proxy batches, per differentiated tensor: (sum over batches of the squared
-  gradient's sum, squared norm of the mean gradient, the weight's norm), and the seconds."""
-  t0 = time.perf_counter()
+  gradient's sum, squared norm of the mean gradient, the weight's norm)."""
   fn, _ = compile_grads(config, model, variables, index, mesh)
   on_device = mesh.put_replicated(variables)
   params, stats = on_device['params'], on_device.get('batch_stats', {})
@@ -102,7 +101,7 @@ def per_tensor(config, model, variables, index, train, seed, mesh):
     count += 1
   mean_sq = np.asarray([float(jnp.sum(jnp.square(x / count))) for x in total])
   w_norm = np.asarray([float(jnp.linalg.norm(x.astype(jnp.float32))) for x in diff])
-  return sq, mean_sq, w_norm, time.perf_counter() - t0
+  return sq, mean_sq, w_norm
 
 
 def case_scores(fisher_sq, mean_sq, w_norm, mask):
@@ -125,7 +124,7 @@ def scores(config, plans, variables, train, seed, mesh, names=NAMES):
   index = [int(i) for i in np.flatnonzero(union)]
   model = compiled.model_for(config, next(iter(plans.values())).case.model.num_classes)
   t0 = time.perf_counter()
-  sq, mean_sq, w_norm, _ = per_tensor(config, model, variables, index, train, seed, mesh)
+  sq, mean_sq, w_norm = per_tensor(config, model, variables, index, train, seed, mesh)
   out = {n: {} for n in names}
   for case, mask in masks.items():
     got = case_scores(sq, mean_sq, w_norm, np.asarray(mask)[index])
