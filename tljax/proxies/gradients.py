@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tljax.accounting import costs
 from tljax.data import datasets
 from tljax.data import inputs
 from tljax.proxies import features
@@ -56,7 +57,8 @@ def compile_grads(config, model, variables, index, mesh):
   params, stats = variables['params'], variables.get('batch_stats', {})
   leaves = jax.tree.leaves(params)
   key = (config.model, compiled.model_key(config), model.num_classes, config.image_size,
-         config.channels, b, tuple(index), tuple(str(d) for d in mesh.devices),
+         config.channels, b, tuple(index), costs.depthwise_impls(model)[0],
+         tuple(str(d) for d in mesh.devices),
          tuple(sorted(backend.compiler_options(config).items())))
   if key not in _COMPILED:
     step = compiled.compile_step(
