@@ -42,6 +42,9 @@ def get_config():
   c.seeds = (0,)
   c.prefix_cache = True
   c.validation_fraction = 0.0
+  c.proxies = True
+  c.proxy_batches = 4
+  c.proxy_examples = 1024
   # The accounting: the device memory model, the budget of the recommendation, energy.
   c.device_batch_size = 1
   c.device_frozen_dtype = 'float32'

@@ -42,6 +42,7 @@ def shrunk_default(cache_dir):
   c.progress = False
   c.cache_dir = str(cache_dir)
   c.device_xla_check = False  # one compile fewer per case; on in tests/test_summary_fields.py
+  c.proxies = False  # seconds per sweep; on in tests/test_proxies_sweep.py
   c.compilation_cache_dir = XLA_CACHE
   return c
 

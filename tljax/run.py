@@ -8,6 +8,7 @@ from absl import logging
 from tljax.cluster import launcher
 from tljax.config import checks
 from tljax.decision import console
+from tljax.proxies import store as proxy_store
 from tljax.runtime import errors
 from tljax.runtime import interrupt
 from tljax.runtime import parallel
@@ -43,6 +44,9 @@ def main(config, workdir):
   if not parallel.is_writer():  # process 0 prints the table of a multi-process run
     return
   figures = [layout.file_path(workdir, n) for n in (layout.FIGURE, layout.PARETO)]
+  board = proxy_store.console(workdir, summary)  # before the answer: the console ends with it
+  if board:
+    print('\n' + board)
   print(f'\n{summary["name"]}: {summary["model"]}, {len(summary["cases"])} cases'
         + (' (dry run: one step on mock data)' if summary['dry_run'] else '') + '\n'
         + console.table(summary, figures) + f'\nWritten to {workdir}/ ({layout.SUMMARY}, '

@@ -14,14 +14,15 @@ from tljax.sweep import fingerprints
 CONFIG, DATA, SUMMARY = 'config.json', 'data.json', 'summary.json'
 RESULTS, RUNS, METRICS = 'results.csv', 'runs.csv', 'metrics.jsonl'
 FIGURE, PARETO, JOBS = 'figure.png', 'pareto.png', 'jobs.json'
+PROXIES = 'proxies.json'  # the selection proxies' leaderboard (tljax.proxies)
 LOCK = '.tljax.lock'  # the sweep's lock (tljax.sweep.locks); never removed
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
-OUTPUTS = (SUMMARY, RESULTS, RUNS, METRICS, FIGURE, PARETO, CONFIG, DATA, JOBS)
-# Its folders: run records, checkpoints; the launcher's jobs (tljax.cluster) add per-run metrics
-# and info files (with the runs' locks) and submitit's logs.
-RECORDS, CHECKPOINTS, JOB_METRICS, JOB_INFO, SUBMITIT = (
-    'cases', 'checkpoints', 'metrics', 'job_info', 'submitit')
-DIRS = (RECORDS, CHECKPOINTS, JOB_METRICS, JOB_INFO, SUBMITIT)
+OUTPUTS = (SUMMARY, RESULTS, RUNS, METRICS, FIGURE, PARETO, CONFIG, DATA, JOBS, PROXIES)
+# Its folders: run records, checkpoints, the proxies' scores per case; the launcher's jobs
+# (tljax.cluster) add per-run metrics and info files (with the runs' locks) and submitit's logs.
+RECORDS, CHECKPOINTS, PROXY_SCORES, JOB_METRICS, JOB_INFO, SUBMITIT = (
+    'cases', 'checkpoints', 'proxies', 'metrics', 'job_info', 'submitit')
+DIRS = (RECORDS, CHECKPOINTS, PROXY_SCORES, JOB_METRICS, JOB_INFO, SUBMITIT)
 # Free disk space required before training starts, besides the checkpoints themselves.
 MIN_FREE_BYTES = 200 * 2**20
 
@@ -43,6 +44,12 @@ def record_path(workdir, run):
 def discarded_path(workdir, run, fingerprint):
   """Where a record of another fingerprint is kept aside, never reused."""
   return os.path.join(workdir, RECORDS, 'discarded', f'{run}_{(fingerprint or "none")[:12]}.json')
+
+
+def proxy_path(workdir, run):
+  """The proxies' scores of one (case, seed) run's case, computed before it trained, with the
+  key they were computed under (tljax.proxies.store)."""
+  return os.path.join(workdir, PROXY_SCORES, f'{run}.json')
 
 
 def case_dir(workdir, run):

@@ -17,6 +17,7 @@ from tljax.config import checks
 from tljax.data import inputs
 from tljax.data import validation
 from tljax.decision import stats
+from tljax.proxies import store as proxy_store
 from tljax.runtime import backend
 from tljax.runtime import parallel
 from tljax.runtime import report
@@ -201,6 +202,7 @@ def _train_and_evaluate(config, workdir):
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     parallel.on_writer('writing the summary', outputs.write, workdir, summary)
+    proxy_store.finish(sw, summary)  # proxies.json: the proxies against the finished sweep
   finally:
     metrics.close()
   return summary
@@ -225,10 +227,13 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
   """Pretraining of this seed (cached), then its unfinished cases."""
   rc = seed_config(sw.run_config, seed)
   pretrained = None
-  if sw.todo(seed):
+  unscored = proxy_store.missing(sw, seed)  # the first seed's cases without proxy scores
+  if sw.todo(seed) or unscored:
     with locks.run_lock(sw.workdir, pretrain.run_key(rc), sw.config.process_id):
       pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
     summary['pretraining'][str(seed)] = info
+  if unscored:
+    _score(sw, seed, pretrained, plans, unscored)
   for spec in sw.specs:
     key = (spec.name, seed)
     if sw.done[key] is None:
@@ -238,6 +243,15 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     parallel.on_writer('writing the summary', outputs.write, sw.workdir, summary)
+
+
+def _score(sw, seed, pretrained, plans, specs):
+  """The selection proxies of `specs` before they train (tljax.proxies); a case whose runs
+  had all finished is planned here first."""
+  unplanned = [s for s in specs if s.name not in plans]
+  if unplanned:
+    plans = {**plans, **plan_cases(sw, unplanned, seed)}
+  proxy_store.compute(sw, seed, pretrained, plans, specs)
 
 
 def _check_workdir(workdir, config, identity):
