@@ -67,12 +67,12 @@ def _breaks(e, budget):
 
 
 def within_budget(cases, *, max_energy_per_example_j=0, max_train_memory_mb=0, min_accuracy=0,
-                  memory='xla', include_incomplete=False):
+                  memory='xla', energy='mac', include_incomplete=False):
   """Names of the ok cases (pareto.is_ok) of `cases` inside the budget (0 = no limit; as
   recommend() counts them)."""
   budget = dict(max_energy_per_example_j=max_energy_per_example_j,
                 max_train_memory_mb=max_train_memory_mb, min_accuracy=min_accuracy)
-  return [e['case'] for e in (_entry(c, memory) for c in cases
+  return [e['case'] for e in (_entry(c, memory, energy) for c in cases
                               if pareto.is_ok(c, include_incomplete)) if not _breaks(e, budget)]
 
 

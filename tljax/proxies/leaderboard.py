@@ -31,7 +31,8 @@ def budgets(config, cases):
   """{label: names of the ok cases inside it} for each cost limit set in `config` (a dict),
   alone, and for all of them together when more than one is set."""
   budget = recommend.budget_of(config)
-  common = dict(memory=budget['memory'], include_incomplete=budget['include_incomplete'])
+  common = dict(memory=budget['memory'], energy=budget['energy'],
+                include_incomplete=budget['include_incomplete'])
   limits = [k for k in COST_LIMITS if budget[k]]
   sets = [[k] for k in limits] + ([limits] if len(limits) > 1 else [])
   return {'+'.join(s): recommend.within_budget(cases, **{k: budget[k] for k in s}, **common)
