@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -184,14 +185,15 @@ def _tljax_worker(job, t_start):
         line.switch(*(after or (name, 'outputs')))
     return wrapped
 
-  plan_case, variables, train_run, run_seed = (case_lib.plan_case, pretrain.variables,
+  case_parts, variables, train_run, run_seed = (case_lib.case_parts, pretrain.variables,
                                                runner.train_run, runner._run_seed)  # pylint: disable=protected-access
-  # The timeline: a case's plan (compiled before pretraining) and its run count for the case;
-  # what follows a run (the summary, CSVs, figures) counts as its 'outputs'.
+  # The timeline: a case's plan (made, its steps handed to the compile pool, before pretraining)
+  # and its run count for the case; what follows a run (the summary, CSVs, figures) counts as its
+  # 'outputs'. The pool's threads compile beside it: summary['compile'].
   patches = [
       mock.patch.object(inputs, 'load', lambda config, role, split: arrays[(role, split)]),
-      mock.patch.object(case_lib, 'plan_case', phase(
-          plan_case, lambda c, spec, *a: f'case {label(spec)}', 'plan',
+      mock.patch.object(case_lib, 'case_parts', phase(
+          case_parts, lambda c, spec, *a: f'case {label(spec)}', 'plan',
           after=('other', 'setup'), message=lambda n: f'compiling {n}')),
       mock.patch.object(pretrain, 'variables', phase(
           variables, lambda *a: 'pretraining', 'run', message=lambda n: 'pretraining')),
@@ -200,7 +202,8 @@ def _tljax_worker(job, t_start):
           message=lambda n: f'training {n}')),
       mock.patch.object(runner, '_run_seed', phase(run_seed, lambda *a: 'other', 'setup',
                                                   after=('other', 'outputs'))),
-      # Every step tljax compiles goes through these two (lowering + XLA, or XLA alone).
+      # Every step tljax compiles goes through these two (lowering + XLA, or XLA alone); those
+      # of the main thread count for its phase, the compile pool's in summary['compile'].
       mock.patch.object(compiled, 'compile_step', line.timed_compile(compiled.compile_step)),
       mock.patch.object(backend, 'compile', line.timed_compile(backend.compile)),
   ]
@@ -240,6 +243,7 @@ def _tljax_worker(job, t_start):
               other_s=sum(other.values()), other_parts=other, sweep_s=sweep_s,
               other_compile_s=line.compile_s.get('other', 0.0),
               eval_compile_s=summary['eval_compile_s'], compile_s=sum(line.compile_s.values()),
+              compile_pool=summary['compile'],
               note='tljax.sweep.train_and_evaluate, configs/folders.py settings; a case row holds '
                    'its compile (before pretraining), prefix-cache fill, training, evaluation, '
                    'checkpoints and the summary written after it; compile s = lowering + XLA '
@@ -255,8 +259,11 @@ class Timeline:
     self._depth = 0
 
   def timed_compile(self, fn):
-    """`fn` (a compile) wrapped: its seconds count for the current phase (outermost call)."""
+    """`fn` (a compile) wrapped: in the main thread, its seconds count for the current phase
+    (outermost call); the compile pool's threads are timed by the pool."""
     def wrapped(*args, **kwargs):
+      if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
       self._depth += 1
       t = time.perf_counter()
       try:
@@ -306,6 +313,7 @@ def tljax_config(job):
   c.cache_dir = os.path.join(job['workdir'], 'tljax_cache')
   c.compilation_cache_dir = job.get('compilation_cache_dir', '')  # '' = under the fresh cache
   c.progress = False
+  c.compile_workers = 0  # the compile pool, a thread per core (summary['compile'])
   info = job['data_info']['roles']
   c.source_data_dir = info['source']['folder'] or ''
   c.target_data_dir = info['target']['folder'] or ''

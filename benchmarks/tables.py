@@ -96,7 +96,7 @@ def _sweep_rows(result):
 
 def _tljax_compile(tl, row):
   if row == 'total':
-    return tl['compile_s']
+    return tl['compile_s'] + ((tl.get('compile_pool') or {}).get('total_s') or 0.0)
   if row == 'other':
     return tl.get('other_compile_s')
   return tl['phases'].get(row, {}).get('compile_s')
@@ -173,8 +173,9 @@ def sweep_table(result):
     tl = fws['tljax']
     parts = ('plan', 'run', 'outputs')
     lines += [''] + textwrap.wrap(
-        'tljax per phase: plan = a case compiled and accounted before pretraining (train, eval, '
-        'prefix and suffix steps, the memory check); run = pretraining or the case (prefix-cache '
+        'tljax per phase: plan = a case made and its steps handed to the compile pool before '
+        'pretraining (train, eval, prefix and suffix steps; compile_workers=1: compiled there, '
+        'with the memory check); run = pretraining or the case (prefix-cache '
         'fill, training, checkpoints, evaluation); outputs = the summary, CSVs and figures '
         'written after it; compiling = lowering + XLA compilation within the phase. other: run = '
         'config, workdir and data checks, outputs = the final summary.', 100)
@@ -191,9 +192,21 @@ def sweep_table(result):
         continue
       lines.append(f'{row:<20}' + ''.join(f'{_f(v, ".1f"):>11}' for v in vals)
                    + f'{_f(comp, ".1f"):>14}')
+    lines += _pool_lines(tl.get('compile_pool'))
   lines += ['', f'{"test accuracy":<20}' + ''.join(f'{SWEEP_NAMES[n]:>11}' for n in names)]
   for row in phases:
     label = row + (' (source)' if row == 'pretraining' else '')
     lines.append(f'{label:<20}' + ''.join(
         f'{_f(fws[n]["phases"].get(row, {}).get("test_accuracy"), ".4f"):>11}' for n in names))
   return '\n'.join(lines)
+
+
+def _pool_lines(c):
+  """What tljax's compile pool did (the summary's `compile`), beside the phases."""
+  if not c:
+    return []
+  return textwrap.wrap(
+      f'tljax compile pool: {len(c["programs"])} programs on {c["workers"]} threads, '
+      f'{c["total_s"]:.1f} s of compiling in a compile wall of {c["wall_s"]:.1f} s, '
+      f'{c["overlap_s"]:.1f} s of it overlapping pretraining, training and outputs (the pool\'s '
+      'compiles are in no phase\'s compiling column; total\'s includes them).', 100)

@@ -71,6 +71,7 @@ def get_config():
   c.xla_cpu_tuning = True
   c.compilation_cache = True
   c.compilation_cache_dir = ''
+  c.compile_workers = 0
   c.dry_run = False
   # Jobs on a cluster (docs/clusters.md).
   c.launcher = 'inline'

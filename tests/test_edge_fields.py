@@ -245,7 +245,7 @@ def test_offline_a_sweep_names_the_mobilenet_file_before_compiling(tmp_path, mon
     raise OSError('network is unreachable')
 
   monkeypatch.setattr(urllib.request, 'urlopen', refuse)
-  monkeypatch.setattr(case_lib, 'plan_case',
+  monkeypatch.setattr(case_lib, 'case_parts',
                       lambda *a, **k: pytest.fail('compiled before asking for the weights'))
   with pytest.raises(imagenet.WeightsUnavailableError) as e:
     runner.train_and_evaluate(_imagenet_config(tmp_path), str(tmp_path / 'w'))

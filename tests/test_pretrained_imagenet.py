@@ -54,7 +54,7 @@ def test_offline_imagenet_weights_name_the_url_and_the_path(tmp_path, monkeypatc
   def refuse(*a, **k):
     raise OSError('network is unreachable')
   monkeypatch.setattr(imagenet.urllib.request, 'urlopen', refuse)
-  monkeypatch.setattr(case_lib, 'plan_case',
+  monkeypatch.setattr(case_lib, 'case_parts',
                       lambda *a, **k: pytest.fail('compiled before asking for the weights'))
   config = _config(tmp_path)
   with pytest.raises(imagenet.WeightsUnavailableError) as e:

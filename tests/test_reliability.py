@@ -159,8 +159,9 @@ def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp
                                                                  monkeypatch):
   tiny_config.cases = (1, 9)
   tiny_config.pretrained = 'none'  # the first compilation is case 1's
-  real = compiled.compile_steps
-  monkeypatch.setattr(compiled, 'compile_steps', lambda *a, **k: (
+  tiny_config.compile_workers = 1  # serial (tests/test_compile_pool.py stops the pool)
+  real = compiled.compile_train
+  monkeypatch.setattr(compiled, 'compile_train', lambda *a, **k: (
       interrupt.request(signal.SIGTERM), real(*a, **k))[1])  # arrives while case 1 compiles
   try:
     with pytest.raises(interrupt.Interrupted) as e:
@@ -170,7 +171,7 @@ def test_a_signal_during_compilation_stops_before_the_next_case(tiny_config, tmp
   assert e.value.signum == signal.SIGTERM and e.value.detail == 'before compiling case last:9'
   assert e.value.exit_code == 143
   assert not list(tmp_path.glob('cases/*.json'))  # no case trained
-  monkeypatch.setattr(compiled, 'compile_steps', real)
+  monkeypatch.setattr(compiled, 'compile_train', real)
   summary = runner.train_and_evaluate(tiny_config, str(tmp_path))  # the rerun: lock released
   assert [c['case'] for c in summary['cases']] == ['last:1', 'last:9']
 

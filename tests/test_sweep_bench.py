@@ -45,6 +45,7 @@ def _fw(wall, compile_s=None, acc=0.5):
 def test_sweep_table_rows_ratios_and_target():
   names = ['pretraining'] + [f'case {n}' for n in sweep.CASES]
   tl = _fw({n: 10.0 for n in names}, compile_s=1.0)
+  tl['compile_pool'] = dict(workers=2, programs=[{}] * 9, total_s=3.0, wall_s=2.0, overlap_s=1.5)
   torch = _fw({n: 20.0 for n in names})
   keras = _fw({n: (5.0 if n == 'case 23' else 40.0) for n in names}, acc=0.6)
   result = dict(date='d', machine=dict(cpu='cpu', cores=2),
@@ -67,6 +68,9 @@ def test_sweep_table_rows_ratios_and_target():
   total = next(l for l in lines if l.startswith('total '))
   # tljax 2 + 70 + 1 = 73 s against PyTorch's 2 + 140 + 1 = 143 s.
   assert total.split()[1] == '73.0' and total.split()[-1] == f'{73 / 143:.2f}'
+  assert total.split()[2] == '10.0'  # compiling: 7 s in the phases + 3 s on the pool's threads
+  assert ' '.join(text.split()).count('tljax compile pool: 9 programs on 2 threads, 3.0 s of '
+                                      'compiling in a compile wall of 2.0 s, 1.5 s of it') == 1
   assert 'not met' in text and 'slower: case 23' in text
   assert 'none: not installed' in text
   assert 'test accuracy' in text and '0.6000' in text
@@ -92,7 +96,8 @@ def test_tiny_sweep_in_every_installed_framework(tmp_path, capsys):
       assert phase['wall_s'] > 0 and 0 <= phase['test_accuracy'] <= 1
     assert r['imports_s'] > 0 and r['sweep_s'] >= sum(p['wall_s'] for p in r['phases'].values())
   tl = result['frameworks']['tljax']
-  assert tl['phases']['case 1']['compile_s'] > 0 and tl['phases']['case 1']['prefix_cache']
+  assert tl['compile_pool']['total_s'] > 0 and tl['phases']['case 1']['prefix_cache']
+  assert 'tljax compile pool: ' in text
   assert tl['phases']['pretraining']['steps'] == 1  # 100 examples, batch 64
   assert set(tl['phases']['case 1']['parts']) == {'plan', 'run', 'outputs'}
   for row in ('start-up (imports)', 'pretraining', 'case 1', 'other', 'total'):

@@ -39,6 +39,7 @@ def test_each_case_compile_s_is_its_own(tiny_config, fake_compile_clock):
 
 def test_summary_reports_the_eval_compilation_once(tiny_config, fake_compile_clock, tmp_path):
   tiny_config.prefix_cache = False
+  tiny_config.compile_workers = 1  # the fake clock is one for every thread
   tiny_config.pretrained = 'none'
   tiny_config.cases = (1, 4)
   summary = runner.train_and_evaluate(tiny_config, str(tmp_path / 'w'))

@@ -114,12 +114,14 @@ def _case_job(job):
     if sw.done[(name, seed)] is not None:
       return f'{job.task.run}: finished earlier'
     spec = next(s for s in sw.specs if s.name == name)
-    plan = runner.plan_cases(sw, [spec], seed)[name]
+    plans = runner.plan_cases(sw, [spec], seed)
     metrics = _job_metrics(job.workdir, job.task.run)
     try:
       pretrained, info = pretrain.variables(rc, metrics, job.workdir, sw.identity, sw.mesh)
+      plan = plans[name]  # its programs compiled while it pretrained
       rec = runner.train_run(sw, plan, spec, seed, pretrained, metrics)
     finally:
+      plans.close()  # no compiling thread outlives the job
       metrics.close()
   _write_info(sw, job, plan.eval_compile_s, info)
   return f'{job.task.run}: {rec["status"]}, test accuracy {rec["test_accuracy"]}'

@@ -134,4 +134,14 @@ def table(summary, figures=()):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
   if figures:
     lines.append(f'Figures: {", ".join(figures)}')
+  if summary.get('compile'):
+    lines.append(compile_line(summary['compile']))
   return '\n'.join(lines)
+
+
+def compile_line(c):
+  """One line on the sweep's compilation: the summary's `compile` field."""
+  threads = f"{c['workers']} thread{'s' if c['workers'] != 1 else ''}"
+  return (f"Compiled {len(c['programs'])} programs on {threads}: {c['total_s']:.1f} s of "
+          f"compiling in {c['wall_s']:.1f} s of wall time, {c['overlap_s']:.1f} s of it while "
+          'the sweep trained.')

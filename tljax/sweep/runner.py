@@ -27,6 +27,7 @@ from tljax.sweep import locks
 from tljax.sweep import outputs
 from tljax.training import case as case_lib
 from tljax.training import checkpoints
+from tljax.training import compile_pool
 from tljax.training import compiled
 from tljax.training import fit
 from tljax.training import freezing
@@ -118,6 +119,7 @@ class Sweep:
                          for seed in self.seeds for s in self.specs}
     parallel.on_writer('discarding stale records', self._load_done)  # moves them away
     self.done = self._load_done()
+    self.later = []  # (key, plan, record function): runs waiting for their counted FLOPs
     parallel.same_on_all('finished runs', sorted(k for k, r in self.done.items() if r))
 
   def _load_done(self):
@@ -192,18 +194,23 @@ def _train_and_evaluate(config, workdir):
     sw.check_device(*key)  # before any pretraining or compiling
   sw.filter_metrics()
   metrics = report.MetricsWriter(sw.metrics_path if parallel.is_writer() else None)
+  plans = None
   try:
     t0 = time.perf_counter()
     plans = _plan(sw)
-    summary = new_summary(config, sw.facts(), max(
-        (p.eval_compile_s for p in plans.values()), default=None))
+    summary = new_summary(config, sw.facts(), None)
     for seed in sw.seeds:
       _run_seed(sw, seed, plans, metrics, summary, t0)
+    save_later(sw, wait=True)
+    summary.update(compile=plans.report(), eval_compile_s=max(
+        (p.counted().eval_compile_s for p in plans.values()), default=None))
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     parallel.on_writer('writing the summary', outputs.write, workdir, summary)
     proxy_store.finish(sw, summary)  # proxies.json: the proxies against the finished sweep
   finally:
+    if plans is not None:
+      plans.close()  # no compiling thread outlives the sweep
     metrics.close()
   return summary
 
@@ -215,12 +222,11 @@ def _plan(sw):
 
 
 def plan_cases(sw, specs, seed):
-  """{name: case.Plan} of `specs` compiled at `seed`'s config, their memory checked."""
+  """{name: case.Plan} of `specs` compiled at `seed`'s config by the compile pool (a
+  compile_pool.Plans: close it), their memory checked."""
   rc = seed_config(sw.run_config, seed)
   eval_batch = fit.eval_batch(rc, sw.target_test, sw.mesh)
-  plans = {s.name: case_lib.plan_case(rc, s, sw.num_classes, eval_batch, sw.mesh) for s in specs}
-  case_lib.check_memory(rc, plans.values())
-  return plans
+  return compile_pool.plan_cases(rc, specs, sw.num_classes, eval_batch, sw.mesh)
 
 
 def _run_seed(sw, seed, plans, metrics, summary, t0):
@@ -237,9 +243,11 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
   for spec in sw.specs:
     key = (spec.name, seed)
     if sw.done[key] is None:
-      train_run(sw, plans[spec.name], spec, seed, pretrained, metrics)
+      train_run(sw, plans[spec.name], spec, seed, pretrained, metrics,
+                defer=not parallel.multi_process())
     else:
       logging.info('Case %s, seed %d finished in an earlier run: kept.', *key)
+    save_later(sw)
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     parallel.on_writer('writing the summary', outputs.write, sw.workdir, summary)
@@ -260,10 +268,11 @@ def _check_workdir(workdir, config, identity):
   layout.check_data(workdir, identity)
 
 
-def train_run(sw, plan, spec, seed, pretrained, metrics):
+def train_run(sw, plan, spec, seed, pretrained, metrics, defer=False):
   """Trains (case `spec`, `seed`) from `pretrained` with its compiled `plan`, holding the run's
   lock (an inline sweep and jobs alike); saves and returns its record. A run that another
-  process finished while this one waited for its lock is not trained again."""
+  process finished while this one waited for its lock is not trained again. With `defer`, a
+  run whose counting twin compiles still is saved later (save_later): None."""
   rc = seed_config(sw.run_config, seed)
   key, run = (spec.name, seed), case_lib.run_key(spec.name, seed)
   parallel.check_interrupt(f'before case {spec.name}, seed {seed}')
@@ -277,11 +286,27 @@ def train_run(sw, plan, spec, seed, pretrained, metrics):
                        sw.fingerprints[key])
     c = case_lib.with_weights(plan.case, rc, pretrained)  # the case as planned, this seed's weights
     train, _, test = sw.splits(seed)
-    rec = case_lib.run_case(rc, plan, c, train, test, metrics, sw.workdir, sw.mesh)
-    sw.done[key] = rec
-    parallel.on_writer('writing a record', layout.save_done, sw.workdir, run, rec,
-                       sw.fingerprints[key], sw.fingerprint)
+    rec = case_lib.run_case(rc, plan, c, train, test, metrics, sw.workdir, sw.mesh, defer)
+    if callable(rec):
+      sw.later.append((key, plan, rec))
+      return None
+    _save(sw, key, rec)
   return rec
+
+
+def save_later(sw, wait=False):
+  """Saves the records of sw.later whose counting twins have compiled, in order (with `wait`,
+  all of them, waiting for their twins)."""
+  while sw.later and (wait or sw.later[0][1].is_counted()):
+    key, _, finish = sw.later.pop(0)
+    with locks.run_lock(sw.workdir, case_lib.run_key(*key), sw.config.process_id):
+      _save(sw, key, finish())
+
+
+def _save(sw, key, rec):
+  sw.done[key] = rec
+  parallel.on_writer('writing a record', layout.save_done, sw.workdir, case_lib.run_key(*key),
+                     rec, sw.fingerprints[key], sw.fingerprint)
 
 
 def _runs(sw):
@@ -301,7 +326,7 @@ def new_summary(config, facts, eval_compile_s, env=None):
       validation_examples=facts.get('validation_examples', 0),
       data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j, e_byte_j=config.e_byte_j,
       seeds=list(facts['seeds']), planned_cases=list(facts['cases']),
-      eval_compile_s=eval_compile_s,
+      eval_compile_s=eval_compile_s, compile=None,
       fingerprint=facts['fingerprint'], config=config.to_dict(),
       environment=env or environment(config), cases=[], runs=[])
 

@@ -148,48 +148,84 @@ class Plan:
   cached: Any = None  # prefix_cache.Compiled when the case trains on cached prefix activations
   device_memory: Any = None  # device_memory.case_device_memory at config.device_batch_size
   device_xla: Any = None  # its cross-check: XLA's analysis at that batch (None in a dry run)
+  counting: Any = None  # its counting twin while the compile pool compiles it (compile_pool)
+
+  def counted(self):
+    """The plan with the FLOPs of its counting twin (docs/accounting.md "FLOPs per backend"),
+    waiting for the twin where the compile pool compiles it still."""
+    if self.counting is not None:
+      twin, self.counting = self.counting(), None
+      _count(self, twin)
+    return self
+
+  def is_counted(self):
+    return self.counting is None or self.counting.ready()
+
+
+# A case's compilations (case_parts) in the order plan_case runs them. The compile pool runs
+# every case's 'train' first (check_memory needs them all), the counting twin's ('twin ...') last.
+PARTS = ('train', 'eval', 'prefix', 'device', 'twin train', 'twin eval', 'twin prefix')
 
 
 def plan_case(config, case, num_classes, eval_batch, mesh=None):
   """Makes `case` (random weights: compiling needs only shapes) and compiles its steps over
-  `mesh` (default: one device)."""
+  `mesh` (default: one device), one after another (compile_pool compiles them on threads)."""
+  c, parts = case_parts(config, case, num_classes, eval_batch, mesh)
+  return finish_plan(c, {name: part() for name, part in parts.items()}, eval_batch)
+
+
+def case_parts(config, case, num_classes, eval_batch, mesh=None):
+  """`case` made (its train state as shapes) and its compilations, {part: thunk} in PARTS order:
+  the prefix cache's steps where it caches, the counting twin's where the steps that run are not
+  the counted ones."""
   mesh = parallel.default(mesh)
   c = make_case(config, case, num_classes)
   parallel.check_interrupt(f'before compiling case {c.name}')
-  steps = compiled.compile_steps(c.model, c.tx, c.trainable, c.state, config, eval_batch, mesh)
-  compile_s, train_cost, eval_cost = steps.compile_s, steps.train_cost, steps.eval_cost
-  eval_s = compiled.eval_compile_s(c.model, c.state, config, eval_batch, mesh)
-  cached = None
+  c = dataclasses.replace(c, state=compiled.shapes(c.state))
   cut = prefix_cache.cut_index(c.model, c.trainable_names,
                                freezing.trainable_params_by_layer(c.labels))
-  if config.prefix_cache and cut > 0 and jax.process_count() == 1:
-    cached = prefix_cache.compile_steps(c.model, c.tx, c.trainable, c.state, config,
-                                        eval_batch, cut, mesh)
+  cut = cut if config.prefix_cache and cut > 0 and jax.process_count() == 1 else None
+  parts = _steps(c, config, eval_batch, c.model, mesh, cut)
+  parts['device'] = lambda: _device_memory(c, config)
   counting = costs.counting_model(c.model)
   if counting is not None:  # the FLOPs as counted (docs/accounting.md "FLOPs per backend")
-    twin = _counting_twin(c, counting, config, eval_batch, cut if cached is not None else None)
-    compile_s += twin['compile_s']
-    eval_s += twin['eval_compile_s']
-    train_cost = costs.with_counted_flops(train_cost, twin['train_cost'])
-    eval_cost = costs.with_counted_flops(eval_cost, twin['eval_cost'])
-    if cached is not None:
-      prefix_cache.count_on(cached, twin['cached'])
-  device_mem, device_xla = _device_memory(c, config)
+    twin = _steps(c, config, eval_batch, counting, parallel.Mesh.on(costs.counting_device()), cut)
+    parts.update({f'twin {name}': part for name, part in twin.items()})
+  return c, parts
+
+
+def _steps(c, config, eval_batch, model, mesh, cut):
+  """Thunks compiling the train and eval steps of case `c` with `model` over `mesh`, and with a
+  `cut` (None: no prefix cache) the prefix cache's steps."""
+  args = (model, c.tx, c.trainable, c.state, config)
+  steps = dict(train=lambda: compiled.compile_train(*args, config.batch_size, mesh),
+               eval=lambda: compiled.compile_eval(model, c.state, config, eval_batch, mesh))
+  if cut is not None:
+    steps['prefix'] = lambda: prefix_cache.compile_steps(*args, eval_batch, cut, mesh)
+  return steps
+
+
+def finish_plan(c, done, eval_batch, counting=None):
+  """The Plan of case `c` from its parts' results, `done` {part: result}; the counting twin's
+  from `done` or, while the compile pool compiles them still, from `counting` (Plan.counted)."""
+  train, ev, (device_mem, device_xla) = done['train'], done['eval'], done['device']
   c = dataclasses.replace(c, variables=None, state=None)  # no plan holds weights while waiting
-  return Plan(c, steps.train, steps.eval, compile_s, train_cost, eval_cost, eval_batch, eval_s,
-              cached, device_mem, device_xla)
+  plan = Plan(c, train.fn, ev.fn, train.seconds, train.cost, ev.cost, eval_batch, ev.seconds,
+              done.get('prefix'), device_mem, device_xla, counting)
+  if 'twin train' in done:
+    _count(plan, done)
+  return plan
 
 
-def _counting_twin(c, counting, config, eval_batch, cut):
-  """The steps of case `c` compiled with `counting` (costs.counting_model) on the counting
-  device, one device with the whole batch: their costs, only to be counted."""
-  mesh = parallel.Mesh.on(costs.counting_device())
-  steps = compiled.compile_steps(counting, c.tx, c.trainable, c.state, config, eval_batch, mesh)
-  return dict(
-      train_cost=steps.train_cost, eval_cost=steps.eval_cost, compile_s=steps.compile_s,
-      eval_compile_s=compiled.eval_compile_s(counting, c.state, config, eval_batch, mesh),
-      cached=None if cut is None else prefix_cache.compile_steps(
-          counting, c.tx, c.trainable, c.state, config, eval_batch, cut, mesh))
+def _count(plan, twin):
+  """Gives `plan` the FLOPs of its counting twin's steps, `twin` {part: result}; memory and
+  timings stay those of the steps that run, the twin's compile seconds added."""
+  plan.compile_s += twin['twin train'].seconds
+  plan.eval_compile_s += twin['twin eval'].seconds
+  plan.train_cost = costs.with_counted_flops(plan.train_cost, twin['twin train'].cost)
+  plan.eval_cost = costs.with_counted_flops(plan.eval_cost, twin['twin eval'].cost)
+  if plan.cached is not None:
+    prefix_cache.count_on(plan.cached, twin['twin prefix'])
 
 
 def _device_memory(c, config):
@@ -225,9 +261,9 @@ def run_key(name, seed):
   return f'{freezing.case_slug(name)}_seed{seed}'
 
 
-def run_case(config, plan, case, target, target_test, metrics, workdir, mesh):
+def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, defer=False):
   """Trains `case` (this seed's weights) with the compiled steps of `plan` over `mesh`; its
-  record."""
+  record. With `defer`, while the plan's counting twin compiles still: a function giving it."""
   key = run_key(case.name, compiled.seed_of(config))
   # The optimiser the steps were compiled with (the same for every seed): its state's structure
   # is the compiled step's input.
@@ -240,7 +276,8 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh):
   finally:
     if ckpt is not None:
       ckpt.close()
-  return record.run_record(config, plan, case, out, mesh)
+  finish = lambda: record.run_record(config, plan.counted(), case, out, mesh)
+  return finish if defer and not plan.is_counted() else finish()
 
 
 def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):

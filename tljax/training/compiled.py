@@ -1,6 +1,8 @@
 """A config's model, its initial variables and train state, and the compiled train/eval steps."""
 
+import contextlib
 import functools
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -19,6 +21,9 @@ from tljax.training.steps import TrainState, eval_step, train_step
 # so the same program for every case), with the seconds its compilation took.
 _INIT_CACHE = {}
 _EVAL_CACHE = {}
+# The compile pool's threads compile each shared eval step once: a lock per key.
+_EVAL_LOCK, _EVAL_LOCKS = threading.Lock(), {}
+_LOG = threading.local()  # .programs: where compile_step lists what it compiled (`logged`)
 
 
 def model_for(config, num_classes, frozen=frozenset()):
@@ -91,8 +96,22 @@ def compile_step(fn, args, shardings, config, donate=False):
   jitted = jax.jit(fn, in_shardings=ins, out_shardings=outs, donate_argnums=0 if donate else ())
   compiled = backend.compile(jitted.lower(*shapes(args)), config)
   seconds = time.perf_counter() - t0
+  programs = getattr(_LOG, 'programs', None)
+  if programs is not None:
+    programs.append((getattr(fn, 'func', fn).__name__.strip('_'), seconds))
   devices = len(jax.tree.leaves(ins)[0].device_set)
   return Step(compiled, costs.xla_costs(compiled, devices), seconds)
+
+
+@contextlib.contextmanager
+def logged(programs):
+  """Within it, each compile_step of this thread appends (its function's name, seconds) to the
+  list `programs`."""
+  before, _LOG.programs = getattr(_LOG, 'programs', None), programs
+  try:
+    yield programs
+  finally:
+    _LOG.programs = before
 
 
 def shapes(tree):
@@ -147,7 +166,13 @@ def compile_train(model, tx, trainable, state, config, batch, mesh=None):
 
 def eval_compile_s(model, state, config, eval_batch, mesh=None):
   """Seconds it took to compile the eval step that `compile_steps` gave for these arguments."""
-  return _eval_compiled(model, state, config, eval_batch, parallel.default(mesh)).seconds
+  return compile_eval(model, state, config, eval_batch, mesh).seconds
+
+
+def compile_eval(model, state, config, eval_batch, mesh=None):
+  """The eval step that `compile_steps` gives for these arguments (a Step), compiled once per
+  process, shape and mesh."""
+  return _eval_compiled(model, state, config, eval_batch, parallel.default(mesh))
 
 
 def _eval_compiled(model, state, config, eval_batch, mesh):
@@ -157,10 +182,13 @@ def _eval_compiled(model, state, config, eval_batch, mesh):
          eval_batch,
          costs.depthwise_impls(model)[0], jax.default_backend(),
          tuple(str(d) for d in mesh.devices), tuple(sorted(options.items())))
-  if key not in _EVAL_CACHE:
-    _EVAL_CACHE[key] = compile_step(
-        functools.partial(eval_step, model=model.clone(frozen=frozenset())),
-        (state.params, state.batch_stats, input_spec(config, eval_batch),
-         jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
-         jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), eval_shardings(mesh), config)
-  return _EVAL_CACHE[key]
+  with _EVAL_LOCK:
+    lock = _EVAL_LOCKS.setdefault(key, threading.Lock())
+  with lock:
+    if key not in _EVAL_CACHE:
+      _EVAL_CACHE[key] = compile_step(
+          functools.partial(eval_step, model=model.clone(frozen=frozenset())),
+          (state.params, state.batch_stats, input_spec(config, eval_batch),
+           jax.ShapeDtypeStruct((eval_batch,), jnp.int32),
+           jax.ShapeDtypeStruct((eval_batch,), jnp.float32)), eval_shardings(mesh), config)
+    return _EVAL_CACHE[key]
