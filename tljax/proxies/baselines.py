@@ -26,9 +26,10 @@ def random_score(case_name, seed):
 def scores(config, plans, variables, seed, names=NAMES):
   """{name: {case: {'score', 'cost_s'}}} of the baselines `names` for the cases of `plans`
   ({case: case.Plan}): more trainable parameters, more train FLOPs per example (the compiled
-  step's, plan.train_cost) predict more accuracy; random predicts nothing."""
+  step's as counted: plan.counted(), which waits for the case's counting twin where one
+  compiles still) predict more accuracy; random predicts nothing."""
   fns = {'trainable_params': lambda n, p: float(trainable_params(p.case, variables['params'])),
-         'train_flops': lambda n, p: float(p.train_cost['flops']) / config.batch_size,
+         'train_flops': lambda n, p: float(p.counted().train_cost['flops']) / config.batch_size,
          'random': lambda n, p: random_score(n, seed)}
   out = {n: {} for n in names}
   for n in names:
