@@ -42,6 +42,10 @@ def get_config():
   c.seeds = (0,)
   c.prefix_cache = True
   c.validation_fraction = 0.0
+  c.short_training_fraction = 0.1
+  c.search = 'exhaustive'
+  c.search_top_k = 3
+  c.halving_eta = 3
   # The accounting: the device memory model, the budget of the recommendation, energy.
   c.device_batch_size = 1
   c.device_frozen_dtype = 'float32'

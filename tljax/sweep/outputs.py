@@ -5,15 +5,18 @@ from tljax.decision import figures
 from tljax.decision import recommend
 from tljax.runtime import report
 from tljax.sweep import layout
+from tljax.sweep import search
 
 
 def finish(summary, runs, failed=()):
   """Fills the summary's runs (the finished ones), failed_runs ({case, seed, reason} of runs
   that failed for good), per-case statistics against the summary's planned_cases and seeds,
-  Pareto marks and, under the config's budget, the recommendation (recommend.decide)."""
+  Pareto marks and, under the config's budget, the recommendation (recommend.decide); the
+  statuses of cases a search did not train fully (search.mark_cases)."""
   summary['runs'] = runs
   summary['failed_runs'] = [dict(f) for f in failed]
   recommend.decide(summary)
+  search.mark_cases(summary)
 
 
 def write(workdir, summary):
