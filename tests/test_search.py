@@ -13,6 +13,7 @@ import pytest
 from conftest import shrunk_default
 from tljax.config import checks
 from tljax.decision import figures
+from tljax.sweep import fingerprints
 from tljax.sweep import runner
 from tljax.sweep import search
 from tljax.training import case as case_lib
@@ -36,6 +37,9 @@ def _config(tmp, **fields):
 
 
 def test_modes_are_checked_before_any_work(tmp_path, monkeypatch):
+  # A full run is the same run in every mode; the short measurement's step is in its numbers.
+  assert {'search', 'search_top_k', 'halving_eta'} <= set(fingerprints.SAFE_FIELDS)
+  assert 'short_training_fraction' not in fingerprints.SAFE_FIELDS
   c = _config(tmp_path, validation_fraction=0.0, search='halving')
   with pytest.raises(ValueError, match=r"config.search='halving': needs "
                      r'config.validation_fraction > 0 \(it is 0.0\)'):
