@@ -46,6 +46,7 @@ def get_config():
   c.search = 'exhaustive'
   c.search_top_k = 3
   c.halving_eta = 3
+  c.halving_confidence = 0.95
   # The accounting: the device memory model, the budget of the recommendation, energy.
   c.device_batch_size = 1
   c.device_frozen_dtype = 'float32'

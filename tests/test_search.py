@@ -38,7 +38,8 @@ def _config(tmp, **fields):
 
 def test_modes_are_checked_before_any_work(tmp_path, monkeypatch):
   # A full run is the same run in every mode; the short measurement's step is in its numbers.
-  assert {'search', 'search_top_k', 'halving_eta'} <= set(fingerprints.SAFE_FIELDS)
+  assert {'search', 'search_top_k', 'halving_eta', 'halving_confidence'} <= set(
+      fingerprints.SAFE_FIELDS)
   assert 'short_training_fraction' not in fingerprints.SAFE_FIELDS
   c = _config(tmp_path, validation_fraction=0.0, search='halving')
   with pytest.raises(ValueError, match=r"config.search='halving': needs "
@@ -66,7 +67,8 @@ def test_the_schedule_and_the_cut():
   assert (round(low, 4), round(high, 4)) == (0.8256, 0.9448)
   results = {'a': (0.95, 100), 'b': (0.92, 100), 'c': (0.70, 100), 'd': (None, 0)}
   assert search.cut(results, 3) == (['a', 'b'], 0.95)  # b's interval reaches 0.95
-  assert search.cut(results, 3, z=0) == (['a'], 0.95)
+  assert search.cut(results, 3, z=search.z_of(0.0)) == (['a'], 0.95)
+  assert search.z_of(0.95) == pytest.approx(search.Z95)
   assert search.cut({'a': (0.8, 10), 'b': (0.8, 10)}, 2, z=0) == (['a', 'b'], 0.8)  # a tie
 
 
@@ -121,8 +123,8 @@ def halving(tmp_path_factory):
   mp = pytest.MonkeyPatch()
   _no_figures(mp)
   tmp = tmp_path_factory.mktemp('halving')
-  c = _config(tmp, search='halving', halving_eta=2)
-  mp.setattr(search, 'Z95', 0.0)  # the cut without intervals: one case per rung's best half
+  # The cut without intervals: the better half of the cases at each rung.
+  c = _config(tmp, search='halving', halving_eta=2, halving_confidence=0.0)
   validate = case_lib._validate  # pylint: disable=protected-access
   mp.setattr(case_lib, '_validate', lambda config, plan, *a: validate(
       config, plan, *a) + OFFSET[plan.case.name])

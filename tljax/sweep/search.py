@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from absl import logging
+from scipy import special
 
 from tljax.config import search_fields
 from tljax.decision import pareto
@@ -84,11 +85,15 @@ def rung_steps(total, first_fraction, eta):
   return sorted(s for s in steps if s < total)
 
 
-def cut(results, eta, z=None):
+def z_of(confidence):
+  """The normal quantile of a two-sided `confidence` interval (0.95: 1.96; 0: 0)."""
+  return float(special.ndtri(0.5 + confidence / 2))
+
+
+def cut(results, eta, z=Z95):
   """(kept, line): of {case: (accuracy, n)} (accuracy None: diverged), the ceil(n/eta) most
-  accurate, and every other whose Wilson interval (z: default Z95, 95 %) reaches the line, the
-  accuracy of the last of those (ties at the line are kept); `kept` in `results`' order."""
-  z = Z95 if z is None else z
+  accurate, and every other whose Wilson interval (z: z_of its confidence) reaches the line,
+  the accuracy of the last of those (ties at the line are kept); `kept` in `results`' order."""
   measured = [c for c, (a, _) in results.items() if a is not None]
   if not measured:
     return [], None
@@ -206,7 +211,8 @@ class Search:
     seed, eta = self.sw.seeds[0], self.config.halving_eta
     self.total = self._total()
     steps = rung_steps(self.total, self.config.short_training_fraction, eta)
-    self.info['halving'] = dict(eta=eta, rung_steps=steps, total_steps=self.total, lines=[])
+    self.info['halving'] = dict(eta=eta, confidence=self.config.halving_confidence,
+                                rung_steps=steps, total_steps=self.total, lines=[])
     alive, pretrained = [s.name for s in self.within], []
     for r, step in enumerate(steps):
       if len(alive) <= 1:
@@ -218,7 +224,7 @@ class Search:
           passed.append(name)  # its first-seed run has finished: it goes on unranked
         else:
           results[name] = (res['val_accuracy'], res['val_examples'])
-      kept, line = cut(results, eta)
+      kept, line = cut(results, eta, z_of(self.config.halving_confidence))
       self.info['halving']['lines'].append(line)
       self.info['stopped_early'].update({n: r for n in alive if n not in kept + passed})
       alive = [n for n in alive if n in kept or n in passed]
@@ -287,7 +293,8 @@ class Search:
     """The summary's `search` once the sweep is over: the answer, the cases trained fully,
     the wall time and the estimate of an exhaustive sweep's."""
     summary, info = self.summary, self.info
-    info['trained_fully'] = [c['case'] for c in summary['cases'] if c.get('status') == 'ok']
+    info['trained_fully'] = [c['case'] for c in summary['cases']
+                             if c.get('n_seeds') and c['n_seeds'] == c.get('n_seeds_planned')]
     budget = recommend.budget_of(self.config)
     pick = recommend.recommend(summary['cases'], **budget)['pick']
     info['answer'] = pick and pick['case']
