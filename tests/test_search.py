@@ -65,11 +65,16 @@ def test_the_schedule_and_the_cut():
   assert search.rung_steps(3, 0.1, 3) == [1]  # 0.32 of 3 rounds to 1 as well
   low, high = search.wilson(0.9, 100)
   assert (round(low, 4), round(high, 4)) == (0.8256, 0.9448)
-  results = {'a': (0.95, 100), 'b': (0.92, 100), 'c': (0.70, 100), 'd': (None, 0)}
+  results = {'a': (0.95, 100, 0.2), 'b': (0.92, 100, 0.3), 'c': (0.70, 100, 0.9),
+             'd': (None, 0, None)}
   assert search.cut(results, 3) == (['a', 'b'], 0.95)  # b's interval reaches 0.95
   assert search.cut(results, 3, z=search.z_of(0.0)) == (['a'], 0.95)
   assert search.z_of(0.95) == pytest.approx(search.Z95)
-  assert search.cut({'a': (0.8, 10), 'b': (0.8, 10)}, 2, z=0) == (['a', 'b'], 0.8)  # a tie
+  tie = {'a': (0.8, 10, 0.5), 'b': (0.8, 10, 0.4), 'c': (1.0, 10, 0.1)}
+  assert search.cut(tie, 2) == (['a', 'b', 'c'], 0.8)  # equal accuracies tie with an interval
+  assert search.cut(tie, 2, z=0) == (['b', 'c'], 0.8)  # without one, the lower loss goes on
+  assert search.wilson(1.0, 10)[1] == 1.0 and search.cut(
+      {'a': (1.0, 10, 0.2), 'b': (1.0, 10, 0.1)}, 2) == (['a', 'b'], 1.0)
 
 
 def _fake_scores(monkeypatch, scores):

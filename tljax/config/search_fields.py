@@ -56,7 +56,7 @@ FIELDS = {
     'halving_confidence': doc(
         "the confidence of the Wilson interval by which a case below halving's cut line is "
         'tied with it and kept', safe(number_in(
-            0, 1, lo_open=False, hi_open=True, what=' (0 = only equal accuracies tie)'))),
+            0, 1, lo_open=False, hi_open=True, what=' (0 = no ties: exactly 1/eta go on)'))),
     'short_training_fraction': doc(
         "fraction of a run's steps after which its validation accuracy is recorded "
         "(short_val_accuracy); halving's first rung", number_in(

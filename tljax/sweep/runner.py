@@ -234,8 +234,8 @@ def _hooks(sw, plans, metrics, summary, t0):
       pretrained=pretrained,
       rung=lambda spec, seed, pre, step: train_run(sw, plans[spec.name], spec, seed, pre,
                                                    metrics, stop_at_step=step),
-      run_seed=lambda seed, names: _run_seed(sw, seed, plans, metrics, summary, t0, names,
-                                             pretrained),
+      run_seed=lambda seed, names, pre: _run_seed(sw, seed, plans, metrics, summary, t0, names,
+                                                  pre),
       plan=lambda specs: plans.update(plan_cases(sw, specs, sw.seeds[0])))
 
 

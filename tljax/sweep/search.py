@@ -38,9 +38,10 @@ def stopped_status(rung):
 class Hooks:
   """What the sweep lends a search. pretrained(seed): the seed's starting variables; rung(spec,
   seed, pretrained, step): trains the run up to `step`, checkpointed (a case.Rung, or the run's
-  record when it finished instead); run_seed(seed, names): trains the unfinished runs of the
-  cases `names` on `seed`, writing the summary after each; plan(specs): compiles cases the
-  sweep did not (their runs had all finished) into the plans."""
+  record when it finished instead); run_seed(seed, names, pretrained): trains the unfinished
+  runs of the cases `names` on `seed` (from pretrained(seed)), writing the summary after each;
+  plan(specs): compiles cases the sweep did not (their runs had all finished) into the
+  plans."""
   pretrained: Callable
   rung: Callable
   run_seed: Callable
@@ -73,7 +74,8 @@ def wilson(accuracy, n, z=Z95):
     return 0.0, 1.0
   centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
   half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
-  return max(0.0, centre - half), min(1.0, centre + half)
+  return (0.0 if accuracy <= 0 else max(0.0, centre - half),
+          1.0 if accuracy >= 1 else min(1.0, centre + half))
 
 
 def rung_steps(total, first_fraction, eta):
@@ -91,16 +93,22 @@ def z_of(confidence):
 
 
 def cut(results, eta, z=Z95):
-  """(kept, line): of {case: (accuracy, n)} (accuracy None: diverged), the ceil(n/eta) most
-  accurate, and every other whose Wilson interval (z: z_of its confidence) reaches the line,
-  the accuracy of the last of those (ties at the line are kept); `kept` in `results`' order."""
-  measured = [c for c, (a, _) in results.items() if a is not None]
+  """(kept, line): of {case: (accuracy, n, loss)} (accuracy None: diverged), the ceil(n/eta)
+  best by accuracy (equal accuracies by lower loss), and, with z > 0, every other whose Wilson
+  interval (z: z_of its confidence) reaches the line, the accuracy of the last of those (so
+  every equal accuracy); `kept` in `results`' order."""
+  measured = [c for c, (a, _, _) in results.items() if a is not None]
   if not measured:
     return [], None
-  ranked = sorted(measured, key=lambda c: -results[c][0])
-  line = results[ranked[max(1, math.ceil(len(ranked) / eta)) - 1]][0]
-  kept = [c for c in measured if results[c][0] >= line or wilson(*results[c], z)[1] >= line]
+  ranked = sorted(measured, key=lambda c: (-results[c][0], _loss(results[c][2])))
+  best = ranked[:max(1, math.ceil(len(ranked) / eta))]
+  line = results[best[-1]][0]
+  kept = [c for c in measured if c in best or (z > 0 and wilson(*results[c][:2], z)[1] >= line)]
   return kept, line
+
+
+def _loss(loss):
+  return math.inf if loss is None else loss
 
 
 def outside_budget(config, plans):
@@ -172,7 +180,9 @@ class Search:
     self.sw, self.plans, self.summary, self.hooks = sw, plans, summary, hooks
     self.config = sw.config
     self.state = _State(sw)
-    self.spent_s = 0.0  # this process's training: rung calls, and the full runs' wall_s
+    # This process's seconds (docs/search.md "The exhaustive estimate"): in rung calls, in
+    # pretraining (loading) each seed, in training the chosen cases' runs on every seed.
+    self.rungs_s = self.pre_s = self.run_seeds_s = self.pre_in_run_seeds_s = 0.0
     self.done_before = {k for k, r in sw.done.items() if r is not None}
     self.last_rung = {}  # case: its last rung result (per-step times for the estimate)
     self.total = None
@@ -199,7 +209,16 @@ class Search:
     logging.info('Search %s: %d of %d cases train fully on every seed: %s.', mode, len(chosen),
                  len(self.sw.specs), ', '.join(chosen))
     for seed in self.sw.seeds:
-      self.hooks.run_seed(seed, set(chosen))
+      t, pre = time.perf_counter(), self.pre_s
+      self.hooks.run_seed(seed, set(chosen), self._pretrained)
+      self.run_seeds_s += time.perf_counter() - t
+      self.pre_in_run_seeds_s += self.pre_s - pre
+
+  def _pretrained(self, seed):
+    t = time.perf_counter()
+    out = self.hooks.pretrained(seed)
+    self.pre_s += time.perf_counter() - t
+    return out
 
   def _total(self):
     """The steps of a full run (every seed's train split has the same size)."""
@@ -223,7 +242,7 @@ class Search:
         if res is None:
           passed.append(name)  # its first-seed run has finished: it goes on unranked
         else:
-          results[name] = (res['val_accuracy'], res['val_examples'])
+          results[name] = (res['val_accuracy'], res['val_examples'], res.get('val_loss'))
       kept, line = cut(results, eta, z_of(self.config.halving_confidence))
       self.info['halving']['lines'].append(line)
       self.info['stopped_early'].update({n: r for n in alive if n not in kept + passed})
@@ -241,25 +260,26 @@ class Search:
       if r > 0 or rec.get('short_val_accuracy') is None or rec.get('status') != 'ok':
         return None if rec.get('status') == 'ok' else dict(val_accuracy=None, val_examples=0)
       _, val, _ = self.sw.splits(seed)
-      res = dict(step=step, val_accuracy=rec['short_val_accuracy'], val_examples=len(val))
+      res = dict(step=step, val_accuracy=rec['short_val_accuracy'], val_examples=len(val),
+                 val_loss=rec.get('short_val_loss'))
     if res is None:
       if not pretrained:
-        pretrained.append(self.hooks.pretrained(seed))
+        pretrained.append(self._pretrained(seed))
       spec = next(s for s in self.sw.specs if s.name == name)
       t = time.perf_counter()
       out = self.hooks.rung(spec, seed, pretrained[0], step)
       call_s = time.perf_counter() - t
-      self.spent_s += call_s
+      self.rungs_s += call_s
       if not isinstance(out, case_lib.Rung):  # it finished (another process) or diverged
         self.done_before.add((name, seed))  # not this process's full run
         return None if out.get('status') == 'ok' else dict(val_accuracy=None, val_examples=0)
       res = dict(step=out.step, val_accuracy=out.val_accuracy, val_examples=out.val_examples,
-                 train_s=out.train_s, fill_s=out.fill_s, call_s=call_s)
+                 val_loss=out.val_loss, train_s=out.train_s, fill_s=out.fill_s, call_s=call_s)
       self.state.save_rung(name, seed, step, res)
     low, high = wilson(res['val_accuracy'], res['val_examples'])
     self.info['rungs'].setdefault(name, []).append(dict(
         rung=r, step=step, fraction=step / self.total, val_accuracy=res['val_accuracy'],
-        val_examples=res['val_examples'], val_ci95=[low, high]))
+        val_examples=res['val_examples'], val_ci95=[low, high], val_loss=res.get('val_loss')))
     if 'train_s' in res:
       self.last_rung[name] = res
     return res
@@ -274,7 +294,7 @@ class Search:
       missing = [s for s in self.within if s.name not in self.plans]
       if missing:
         self.hooks.plan(missing)
-      pretrained = self.hooks.pretrained(seed)
+      pretrained = self._pretrained(seed)
       out = _scores().case_scores(self.sw, seed, pretrained, list(self.within),
                                   {n: self.plans[n] for n in names}, [name])[name]
       stored = dict(fingerprint=self.sw.fingerprint, name=name, seed=seed,
@@ -312,8 +332,7 @@ class Search:
     return r.get('cached_train_flops_per_step') or r['train_flops_per_step']
 
   def _estimate(self):
-    """wall_s - this process's training - the proxy's scoring + seeds x the sum over the cases
-    within the budget of one full run's seconds (docs/search.md "The exhaustive estimate")."""
+    """The exhaustive sweep's estimated wall time (docs/search.md "The exhaustive estimate")."""
     wall = self.summary.get('wall_s')
     if wall is None:
       return None
@@ -321,8 +340,10 @@ class Search:
     for (name, _), r in self.sw.done.items():
       if r is not None and r.get('wall_s') is not None:
         full.setdefault(name, []).append(r['wall_s'])
-    self.spent_s += sum(r['wall_s'] for k, r in self.sw.done.items()
-                        if r is not None and k not in self.done_before and r.get('wall_s'))
+    new = [r['wall_s'] for k, r in self.sw.done.items()
+           if r is not None and k not in self.done_before and r.get('wall_s') is not None]
+    in_runs = self.run_seeds_s - self.pre_in_run_seeds_s  # training the runs, all included
+    overhead = (in_runs - sum(new)) / len(new) if new else 0.0
     total = self.total or self._total()
     for s in self.within:
       if s.name in full:
@@ -334,10 +355,8 @@ class Search:
     if unmeasured and run_s:  # seconds per FLOP of the measured cases, at their steps' FLOPs
       rate = sum(v / self._flops_per_step(n) for n, v in run_s.items()) / len(run_s)
       run_s.update({n: rate * self._flops_per_step(n) for n in unmeasured})
-    proxy_s = (self.info['proxy'] or {}).get('cost_s', 0.0)
-    self.spent_s, spent = 0.0, self.spent_s
-    return wall - spent - proxy_s + len(self.sw.seeds) * sum(run_s.values())
-
+    once = wall - self.rungs_s - (self.info['proxy'] or {}).get('cost_s', 0.0) - in_runs
+    return once + len(self.sw.seeds) * sum(v + overhead for v in run_s.values())
 
 def mark_cases(summary):
   """Gives the cases a search did not train fully their status (OUTSIDE_BUDGET with the costs

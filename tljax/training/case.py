@@ -231,6 +231,7 @@ class Rung:
   step: int
   total_steps: int
   val_accuracy: Any
+  val_loss: Any
   val_examples: int
   train_s: float  # the run's training wall from step 0 to `step`, over all its parts
   fill_s: float  # this part's prefix-cache fill
@@ -268,7 +269,8 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
   total = config.epochs * fit.steps_per_epoch(config, train_arrays)
   probe = None if validation is None else fit.Probe(
       fit.fraction_step(total, config.short_training_fraction),
-      lambda s: {'short_val_accuracy': _validate(config, plan, s, validation, mesh)})
+      lambda s: dict(zip(('short_val_accuracy', 'short_val_loss'),
+                         _validate(config, plan, s, validation, mesh))))
   cache = None
   try:
     if plan.cached is not None:  # frozen prefix once per example; train and evaluate the suffix
@@ -284,9 +286,10 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
                     probe=probe)
     state, steps, wall, diverged_at = fit.fit(state, loop)
     if diverged_at is None and steps < total:  # paused at a rung
-      val = (None if probe is None else loop.probed['short_val_accuracy']
+      val = ((None, None) if probe is None else (
+          loop.probed['short_val_accuracy'], loop.probed['short_val_loss'])
              if steps == probe.step else _validate(config, plan, state, validation, mesh))
-      return Rung(steps, total, val, len(validation or ()), wall,
+      return Rung(steps, total, *val, len(validation or ()), wall,
                   cache.seconds if cache else 0.0, loop.probed)
     acc = loss = None
     if diverged_at is None:
@@ -298,8 +301,7 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
 
 
 def _validate(config, plan, state, validation, mesh):
-  """The accuracy of `state` on the validation split: the whole model's eval step (at the
-  batch it was compiled for), whether or not the run trains on cached prefix activations."""
+  """(accuracy, mean loss) of `state` on the validation split: the whole model's eval step (at
+  the batch it was compiled for), whether or not the run trains on cached prefix activations."""
   prep = inputs.prep_fn(config, config.target_dataset)
-  return fit.evaluate(plan.eval_c, state, validation, config, prep, mesh,
-                      batch=plan.eval_batch)[0]
+  return fit.evaluate(plan.eval_c, state, validation, config, prep, mesh, batch=plan.eval_batch)

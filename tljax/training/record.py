@@ -40,7 +40,7 @@ def run_record(config, plan, case, out, mesh=None):
   # that took (training + that evaluation): null without a validation split.
   short = out.short or {}
   rec.update(short_val_accuracy=short.get('short_val_accuracy'),
-             short_train_s=short.get('short_train_s'))
+             short_val_loss=short.get('short_val_loss'), short_train_s=short.get('short_train_s'))
   rec.update(_flops(config, plan, case))
   rec.update(_run_costs(config, plan, out))
   logging.info('Case %s, seed %d: accuracy %s, train %.4g FLOPs/example, %.4g J/example, '
