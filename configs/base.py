@@ -45,6 +45,11 @@ def get_config():
   c.proxies = True
   c.proxy_batches = 4
   c.proxy_examples = 1024
+  c.short_training_fraction = 0.1
+  c.search = 'exhaustive'
+  c.search_top_k = 3
+  c.halving_eta = 3
+  c.halving_confidence = 0.95
   # The accounting: the device memory model, the budget of the recommendation, energy.
   c.device_batch_size = 1
   c.device_frozen_dtype = 'float32'

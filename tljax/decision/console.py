@@ -107,6 +107,28 @@ def _status_lines(cases, include):
   return lines
 
 
+def _search_line(summary):
+  """A line for the summary's `search` (docs/search.md), or None without one."""
+  info = summary.get('search')
+  if not info:
+    return None
+  n = len(summary.get('cases') or [])
+  parts = [f"answer {info['answer'] or 'none'}",
+           f"{len(info['trained_fully'])} of {n} cases trained fully"]
+  if info['stopped_early']:
+    parts.append(f"{len(info['stopped_early'])} stopped early")
+  if info['not_selected']:
+    parts.append(f"{len(info['not_selected'])} not selected")
+  if info['outside_budget']:
+    parts.append(f"{len(info['outside_budget'])} outside the budget, never trained")
+  wall, est = info.get('wall_s'), info.get('exhaustive_estimate_s')
+  if wall is not None:
+    parts.append(f'{wall:.0f} s' + (
+        f', an exhaustive sweep estimated at {est:.0f} s ({wall / est:.2f}x)'
+        if est and info['mode'] != 'exhaustive' else ''))
+  return f"Search {info['mode']}: " + '; '.join(parts) + '.'
+
+
 def table(summary, figures=()):
   """The sweep's answer: one row per case (means over seeds, units in the header), '*' on the
   Pareto front, '<- pick' at the recommendation; then the recommendation's text, and the paths
@@ -130,6 +152,8 @@ def table(summary, figures=()):
   lines += _status_lines(cases, include)
   if measured.rank_correlations(cases):
     lines.append(measured.describe(measured.rank_correlations(cases)))
+  if _search_line(summary):
+    lines.append(_search_line(summary))
   if summary.get('recommendation'):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
   if figures:

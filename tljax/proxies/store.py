@@ -21,9 +21,11 @@ FORMAT = 1  # of the cached scores: a change recomputes them
 
 
 def enabled(config):
-  """Whether a sweep of `config` scores its cases: config.proxies, not a dry run, inline in
-  one process (jobs and multi-process runs do not)."""
+  """Whether a sweep of `config` scores its cases: config.proxies, an exhaustive sweep (a search
+  trains only some cases: no ground truth to rank against), not a dry run, inline in one
+  process (jobs and multi-process runs do not)."""
   return bool(config.get('proxies', False) and not config.dry_run
+              and config.get('search', 'exhaustive') == 'exhaustive'
               and config.get('launcher', 'inline') == 'inline' and jax.process_count() == 1)
 
 
@@ -133,4 +135,5 @@ def enabled_in(summary):
   """Whether the summary's run scored its cases (its config as enabled() reads it)."""
   config = summary.get('config') or {}
   return bool(config.get('proxies') and not summary.get('dry_run')
+              and config.get('search', 'exhaustive') == 'exhaustive'
               and config.get('launcher', 'inline') == 'inline')

@@ -20,7 +20,7 @@ TOOLS = ('tljax', 'jax', 'jaxlib', 'flax')
 PER_PROCESS = {'process_id': 0, 'coordinator_address': ''}
 # Fields added to configs/base.py after runs were made, at the value every earlier run had: left
 # out of the fingerprint and the comparison at that value, so an earlier workdir resumes.
-ADDED_FIELDS = {'alpha': 1.0, 'minimalistic': False}
+ADDED_FIELDS = {'alpha': 1.0, 'minimalistic': False, 'short_training_fraction': 0.1}
 
 def normalise(d):
   d = json.loads(json.dumps(d, default=list))

@@ -16,8 +16,9 @@ RESULTS, RUNS, METRICS = 'results.csv', 'runs.csv', 'metrics.jsonl'
 FIGURE, PARETO, JOBS = 'figure.png', 'pareto.png', 'jobs.json'
 PROXIES = 'proxies.json'  # the selection proxies' leaderboard (tljax.proxies)
 LOCK = '.tljax.lock'  # the sweep's lock (tljax.sweep.locks); never removed
+SEARCH = 'search.json'  # a search's rung results and proxy choice (tljax.sweep.search)
 # What a run writes in its workdir (removed by `restart=True`, never otherwise).
-OUTPUTS = (SUMMARY, RESULTS, RUNS, METRICS, FIGURE, PARETO, CONFIG, DATA, JOBS, PROXIES)
+OUTPUTS = (SUMMARY, RESULTS, RUNS, METRICS, FIGURE, PARETO, CONFIG, DATA, JOBS, PROXIES, SEARCH)
 # Its folders: run records, checkpoints, the proxies' scores per case; the launcher's jobs
 # (tljax.cluster) add per-run metrics and info files (with the runs' locks) and submitit's logs.
 RECORDS, CHECKPOINTS, PROXY_SCORES, JOB_METRICS, JOB_INFO, SUBMITIT = (

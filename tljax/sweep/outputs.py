@@ -6,16 +6,19 @@ from tljax.decision import measured
 from tljax.decision import recommend
 from tljax.runtime import report
 from tljax.sweep import layout
+from tljax.sweep import search
 
 
 def finish(summary, runs, failed=()):
   """Fills the summary's runs (the finished ones), failed_runs ({case, seed, reason} of runs
   that failed for good), per-case statistics against the summary's planned_cases and seeds,
-  Pareto marks and, under the config's budget, the recommendation (recommend.decide); the rank
-  correlations of measured energy with the energy models (None without measurements)."""
+  Pareto marks and, under the config's budget, the recommendation (recommend.decide); the
+  statuses of cases a search did not train fully (search.mark_cases); the rank correlations of
+  measured energy with the energy models (None without measurements)."""
   summary['runs'] = runs
   summary['failed_runs'] = [dict(f) for f in failed]
   recommend.decide(summary)
+  search.mark_cases(summary)
   summary['energy_rank_correlations'] = measured.rank_correlations(summary['cases'])
 
 

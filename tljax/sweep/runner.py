@@ -25,6 +25,7 @@ from tljax.sweep import fingerprints
 from tljax.sweep import layout
 from tljax.sweep import locks
 from tljax.sweep import outputs
+from tljax.sweep import search
 from tljax.training import case as case_lib
 from tljax.training import checkpoints
 from tljax.training import compile_pool
@@ -187,6 +188,7 @@ class Sweep:
 
 def _train_and_evaluate(config, workdir):
   sw = Sweep(config, workdir)
+  search.check(config)  # a proxy search's proxy, before compiling
   logging.info('%s', sw.plan_line())
   if any(r is None for r in sw.done.values()):  # the idle power, before anything trains
     meters.get(sw.run_config)  # (config.energy_meter; None when off)
@@ -199,13 +201,14 @@ def _train_and_evaluate(config, workdir):
     t0 = time.perf_counter()
     plans = _plan(sw)
     summary = new_summary(config, sw.facts(), None)
-    for seed in sw.seeds:
-      _run_seed(sw, seed, plans, metrics, summary, t0)
-    save_later(sw, wait=True)
+    s = search.Search(sw, plans, summary, _hooks(sw, plans, metrics, summary, t0))
+    s.run()
+    save_later(sw, wait=True)  # the records whose counting twins compiled last
     summary.update(compile=plans.report(), eval_compile_s=max(
         (p.counted().eval_compile_s for p in plans.values()), default=None))
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
+    s.conclude()
     parallel.on_writer('writing the summary', outputs.write, workdir, summary)
     proxy_store.finish(sw, summary)  # proxies.json: the proxies against the finished sweep
   finally:
@@ -229,18 +232,44 @@ def plan_cases(sw, specs, seed):
   return compile_pool.plan_cases(rc, specs, sw.num_classes, eval_batch, sw.mesh)
 
 
-def _run_seed(sw, seed, plans, metrics, summary, t0):
-  """Pretraining of this seed (cached), then its unfinished cases."""
+def _hooks(sw, plans, metrics, summary, t0):
+  """What a search (tljax/sweep/search.py) trains with: this sweep's runs and outputs."""
+  loaded = {}
+
+  def pretrained(seed):  # each seed's starting variables, loaded once
+    if seed not in loaded:
+      loaded[seed] = _pretrained(sw, seed, metrics, summary)
+    return loaded[seed]
+
+  return search.Hooks(
+      pretrained=pretrained,
+      rung=lambda spec, seed, pre, step: train_run(sw, plans[spec.name], spec, seed, pre,
+                                                   metrics, stop_at_step=step),
+      run_seed=lambda seed, names, pre: _run_seed(sw, seed, plans, metrics, summary, t0, names,
+                                                  pre),
+      plan=lambda specs: plans.merge(plan_cases(sw, specs, sw.seeds[0])))
+
+
+def _pretrained(sw, seed, metrics, summary):
+  """The pretraining of `seed` (cached), under its lock; its info into the summary."""
   rc = seed_config(sw.run_config, seed)
+  with locks.run_lock(sw.workdir, pretrain.run_key(rc), sw.config.process_id):
+    pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
+  summary['pretraining'][str(seed)] = info
+  return pretrained
+
+
+def _run_seed(sw, seed, plans, metrics, summary, t0, names=None, pretrained_of=None):
+  """Pretraining of this seed (cached), then its unfinished cases (of `names`: default all)."""
+  chosen = [s for s in sw.specs if names is None or s.name in names]
   pretrained = None
   unscored = proxy_store.missing(sw, seed)  # the first seed's cases without proxy scores
-  if sw.todo(seed) or unscored:
-    with locks.run_lock(sw.workdir, pretrain.run_key(rc), sw.config.process_id):
-      pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
-    summary['pretraining'][str(seed)] = info
+  if any(sw.done[(s.name, seed)] is None for s in chosen) or unscored:
+    pretrained = (pretrained_of or functools.partial(_pretrained, sw, metrics=metrics,
+                                                     summary=summary))(seed)
   if unscored:
     _score(sw, seed, pretrained, plans, unscored)
-  for spec in sw.specs:
+  for spec in chosen:
     key = (spec.name, seed)
     if sw.done[key] is None:
       train_run(sw, plans[spec.name], spec, seed, pretrained, metrics,
@@ -248,9 +277,14 @@ def _run_seed(sw, seed, plans, metrics, summary, t0):
     else:
       logging.info('Case %s, seed %d finished in an earlier run: kept.', *key)
     save_later(sw)
-    outputs.finish(summary, _runs(sw))
-    summary['wall_s'] = time.perf_counter() - t0
-    parallel.on_writer('writing the summary', outputs.write, sw.workdir, summary)
+    _publish(sw, summary, t0)
+
+
+def _publish(sw, summary, t0):
+  """The summary of the runs finished so far, written."""
+  outputs.finish(summary, _runs(sw))
+  summary['wall_s'] = time.perf_counter() - t0
+  parallel.on_writer('writing the summary', outputs.write, sw.workdir, summary)
 
 
 def _score(sw, seed, pretrained, plans, specs):
@@ -258,7 +292,7 @@ def _score(sw, seed, pretrained, plans, specs):
   had all finished is planned here first."""
   unplanned = [s for s in specs if s.name not in plans]
   if unplanned:
-    plans = {**plans, **plan_cases(sw, unplanned, seed)}
+    plans.merge(plan_cases(sw, unplanned, seed))
   proxy_store.compute(sw, seed, pretrained, plans, specs)
 
 
@@ -268,11 +302,13 @@ def _check_workdir(workdir, config, identity):
   layout.check_data(workdir, identity)
 
 
-def train_run(sw, plan, spec, seed, pretrained, metrics, defer=False):
+def train_run(sw, plan, spec, seed, pretrained, metrics, defer=False, stop_at_step=None):
   """Trains (case `spec`, `seed`) from `pretrained` with its compiled `plan`, holding the run's
   lock (an inline sweep and jobs alike); saves and returns its record. A run that another
   process finished while this one waited for its lock is not trained again. With `defer`, a
-  run whose counting twin compiles still is saved later (save_later): None."""
+  run whose counting twin compiles still is saved later (save_later): None. With
+  `stop_at_step` (a search's rung) the run pauses there, checkpointed, and returns the
+  case.Rung instead of a record."""
   rc = seed_config(sw.run_config, seed)
   key, run = (spec.name, seed), case_lib.run_key(spec.name, seed)
   parallel.check_interrupt(f'before case {spec.name}, seed {seed}')
@@ -285,8 +321,11 @@ def train_run(sw, plan, spec, seed, pretrained, metrics, defer=False):
     parallel.on_writer('claiming the checkpoints', layout.claim_checkpoints, sw.workdir, run,
                        sw.fingerprints[key])
     c = case_lib.with_weights(plan.case, rc, pretrained)  # the case as planned, this seed's weights
-    train, _, test = sw.splits(seed)
-    rec = case_lib.run_case(rc, plan, c, train, test, metrics, sw.workdir, sw.mesh, defer)
+    train, val, test = sw.splits(seed)
+    rec = case_lib.run_case(rc, plan, c, train, test, metrics, sw.workdir, sw.mesh, defer,
+                            validation=val, stop_at_step=stop_at_step)
+    if isinstance(rec, case_lib.Rung):
+      return rec
     if callable(rec):
       sw.later.append((key, plan, rec))
       return None
@@ -327,7 +366,7 @@ def new_summary(config, facts, eval_compile_s, env=None):
       data=facts['data'], pretraining={}, e_mac_j=config.e_mac_j, e_byte_j=config.e_byte_j,
       seeds=list(facts['seeds']), planned_cases=list(facts['cases']),
       eval_compile_s=eval_compile_s, compile=None,
-      fingerprint=facts['fingerprint'], config=config.to_dict(),
+      fingerprint=facts['fingerprint'], config=config.to_dict(), search=None,
       environment=env or environment(config), cases=[], runs=[])
 
 

@@ -261,9 +261,28 @@ def run_key(name, seed):
   return f'{freezing.case_slug(name)}_seed{seed}'
 
 
-def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, defer=False):
+@dataclasses.dataclass
+class Rung:
+  """A run paused at a rung of a search (fit.Loop.stop_at), checkpointed: where, its validation
+  accuracy, its times."""
+  step: int
+  total_steps: int
+  val_accuracy: Any
+  val_loss: Any
+  val_examples: int
+  train_s: float  # the run's training wall from step 0 to `step`, over all its parts
+  fill_s: float  # this part's prefix-cache fill
+  short: Any  # the short-training measurement (fit.Probe), once its step has passed
+
+
+def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, defer=False,
+             validation=None, stop_at_step=None):
   """Trains `case` (this seed's weights) with the compiled steps of `plan` over `mesh`; its
-  record. With `defer`, while the plan's counting twin compiles still: a function giving it."""
+  record. `validation` (the seed's validation split, or None) is evaluated at
+  config.short_training_fraction of the run's steps (the record's short_val_accuracy). With
+  `stop_at_step` below the run's steps the run pauses there, checkpointed (the next call goes
+  on from it, as a resumed run), and returns a Rung instead. With `defer`, while the plan's
+  counting twin compiles still: a function giving the record."""
   key = run_key(case.name, compiled.seed_of(config))
   # The optimiser the steps were compiled with (the same for every seed): its state's structure
   # is the compiled step's input.
@@ -272,34 +291,60 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, de
   try:
     out = _train(config, plan, state, (target, target_test), metrics,
                  dict(case=case.name, seed=compiled.seed_of(config), run=key),
-                 layout.prefix_cache_dir(workdir, key), ckpt, mesh)
+                 layout.prefix_cache_dir(workdir, key), ckpt, mesh, validation, stop_at_step)
   finally:
     if ckpt is not None:
       ckpt.close()
+  if isinstance(out, Rung):
+    return out
   finish = lambda: record.run_record(config, plan.counted(), case, out, mesh)
   return finish if defer and not plan.is_counted() else finish()
 
 
-def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):
-  """Fits and evaluates one run, on cached prefix activations when the plan has them."""
+def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, validation=None,
+           stop_at_step=None):
+  """Fits and evaluates one run, on cached prefix activations when the plan has them; a Rung
+  when it pauses at `stop_at_step` (None: it trains every step)."""
   prep = inputs.prep_fn(config, config.target_dataset)
   train_c, eval_c, (train_arrays, test_arrays) = plan.train_c, plan.eval_c, splits
+  total = config.epochs * fit.steps_per_epoch(config, train_arrays)
+  probe = None if validation is None else fit.Probe(
+      fit.fraction_step(total, config.short_training_fraction),
+      lambda s: dict(zip(('short_val_accuracy', 'short_val_loss'),
+                         _validate(config, plan, s, validation, mesh))))
   cache = None
   try:
     if plan.cached is not None:  # frozen prefix once per example; train and evaluate the suffix
+      # The run trains stop_at_step steps (None: all of them): the examples they use are those
+      # of its first stop_at_step batches.
       cache = prefix_cache.build(plan.cached, state, splits, batch=config.batch_size, prep=prep,
                                  directory=cache_dir, mesh=mesh)
       train_c, eval_c = plan.cached.train, plan.cached.eval
       train_arrays, test_arrays, prep = cache.train, cache.test, prefix_cache.identity_prep
     desc = f'{tags["case"]} (seed {tags["seed"]})'
+    loop = fit.Loop(train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
+                    metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh, stop_at=stop_at_step,
+                    probe=probe)
     with meters.measuring(config, ckpt) as measured:  # None unless config.energy_meter is on
-      state, steps, wall, diverged_at = fit.fit(state, fit.Loop(
-          train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
-          metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh))
+      state, steps, wall, diverged_at = fit.fit(state, loop)
+    if diverged_at is None and steps < total:  # paused at a rung
+      val = ((None, None) if probe is None else (
+          loop.probed['short_val_accuracy'], loop.probed['short_val_loss'])
+             if steps == probe.step else _validate(config, plan, state, validation, mesh))
+      return Rung(steps, total, *val, len(validation or ()), wall,
+                  cache.seconds if cache else 0.0, loop.probed)
     acc = loss = None
     if diverged_at is None:
       acc, loss = fit.evaluate(eval_c, state, test_arrays, config, prep, mesh)
   finally:
     if cache is not None:
       cache.delete()
-  return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache, measured)
+  return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache, measured,
+                        loop.probed)
+
+
+def _validate(config, plan, state, validation, mesh):
+  """(accuracy, mean loss) of `state` on the validation split: the whole model's eval step (at
+  the batch it was compiled for), whether or not the run trains on cached prefix activations."""
+  prep = inputs.prep_fn(config, config.target_dataset)
+  return fit.evaluate(plan.eval_c, state, validation, config, prep, mesh, batch=plan.eval_batch)

@@ -149,8 +149,16 @@ class Plans(collections.abc.Mapping):
 
   def __init__(self, pool, drafts, eval_batch):
     self.pool, self._drafts, self._eval_batch, self._plans = pool, drafts, eval_batch, {}
+    self._more = []  # Plans merged in (cases planned later: merge)
+
+  def merge(self, other):
+    """Adds the cases of `other` (Plans over its own pool, closed and reported with this one)."""
+    self._more.append(other)
 
   def __getitem__(self, name):
+    for m in self._more:
+      if name in m:
+        return m[name]
     if name not in self._plans:
       c, futures = self._drafts[name]
       detail = f'while compiling case {name}'
@@ -161,15 +169,19 @@ class Plans(collections.abc.Mapping):
     return self._plans[name]
 
   def __iter__(self):
-    return iter(self._drafts)
+    yield from self._drafts
+    for m in self._more:
+      yield from m
 
   def __len__(self):
-    return len(self._drafts)
+    return len(self._drafts) + sum(len(m) for m in self._more)
 
   def report(self):
     return self.pool.report()
 
   def close(self):
+    for m in self._more:
+      m.close()
     self.pool.close()
 
 

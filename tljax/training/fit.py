@@ -26,6 +26,7 @@ class _Progress:
   t_log: float = 0.0
   steps_log: int = 0
   diverged_at: Any = None
+  probed: Any = None  # the Probe's result once measured (kept in checkpoints)
 
   def wall(self):
     return self.wall_before + time.perf_counter() - self.t0
@@ -40,6 +41,22 @@ def steps_per_epoch(config, arrays):
   return min(n, config.steps_per_epoch) if config.steps_per_epoch else n
 
 
+def fraction_step(total, fraction):
+  """The step at `fraction` of a run's `total` steps: rounded, at least 1, at most `total`
+  (the short-training measurement and halving's rungs, docs/search.md "Halving")."""
+  return min(total, max(1, int(round(fraction * total))))
+
+
+@dataclasses.dataclass
+class Probe:
+  """A measurement inside a run: fn(state) -> {name: value} once, at `step`. Its seconds are
+  left out of the run's wall time; its result, with `<prefix>train_s` (the run's training wall
+  to that step plus the measurement's), is kept in the run's checkpoints."""
+  step: int
+  fn: Any
+  prefix: str = 'short_'
+
+
 @dataclasses.dataclass
 class Loop:
   """What one training loop runs besides its state.
@@ -47,7 +64,10 @@ class Loop:
   train_c: the compiled train step; arrays: the train split (datasets.Arrays, or cached prefix
   features); prep: the batch preprocessing; desc: the progress bar's label; metrics: a
   report.MetricsWriter; tags: {'case', 'seed', 'run'}, labelling its lines; mesh: the
-  parallel.Mesh batches are sharded over; ckpt: the run's checkpoints.Checkpoints or None.
+  parallel.Mesh batches are sharded over; ckpt: the run's checkpoints.Checkpoints or None;
+  stop_at: a step below the run's last at which it pauses (a checkpoint, pending metrics
+  included, then fit returns): a rung of a search; probe: a Probe or None; probed: set by fit,
+  the probe's result (None until measured).
   """
   train_c: Any
   arrays: Any
@@ -59,6 +79,9 @@ class Loop:
   tags: dict
   mesh: Any
   ckpt: Any = None
+  stop_at: Any = None
+  probe: Any = None
+  probed: Any = None
 
 
 def fit(state, loop):
@@ -69,11 +92,12 @@ def fit(state, loop):
   hold the whole train state; the data position follows from its step, since batches depend
   only on (seed, epoch, index). With several processes every one of them runs this loop in
   step (checkpoints are saved and restored collectively).
-  Returns (state, steps, wall_s, diverged_at).
+  Returns (state, steps, wall_s, diverged_at): steps below the run's last when it paused at
+  loop.stop_at (or diverged).
   """
   train_c, arrays, config, prep, epochs = (loop.train_c, loop.arrays, loop.config, loop.prep,
                                            loop.epochs)
-  desc, metrics, tags, mesh, ckpt = loop.desc, loop.metrics, loop.tags, loop.mesh, loop.ckpt
+  desc, mesh, ckpt = loop.desc, loop.mesh, loop.ckpt
   per_epoch = steps_per_epoch(config, arrays)
   total = epochs * per_epoch
   state, p = _restore(state, ckpt, mesh, desc, total)
@@ -94,18 +118,56 @@ def fit(state, loop):
       p.pending.append(m)
       p.steps += 1
       bar.update(1)
-      if p.steps % config.log_every_steps and p.steps != total:
-        continue
-      if _log(p, config, metrics, tags, epoch, bar, desc):
-        bar.close()
-        return state, p.steps, p.wall(), p.diverged_at
-      if (ckpt is not None and config.checkpoint_every_steps and p.steps < total
-          and p.steps - p.last_ckpt >= config.checkpoint_every_steps):
-        ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'wall_s': p.wall()})
-        p.last_ckpt = p.steps
+      if _after_step(state, p, loop, epoch, total, bar):
+        return _finish(state, p, loop, bar)
+  return _finish(state, p, loop, bar)
+
+
+def _finish(state, p, loop, bar):
   jax.block_until_ready(state)
   bar.close()
+  loop.probed = p.probed
   return state, p.steps, p.wall(), p.diverged_at
+
+
+def _after_step(state, p, loop, epoch, total, bar):
+  """The probe, the log line and a checkpoint after step p.steps; True when the run stops here
+  (its loss was not finite, or it pauses at loop.stop_at, checkpointed with the metrics not yet
+  logged, as a stop by a signal: the next part logs the same lines as one run would)."""
+  config, ckpt = loop.config, loop.ckpt
+  if loop.probe is not None and p.steps == loop.probe.step and p.probed is None:
+    _probe(state, p, loop.probe)
+  if p.steps % config.log_every_steps == 0 or p.steps == total:
+    if _log(p, config, loop.metrics, loop.tags, epoch, bar, loop.desc):
+      return True
+    if (ckpt is not None and config.checkpoint_every_steps and p.steps < total
+        and p.steps - p.last_ckpt >= config.checkpoint_every_steps):
+      _save(ckpt, state, p, epoch)
+  if loop.stop_at is not None and p.steps == loop.stop_at < total:
+    if ckpt is not None and p.steps > p.last_ckpt:
+      _save(ckpt, state, p, epoch)
+    return True
+  return False
+
+
+def _probe(state, p, probe):
+  """Runs `probe` on `state`; its seconds are left out of the run's wall time."""
+  jax.block_until_ready(state)
+  t = time.perf_counter()
+  out = dict(probe.fn(state))
+  spent = time.perf_counter() - t
+  p.t0 += spent
+  p.t_log += spent
+  out[probe.prefix + 'train_s'] = p.wall() + spent
+  p.probed = out
+
+
+def _save(ckpt, state, p, epoch):
+  """Checkpoints `state` at step p.steps with its metrics not yet logged and its probe's
+  result."""
+  ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'pending': _pack_pending(p.pending),
+                    'wall_s': p.wall(), 'probed': p.probed})
+  p.last_ckpt = p.steps
 
 
 def _restore(state, ckpt, mesh, desc, total):
@@ -116,6 +178,7 @@ def _restore(state, ckpt, mesh, desc, total):
     state = mesh.put_replicated(state)
     p.steps, p.wall_before = int(meta['step']), float(meta['wall_s'])
     p.pending = _unpack_pending(meta.get('pending'))
+    p.probed = meta.get('probed')
     logging.info('%s: resuming from the checkpoint at step %d of %d', desc, p.steps, total)
   p.last_ckpt = p.steps
   return state, p
@@ -124,8 +187,7 @@ def _restore(state, ckpt, mesh, desc, total):
 def _stop(state, p, ckpt, epoch, where):
   """Checkpoints the state (with its pending metrics) and raises interrupt.Interrupted."""
   if ckpt is not None and p.steps > p.last_ckpt:
-    ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'pending': _pack_pending(p.pending),
-                      'wall_s': p.wall()})
+    _save(ckpt, state, p, epoch)
     ckpt.wait()  # on disk before the stop is reported
   parallel.check_interrupt(where + (f', checkpoint saved in {ckpt.directory}'
                                     if ckpt is not None and p.steps else ''))
@@ -161,12 +223,15 @@ def _unpack_pending(packed):
   return [{k: np.asarray(v, dtype) for k, (v, dtype) in m.items()} for m in packed or []]
 
 
-def evaluate(eval_c, state, arrays, config, prep, mesh):
-  """(accuracy, mean loss) of `state` over every example of `arrays`, batches over `mesh`."""
+def evaluate(eval_c, state, arrays, config, prep, mesh, batch=None):
+  """(accuracy, mean loss) of `state` over every example of `arrays`, batches over `mesh` of
+  `batch` examples (default eval_batch(config, arrays, mesh): what `eval_c` was compiled for;
+  another split evaluated with the same step passes its batch)."""
   sums = None
   put = mesh.put_batch
+  batch = eval_batch(config, arrays, mesh) if batch is None else batch
   for images, labels, mask in datasets.prefetch(
-      datasets.eval_batches(arrays, eval_batch(config, arrays, mesh), prep=prep)):
+      datasets.eval_batches(arrays, batch, prep=prep)):
     out = eval_c(state.params, state.batch_stats, put(images), put(labels), put(mask))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)

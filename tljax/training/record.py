@@ -24,6 +24,7 @@ class Outcome:
   test_examples: int
   cache: Any = None  # the prefix_cache.Cache it trained on, or None
   measured: Any = None  # the energy meter's meters.Measured over the fit loop, or None
+  short: Any = None  # the short-training measurement (case.run_case), or None
 
 
 def run_record(config, plan, case, out, mesh=None):
@@ -38,6 +39,11 @@ def run_record(config, plan, case, out, mesh=None):
   rec.update(_what_trains(case))
   rec.update(test_accuracy=out.test_accuracy, test_loss=out.test_loss,
              test_examples=out.test_examples, steps=out.steps, batch_size=config.batch_size)
+  # The validation accuracy after config.short_training_fraction of the steps, and the seconds
+  # that took (training + that evaluation): null without a validation split.
+  short = out.short or {}
+  rec.update(short_val_accuracy=short.get('short_val_accuracy'),
+             short_val_loss=short.get('short_val_loss'), short_train_s=short.get('short_train_s'))
   rec.update(_flops(config, plan, case))
   rec.update(traffic.record_fields(config, plan.train_cost, case, plan.device_memory,
                                    rec['energy_per_example_j']))
@@ -48,6 +54,16 @@ def run_record(config, plan, case, out, mesh=None):
                rec['train_flops_per_example'], rec['energy_per_example_j'],
                rec['train_memory_bytes'])
   return rec
+
+
+def plan_costs(config, plan):
+  """The costs a case's compiled `plan` fixes before it trains, as its records will give them:
+  energy_per_example_j, train_memory_bytes (XLA's), device_train_memory_bytes."""
+  return dict(
+      energy_per_example_j=costs.energy_j(plan.train_cost['flops'] / config.batch_size,
+                                          config.e_mac_j),
+      train_memory_bytes=plan.train_cost.get('memory_bytes'),
+      device_train_memory_bytes=plan.device_memory['total_bytes'])
 
 
 def _what_trains(case):
