@@ -113,15 +113,18 @@ def _loss(loss):
 
 def outside_budget(config, plans):
   """{case: {why, costs}} of the planned cases whose compiled costs break the energy or memory
-  budget (max_energy_per_example_j, max_train_memory_mb of budget_memory's field)."""
+  budget (max_energy_per_example_j of budget_energy's field, max_train_memory_mb of budget_memory's)."""
   energy, mib = config.max_energy_per_example_j, config.max_train_memory_mb
+  if not (energy or mib):
+    return {}  # no budget: nothing waits for the compile pool here
   field = pareto.memory_field(config.budget_memory)
+  e_field = pareto.energy_field(config.get('budget_energy', 'mac'))
   out = {}
   for name, p in plans.items():
     c = record.plan_costs(config, p)
     why = []
-    if energy and c['energy_per_example_j'] > energy:
-      why.append(f"energy {recommend.format_energy(c['energy_per_example_j'])}/example > "
+    if energy and c[e_field] > energy:
+      why.append(f"energy {recommend.format_energy(c[e_field])}/example > "
                  f'{recommend.format_energy(energy)}/example')
     if mib and c[field] is not None and c[field] > mib * recommend.MIB:
       why.append(f'{config.budget_memory} train memory {recommend.format_mib(c[field])} > '

@@ -58,10 +58,14 @@ def run_record(config, plan, case, out, mesh=None):
 
 def plan_costs(config, plan):
   """The costs a case's compiled `plan` fixes before it trains, as its records will give them:
-  energy_per_example_j, train_memory_bytes (XLA's), device_train_memory_bytes."""
+  energy_per_example_j (MAC), energy_with_memory_per_example_j, train_memory_bytes (XLA's),
+  device_train_memory_bytes. The counted costs: it waits for the plan's counting twin."""
+  cost = plan.counted().train_cost
+  mac_j = costs.energy_j(cost['flops'] / config.batch_size, config.e_mac_j)
   return dict(
-      energy_per_example_j=costs.energy_j(plan.train_cost['flops'] / config.batch_size,
-                                          config.e_mac_j),
+      energy_per_example_j=mac_j,
+      energy_with_memory_per_example_j=mac_j + traffic.memory_energy_j(
+          cost['bytes_accessed'] / config.batch_size, config.e_byte_j),
       train_memory_bytes=plan.train_cost.get('memory_bytes'),
       device_train_memory_bytes=plan.device_memory['total_bytes'])
 
