@@ -113,7 +113,8 @@ def _loss(loss):
 
 def outside_budget(config, plans):
   """{case: {why, costs}} of the planned cases whose compiled costs break the energy or memory
-  budget (max_energy_per_example_j of budget_energy's field, max_train_memory_mb of budget_memory's)."""
+  budget (max_energy_per_example_j of budget_energy's energy, max_train_memory_mb of
+  budget_memory's memory)."""
   energy, mib = config.max_energy_per_example_j, config.max_train_memory_mb
   if not (energy or mib):
     return {}  # no budget: nothing waits for the compile pool here
