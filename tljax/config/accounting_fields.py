@@ -1,4 +1,4 @@
-"""The config fields of the accounting: energy, the device memory model, the budget."""
+"""The config fields of the accounting: energy, the device memory model, the budget, caching."""
 
 import math
 
@@ -31,6 +31,9 @@ FIELDS = {
         0, 1, lo_open=False, hi_open=False, what=' (a fraction: 0.9 = 90 %; 0 = no limit)'))),
     'budget_memory': doc("the memory the front and the budget read: 'xla' (the compiled step's) "
                           "or 'device' (the device model's)", safe(one_of(BUDGET_MEMORY))),
+    'prefix_cache_always': doc('cache the frozen prefix at the deepest cut in every run, even '
+                                'where the cost model says it costs more than it saves',
+                                Field(bool, lambda v, c: True, 'must be True or False')),
     'include_incomplete': doc('count cases with runs missing or failed on the front and in the '
                                'recommendation', safe(Field(bool, lambda v, c: True,
                                                              'must be True or False'))),

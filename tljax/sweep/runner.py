@@ -213,7 +213,9 @@ def plan_cases(sw, specs, seed):
   """{name: case.Plan} of `specs` compiled at `seed`'s config, their memory checked."""
   rc = seed_config(sw.run_config, seed)
   eval_batch = fit.eval_batch(rc, sw.target_test, sw.mesh)
-  plans = {s.name: case_lib.plan_case(rc, s, sw.num_classes, eval_batch, sw.mesh) for s in specs}
+  train = sw.splits(seed)[0]  # what the prefix cache's cost model plans for
+  plans = {s.name: case_lib.plan_case(rc, s, sw.num_classes, eval_batch, sw.mesh, train=train)
+           for s in specs}
   case_lib.check_memory(rc, plans.values())
   return plans
 

@@ -14,6 +14,7 @@ from tljax.data import inputs
 from tljax.runtime import backend
 from tljax.runtime import parallel
 from tljax.sweep import layout
+from tljax.training import cache_plan
 from tljax.training import checkpoints
 from tljax.training import compiled
 from tljax.training import fit
@@ -147,11 +148,14 @@ class Plan:
   cached: Any = None  # prefix_cache.Compiled when the case trains on cached prefix activations
   device_memory: Any = None  # device_memory.case_device_memory at config.device_batch_size
   device_xla: Any = None  # its cross-check: XLA's analysis at that batch (None in a dry run)
+  cache_decision: Any = None  # cache_plan.Decision: the plan's (which cut `cached` is at)
 
 
-def plan_case(config, case, num_classes, eval_batch, mesh=None):
+def plan_case(config, case, num_classes, eval_batch, mesh=None, train=None):
   """Makes `case` (random weights: compiling needs only shapes) and compiles its steps over
-  `mesh` (default: one device)."""
+  `mesh` (default: one device); the prefix cache's steps where cache_plan's cost model says a
+  run of `config` on `train` (the target's train split; None: at the deepest cut, each run
+  decides) gains from it."""
   mesh = parallel.default(mesh)
   c = make_case(config, case, num_classes)
   parallel.check_interrupt(f'before compiling case {c.name}')
@@ -161,7 +165,10 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
   cached = None
   cut = prefix_cache.cut_index(c.model, c.trainable_names,
                                freezing.trainable_params_by_layer(c.labels))
-  if config.prefix_cache and cut > 0 and jax.process_count() == 1:
+  choice = cache_plan.plan(config, c.model, c.variables, cut, eval_cost['flops'] / eval_batch,
+                           train)
+  if choice.cache:
+    cut = choice.cut.index
     cached = prefix_cache.compile_steps(c.model, c.tx, c.trainable, c.state, config,
                                         eval_batch, cut, mesh)
   counting = costs.counting_model(c.model)
@@ -176,7 +183,7 @@ def plan_case(config, case, num_classes, eval_batch, mesh=None):
   device_mem, device_xla = _device_memory(c, config)
   c = dataclasses.replace(c, variables=None, state=None)  # no plan holds weights while waiting
   return Plan(c, steps.train, steps.eval, compile_s, train_cost, eval_cost, eval_batch, eval_s,
-              cached, device_mem, device_xla)
+              cached, device_mem, device_xla, choice)
 
 
 def _counting_twin(c, counting, config, eval_batch, cut):
@@ -243,24 +250,29 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh):
 
 
 def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):
-  """Fits and evaluates one run, on cached prefix activations when the plan has them."""
+  """Fits and evaluates one run, on cached prefix activations where cache_plan says so (the
+  train examples the run visits only); the test split on the whole model."""
   prep = inputs.prep_fn(config, config.target_dataset)
-  train_c, eval_c, (train_arrays, test_arrays) = plan.train_c, plan.eval_c, splits
+  train_c, (train_arrays, test_arrays), train_prep = plan.train_c, splits, prep
+  start = (ckpt.latest_step() if ckpt is not None else None) or 0
+  decision, used = cache_plan.for_run(config, plan.cache_decision or cache_plan.Decision(
+      False, 'not planned'), plan.cached, train_arrays, tags['seed'], cache_dir, start)
+  logging.info('Prefix cache, case %s, seed %d: %s', tags['case'], tags['seed'], decision.line())
   cache = None
   try:
-    if plan.cached is not None:  # frozen prefix once per example; train and evaluate the suffix
-      cache = prefix_cache.build(plan.cached, state, splits, batch=config.batch_size, prep=prep,
-                                 directory=cache_dir, mesh=mesh)
-      train_c, eval_c = plan.cached.train, plan.cached.eval
-      train_arrays, test_arrays, prep = cache.train, cache.test, prefix_cache.identity_prep
+    if decision.cache:  # frozen prefix once per visited example; train the suffix
+      cache = prefix_cache.build(plan.cached, state, train_arrays, used, batch=config.batch_size,
+                                 prep=prep, directory=cache_dir, mesh=mesh)
+      train_c, train_arrays, train_prep = (plan.cached.train, cache.train,
+                                           prefix_cache.identity_prep)
     desc = f'{tags["case"]} (seed {tags["seed"]})'
     state, steps, wall, diverged_at = fit.fit(state, fit.Loop(
-        train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
+        train_c, train_arrays, config, prep=train_prep, epochs=config.epochs, desc=desc,
         metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh))
     acc = loss = None
     if diverged_at is None:
-      acc, loss = fit.evaluate(eval_c, state, test_arrays, config, prep, mesh)
+      acc, loss = fit.evaluate(plan.eval_c, state, test_arrays, config, prep, mesh)
   finally:
     if cache is not None:
       cache.delete()
-  return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache)
+  return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache, decision)
