@@ -46,6 +46,7 @@ def run_case(config, spec, n_train, n_test, use_cache):
     c.cases = (HEAD_CASE[spec['counting']],)
     c.epochs = EPOCHS
     c.prefix_cache = use_cache
+    c.prefix_cache_always = use_cache  # the cache itself, whatever the cost model would say
     c.progress = False
     c.checkpoint_every_steps = 0
   splits = {'train': synthetic(spec, n_train, 'train', 1), 'test': synthetic(spec, n_test, 'test', 2)}

@@ -41,6 +41,7 @@ def get_config():
   c.learning_rate = 1e-3
   c.seeds = (0,)
   c.prefix_cache = True
+  c.prefix_cache_always = False
   c.validation_fraction = 0.0
   c.proxies = True
   c.proxy_batches = 4

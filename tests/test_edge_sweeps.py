@@ -111,7 +111,8 @@ def _dry_config(tmp_path, model, **fields):
 ])
 def test_dry_runs_cache_the_prefix_count_depthwise_as_slices_and_resume(tmp_path, model,
                                                                           fields, cases):
-  c = _dry_config(tmp_path, model, cases=cases, **fields)
+  # The cached path, which the cost model would never take for a dry run's few steps.
+  c = _dry_config(tmp_path, model, cases=cases, prefix_cache_always=True, **fields)
   c.target_data_dir = _tiny_folder(tmp_path / 'target')
   summary = runner.train_and_evaluate(c, str(tmp_path / 'w'))
   run = summary['runs'][0]

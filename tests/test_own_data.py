@@ -157,6 +157,7 @@ def test_no_thread_or_array_outlives_its_case(tiny_config, tmp_path, monkeypatch
   c.cases = (1, 4)
   c.steps_per_epoch = 2  # leaves each epoch early
   c.epochs = 2
+  c.prefix_cache_always = True  # both cases build a cache
   before = {t.ident for t in threading.enumerate()}
   runner.train_and_evaluate(c, str(tmp_path / 'w'))
   import gc  # pylint: disable=g-import-not-at-top

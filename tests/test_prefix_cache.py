@@ -10,6 +10,7 @@ from configs import default
 from tljax import models
 from tljax.sweep import runner
 from tljax.training import case as case_lib
+from tljax.training import cache_plan
 from tljax.training import prefix_cache
 
 
@@ -115,6 +116,7 @@ def _config(cache_dir, **fields):
   c.progress = False
   c.cache_dir = str(cache_dir)
   c.cases = (1, 9)
+  c.prefix_cache_always = True  # the cache itself, whatever the cost model says of 8 steps
   for k, v in fields.items():
     c[k] = v
   return c
@@ -161,7 +163,9 @@ def test_summary_reports_both_flop_figures(runs):
       assert c['compute_flops_total'] > c['prefix_flops_total']
   head, conv = runs['memory']['cases']
   assert head['prefix_cache_cut_layer'] == 'dense_1'
-  examples = runs['memory']['train_examples'] + runs['memory']['test_examples']
+  # The train examples the 8 steps of 16 visit (2 epochs of 4 steps), not the test split.
+  examples = len(cache_plan.visited(runs['memory']['train_examples'], 16, 0, 2, 4)[0])
+  assert head['prefix_cache_examples'] == conv['prefix_cache_examples'] == examples
   assert head['prefix_cache_bytes'] == examples * 128 * 4  # dense's 128 features, float32
   assert conv['prefix_cache_cut_layer'] == 'conv2d_5'
   assert conv['prefix_cache_bytes'] == examples * 8 * 8 * 128 * 4
@@ -207,8 +211,9 @@ def test_keras_dropout_cache_stops_below_the_first_dropout_and_matches(tmp_path)
     summary = runner.train_and_evaluate(config, str(tmp_path / str(cache)))
     out[cache] = summary['cases'][0]
   assert out[True]['prefix_cache_cut_layer'] == 'dropout'
-  # conv2d .. max_pooling2d's 16x16x32 output, float32, for every train and test example.
-  examples = summary['train_examples'] + summary['test_examples']
+  # conv2d .. max_pooling2d's 16x16x32 output, float32, for every train example visited.
+  examples = out[True]['prefix_cache_examples']
+  assert examples == len(cache_plan.visited(summary['train_examples'], 16, 0, 2, 4)[0])
   assert out[True]['prefix_cache_bytes'] == examples * 16 * 16 * 32 * 4
   assert out[True]['test_loss'] == pytest.approx(out[False]['test_loss'], rel=1e-4)
   assert out[True]['train_flops_per_step'] == out[False]['train_flops_per_step']

@@ -46,6 +46,7 @@ def _metrics(workdir, pretrain=False):
 RUN = ['--config.pretrain_epochs=1', '--config.epochs=2', '--config.batch_size=16',
        '--config.cases=(1, 9)', '--config.checkpoint_every_steps=10',
        '--config.log_every_steps=5', '--config.progress=False', '--config.proxies=False',
+       '--config.prefix_cache_always=True',  # resume on a cache filled for the remaining steps
        f'--config.compilation_cache_dir={XLA_CACHE}']
 
 

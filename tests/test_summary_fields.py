@@ -51,6 +51,7 @@ def run(tmp_path_factory):
   c = shrunk_default(tmp / 'cache')
   c.log_every_steps = 10  # the default config's
   c.device_xla_check = True  # the device memory fields' cross-check (test_device_memory_fields)
+  c.prefix_cache_always = True  # the cached runs' fields (3 steps would never pay for a cache)
   c.cases = CASES
   c.energy_meter = 'nvml'  # a scripted counter (test_traffic_and_measured_energy_fields)
   fake = ScriptedMeter()
@@ -117,27 +118,31 @@ def test_flops_and_energy_fields_from_their_formulas(run):
 
 def test_prefix_cache_and_compute_fields(run):
   _, summary, _ = run
-  n_examples = summary['train_examples'] + summary['test_examples']
+  visited = 3 * 16  # one epoch of 3 steps of 16 distinct train examples
   for c in summary['runs']:
     eval_batch = min(128, c['test_examples'])
     eval_calls = math.ceil(c['test_examples'] / eval_batch)
+    evaluation = c['forward_flops_per_example'] * eval_batch * eval_calls  # the whole model
     assert c['test_examples'] == summary['test_examples']
+    d = c['prefix_cache_decision']
+    assert d['example_passes'] == c['steps'] * c['batch_size'] == visited
     if not c['prefix_cache']:
       assert c['case'] == 'last:23' and c['prefix_cache_cut_layer'] is None
+      assert d['decision'] == 'none' and d['cut_layer'] is None and 'no frozen layer' in d['reason']
       assert c['prefix_flops_total'] == 0 and c['cached_train_flops_per_step'] is None
+      assert c['prefix_cache_examples'] == c['prefix_cache_bytes'] == 0
       assert c['compute_flops_total'] == pytest.approx(
-          c['train_flops_per_step'] * c['steps']
-          + c['forward_flops_per_example'] * eval_batch * eval_calls)
+          c['train_flops_per_step'] * c['steps'] + evaluation)
       continue
-    assert c['prefix_cache_bytes'] == n_examples * PREFIX_FEATURES[c['case']] * 4
+    assert d['decision'] == 'cache' and d['cut_layer'] == c['prefix_cache_cut_layer']
+    assert c['prefix_cache_examples'] == d['examples_visited'] == visited
+    assert c['prefix_cache_bytes'] == d['bytes'] == visited * PREFIX_FEATURES[c['case']] * 4
     assert c['prefix_cache_location'] == 'memory'
     assert 0 < c['cached_train_flops_per_step'] < c['train_flops_per_step']
-    suffix_eval = (c['compute_flops_total'] - c['prefix_flops_total']
-                   - c['cached_train_flops_per_step'] * c['steps'])
-    assert 0 < suffix_eval < c['forward_flops_per_example'] * eval_batch * eval_calls
-    # The prefix ran over every train and test example in batches of the train batch.
-    calls = math.ceil(summary['train_examples'] / 16) + math.ceil(summary['test_examples'] / 16)
-    assert c['prefix_flops_total'] / calls < c['forward_flops_per_example'] * 16
+    # The prefix ran over the visited train examples in batches of the train batch (16).
+    assert c['prefix_flops_total'] == pytest.approx(3 * d['prefix_flops_per_example'] * 16)
+    assert c['compute_flops_total'] == pytest.approx(
+        c['prefix_flops_total'] + c['cached_train_flops_per_step'] * c['steps'] + evaluation)
 
 
 def test_csvs_hold_every_scalar_field_of_the_records(run):
@@ -154,7 +159,7 @@ def test_csvs_hold_every_scalar_field_of_the_records(run):
   assert list(rows[0]) == scalars == report.csv_columns(summary['runs'])
   for f in ('batch_size', 'test_examples', 'prefix_cache', 'prefix_cache_cut_layer',
             'cached_train_flops_per_step', 'prefix_flops_total', 'compute_flops_total',
-            'prefix_cache_bytes', 'prefix_cache_location'):
+            'prefix_cache_bytes', 'prefix_cache_location', 'prefix_cache_examples'):
     assert f in rows[0]
   for row, c in zip(rows, summary['runs']):
     for k in scalars:

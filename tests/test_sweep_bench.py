@@ -96,8 +96,10 @@ def test_tiny_sweep_in_every_installed_framework(tmp_path, capsys):
       assert phase['wall_s'] > 0 and 0 <= phase['test_accuracy'] <= 1
     assert r['imports_s'] > 0 and r['sweep_s'] >= sum(p['wall_s'] for p in r['phases'].values())
   tl = result['frameworks']['tljax']
-  assert tl['compile_pool']['total_s'] > 0 and tl['phases']['case 1']['prefix_cache']
+  assert tl['compile_pool']['total_s'] > 0
   assert 'tljax compile pool: ' in text
+  # One step over 120 examples: the cost model trains it uncached.
+  assert tl['phases']['case 1']['prefix_cache'] is False
   assert tl['phases']['pretraining']['steps'] == 1  # 100 examples, batch 64
   assert set(tl['phases']['case 1']['parts']) == {'plan', 'run', 'outputs'}
   for row in ('start-up (imports)', 'pretraining', 'case 1', 'other', 'total'):

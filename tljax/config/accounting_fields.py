@@ -1,4 +1,4 @@
-"""The config fields of the accounting: energy, the device memory model, the budget."""
+"""The config fields of the accounting: energy, the device memory model, the budget, caching."""
 
 import math
 
@@ -50,6 +50,9 @@ FIELDS = {
     'energy_idle_s': doc("seconds of idle power measured before the sweep (the meter's "
                           'baseline, subtracted)', safe(number_in(
                               0, 600, lo_open=True, hi_open=False, what=' (s)'))),
+    'prefix_cache_always': doc('cache the frozen prefix at the deepest cut in every run, even '
+                                'where the cost model says it costs more than it saves',
+                                Field(bool, lambda v, c: True, 'must be True or False')),
     'include_incomplete': doc('count cases with runs missing or failed on the front and in the '
                                'recommendation', safe(Field(bool, lambda v, c: True,
                                                              'must be True or False'))),

@@ -195,9 +195,9 @@ FIELDS = {
                       (tuple, list), lambda v, c: len(v) > 0 and len(set(v)) == len(v) and all(
                           is_kind(int, s) and 0 <= s <= MAX_SEED for s in v),
                       f'must be a non-empty tuple of distinct ints in [0, {MAX_SEED}]'))),
-    'prefix_cache': doc('run the frozen layers below a case once and train on their cached '
-                         'output (same numbers, faster)', Field(bool, lambda v, c: True,
-                                                                'must be True or False')),
+    'prefix_cache': doc('train on the cached output of the frozen layers below a case where the '
+                         'cost model says it saves time (same numbers)',
+                         Field(bool, lambda v, c: True, 'must be True or False')),
     **search_fields.FIELDS,
     **accounting_fields.FIELDS,
     **run_fields.FIELDS,

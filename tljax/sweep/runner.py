@@ -229,7 +229,8 @@ def plan_cases(sw, specs, seed):
   compile_pool.Plans: close it), their memory checked."""
   rc = seed_config(sw.run_config, seed)
   eval_batch = fit.eval_batch(rc, sw.target_test, sw.mesh)
-  return compile_pool.plan_cases(rc, specs, sw.num_classes, eval_batch, sw.mesh)
+  train = sw.splits(seed)[0]  # what the prefix cache's cost model plans for
+  return compile_pool.plan_cases(rc, specs, sw.num_classes, eval_batch, sw.mesh, train=train)
 
 
 def _hooks(sw, plans, metrics, summary, t0):

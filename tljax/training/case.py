@@ -15,6 +15,7 @@ from tljax.data import inputs
 from tljax.runtime import backend
 from tljax.runtime import parallel
 from tljax.sweep import layout
+from tljax.training import cache_plan
 from tljax.training import checkpoints
 from tljax.training import compiled
 from tljax.training import fit
@@ -37,6 +38,7 @@ class Case:
   tx: Any
   state: TrainState
   reinit: set
+  cache_decision: Any = None  # cache_plan.Decision of its plan (case_parts), or None
 
   @property
   def name(self):
@@ -149,6 +151,7 @@ class Plan:
   device_memory: Any = None  # device_memory.case_device_memory at config.device_batch_size
   device_xla: Any = None  # its cross-check: XLA's analysis at that batch (None in a dry run)
   counting: Any = None  # its counting twin while the compile pool compiles it (compile_pool)
+  cache_decision: Any = None  # cache_plan.Decision: the plan's (which cut `cached` is at)
 
   def counted(self):
     """The plan with the FLOPs of its counting twin (docs/accounting.md "FLOPs per backend"),
@@ -167,24 +170,27 @@ class Plan:
 PARTS = ('train', 'eval', 'prefix', 'device', 'twin train', 'twin eval', 'twin prefix')
 
 
-def plan_case(config, case, num_classes, eval_batch, mesh=None):
+def plan_case(config, case, num_classes, eval_batch, mesh=None, train=None):
   """Makes `case` (random weights: compiling needs only shapes) and compiles its steps over
-  `mesh` (default: one device), one after another (compile_pool compiles them on threads)."""
-  c, parts = case_parts(config, case, num_classes, eval_batch, mesh)
+  `mesh` (default: one device), one after another (compile_pool compiles them on threads);
+  `train` as case_parts takes it."""
+  c, parts = case_parts(config, case, num_classes, eval_batch, mesh, train)
   return finish_plan(c, {name: part() for name, part in parts.items()}, eval_batch)
 
 
-def case_parts(config, case, num_classes, eval_batch, mesh=None):
+def case_parts(config, case, num_classes, eval_batch, mesh=None, train=None):
   """`case` made (its train state as shapes) and its compilations, {part: thunk} in PARTS order:
-  the prefix cache's steps where it caches, the counting twin's where the steps that run are not
-  the counted ones."""
+  the prefix cache's steps where cache_plan's cost model says a run of `config` on `train` (the
+  target's train split; None: at the deepest cut, each run decides) gains from it, the counting
+  twin's where the steps that run are not the counted ones."""
   mesh = parallel.default(mesh)
   c = make_case(config, case, num_classes)
   parallel.check_interrupt(f'before compiling case {c.name}')
   c = dataclasses.replace(c, state=compiled.shapes(c.state))
   cut = prefix_cache.cut_index(c.model, c.trainable_names,
                                freezing.trainable_params_by_layer(c.labels))
-  cut = cut if config.prefix_cache and cut > 0 and jax.process_count() == 1 else None
+  choice = cache_plan.plan(config, c.model, c.variables, cut, _forward_flops(config, c), train)
+  c.cache_decision, cut = choice, choice.cut.index if choice.cache else None
   parts = _steps(c, config, eval_batch, c.model, mesh, cut)
   parts['device'] = lambda: _device_memory(c, config)
   counting = costs.counting_model(c.model)
@@ -192,6 +198,13 @@ def case_parts(config, case, num_classes, eval_batch, mesh=None):
     twin = _steps(c, config, eval_batch, counting, parallel.Mesh.on(costs.counting_device()), cut)
     parts.update({f'twin {name}': part for name, part in twin.items()})
   return c, parts
+
+
+def _forward_flops(config, c):
+  """The forward FLOPs per example of case `c`'s model, 2 x its textbook MACs (costs.layer_macs):
+  what the cost model scales its cuts' prefixes by, before any step has compiled."""
+  shape = (config.image_size, config.image_size, config.channels)
+  return 2.0 * sum(l['macs'] for l in costs.layer_macs(c.model, c.variables, shape))
 
 
 def _steps(c, config, eval_batch, model, mesh, cut):
@@ -211,7 +224,7 @@ def finish_plan(c, done, eval_batch, counting=None):
   train, ev, (device_mem, device_xla) = done['train'], done['eval'], done['device']
   c = dataclasses.replace(c, variables=None, state=None)  # no plan holds weights while waiting
   plan = Plan(c, train.fn, ev.fn, train.seconds, train.cost, ev.cost, eval_batch, ev.seconds,
-              done.get('prefix'), device_mem, device_xla, counting)
+              done.get('prefix'), device_mem, device_xla, counting, c.cache_decision)
   if 'twin train' in done:
     _count(plan, done)
   return plan
@@ -303,28 +316,32 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, de
 
 def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, validation=None,
            stop_at_step=None):
-  """Fits and evaluates one run, on cached prefix activations when the plan has them; a Rung
-  when it pauses at `stop_at_step` (None: it trains every step)."""
+  """Fits and evaluates one run, on cached prefix activations where cache_plan says so (the
+  train examples its steps up to `stop_at_step` visit only; the test split on the whole model);
+  a Rung when it pauses at `stop_at_step` (None: it trains every step)."""
   prep = inputs.prep_fn(config, config.target_dataset)
-  train_c, eval_c, (train_arrays, test_arrays) = plan.train_c, plan.eval_c, splits
+  train_c, (train_arrays, test_arrays), train_prep = plan.train_c, splits, prep
   total = config.epochs * fit.steps_per_epoch(config, train_arrays)
   probe = None if validation is None else fit.Probe(
       fit.fraction_step(total, config.short_training_fraction),
       lambda s: dict(zip(('short_val_accuracy', 'short_val_loss'),
                          _validate(config, plan, s, validation, mesh))))
+  start = (ckpt.latest_step() if ckpt is not None else None) or 0
+  decision, used = cache_plan.for_run(config, plan.cache_decision or cache_plan.Decision(
+      False, 'not planned'), plan.cached, train_arrays, tags['seed'], cache_dir, start,
+                                      stop_at_step)
+  logging.info('Prefix cache, case %s, seed %d: %s', tags['case'], tags['seed'], decision.line())
   cache = None
   try:
-    if plan.cached is not None:  # frozen prefix once per example; train and evaluate the suffix
-      # The run trains stop_at_step steps (None: all of them): the examples they use are those
-      # of its first stop_at_step batches.
-      cache = prefix_cache.build(plan.cached, state, splits, batch=config.batch_size, prep=prep,
-                                 directory=cache_dir, mesh=mesh)
-      train_c, eval_c = plan.cached.train, plan.cached.eval
-      train_arrays, test_arrays, prep = cache.train, cache.test, prefix_cache.identity_prep
+    if decision.cache:  # frozen prefix once per visited example; train the suffix
+      cache = prefix_cache.build(plan.cached, state, train_arrays, used, batch=config.batch_size,
+                                 prep=prep, directory=cache_dir, mesh=mesh)
+      train_c, train_arrays, train_prep = (plan.cached.train, cache.train,
+                                           prefix_cache.identity_prep)
     desc = f'{tags["case"]} (seed {tags["seed"]})'
-    loop = fit.Loop(train_c, train_arrays, config, prep=prep, epochs=config.epochs, desc=desc,
-                    metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh, stop_at=stop_at_step,
-                    probe=probe)
+    loop = fit.Loop(train_c, train_arrays, config, prep=train_prep, epochs=config.epochs,
+                    desc=desc, metrics=metrics, tags=tags, ckpt=ckpt, mesh=mesh,
+                    stop_at=stop_at_step, probe=probe)
     with meters.measuring(config, ckpt) as measured:  # None unless config.energy_meter is on
       state, steps, wall, diverged_at = fit.fit(state, loop)
     if diverged_at is None and steps < total:  # paused at a rung
@@ -335,12 +352,12 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
                   cache.seconds if cache else 0.0, loop.probed)
     acc = loss = None
     if diverged_at is None:
-      acc, loss = fit.evaluate(eval_c, state, test_arrays, config, prep, mesh)
+      acc, loss = fit.evaluate(plan.eval_c, state, test_arrays, config, prep, mesh)
   finally:
     if cache is not None:
       cache.delete()
   return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache, measured,
-                        loop.probed)
+                        loop.probed, decision)
 
 
 def _validate(config, plan, state, validation, mesh):

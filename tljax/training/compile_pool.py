@@ -185,14 +185,14 @@ class Plans(collections.abc.Mapping):
     self.pool.close()
 
 
-def plan_cases(config, specs, num_classes, eval_batch, mesh=None):
+def plan_cases(config, specs, num_classes, eval_batch, mesh=None, train=None):
   """Plans of `specs` compiled on workers(config) threads; returns once every train step has
   compiled and its memory fits (case.check_memory). Close it (Plans.close) when done."""
   pool = Pool(workers(config))
   try:
     drafts, later = {}, []
     for i, spec in enumerate(specs):
-      c, parts = case_lib.case_parts(config, spec, num_classes, eval_batch, mesh)
+      c, parts = case_lib.case_parts(config, spec, num_classes, eval_batch, mesh, train)
       futures = {'train': pool.submit(i, c.name, 'train', parts.pop('train'))}
       later += [(i, c.name, part, fn, futures) for part, fn in parts.items()]
       drafts[c.name] = c, futures

@@ -1,6 +1,7 @@
 """The loop of one training run: compiled steps over epochs, checkpoints, logs; and evaluation."""
 
 import dataclasses
+import itertools
 import time
 from typing import Any
 
@@ -106,8 +107,11 @@ def fit(state, loop):
   p.t0 = p.t_log = time.perf_counter()
   p.steps_log = p.steps
   for epoch in range(p.steps // per_epoch, epochs):
-    batches = datasets.train_batches(arrays, config.batch_size, seed=compiled.seed_of(config), epoch=epoch,
-                                 start_step=p.steps - epoch * per_epoch, prep=prep)
+    start = p.steps - epoch * per_epoch
+    # No batch past the epoch's steps is read: a prefix cache holds only the examples visited.
+    batches = itertools.islice(datasets.train_batches(
+        arrays, config.batch_size, seed=compiled.seed_of(config), epoch=epoch, start_step=start,
+        prep=prep), per_epoch - start)
     for images, labels in datasets.prefetch(batches):
       if p.steps >= (epoch + 1) * per_epoch:
         break

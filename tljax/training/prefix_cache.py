@@ -5,9 +5,10 @@ Dropout layer that drops units in training (any Dropout with frozen_dropout='ker
 below the trainable layers with 'off'), so the output of the frozen layers below both never
 changes during a case. The model is split at a cut k (a
 layer index where one tensor crosses, `model.cut_points()`): layers [0, k) run once over every
-train and test example (the cache, float32, in memory or memory-mapped on disk), and training
-and evaluation run layers [k, end) on the cached activations. The train state keeps the whole
-model's params tree, so checkpoints are the same with and without the cache.
+train example the run visits (the cache, float32, in memory or memory-mapped on disk), and
+training runs layers [k, end) on the cached activations; the test split is evaluated on the
+whole model. Whether and where a run caches is cache_plan's cost model. The train state keeps
+the whole model's params tree, so checkpoints are the same with and without the cache.
 """
 
 import dataclasses
@@ -153,61 +154,87 @@ def identity_prep(features):
   return np.ascontiguousarray(features, np.float32)
 
 
+class Rows:
+  """Cached rows of a split, one per example in sorted `used`, indexed by the split's example
+  indices: what datasets.train_batches reads as `arrays.images[idx]`."""
+
+  def __init__(self, features, used):
+    self.features, self.used = features, np.asarray(used)
+
+  def __len__(self):
+    return len(self.used)
+
+  def __getitem__(self, idx):
+    pos = np.searchsorted(self.used, idx)
+    if np.any(pos >= len(self.used)) or np.any(self.used[np.minimum(pos, len(self.used) - 1)]
+                                               != idx):
+      raise IndexError('a batch asks for train examples the prefix cache did not fill')
+    return self.features[pos]
+
+
 @dataclasses.dataclass
 class Cache:
-  """Prefix activations of the train and test splits, as `datasets.Arrays`."""
+  """Prefix activations of the train examples a run visits, as `datasets.Arrays` over the
+  whole split (images: Rows)."""
   train: datasets.Arrays
-  test: datasets.Arrays
   nbytes: int
   location: str  # 'memory' or 'disk'
   directory: Optional[str]
   batches: int  # prefix forward calls run
   seconds: float
+  examples: int  # rows filled
 
   def delete(self):
     """Drops the arrays and the on-disk files."""
-    self.train = self.test = None
+    self.train = None
     if self.directory:
       shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def build(compiled, state, splits, *, batch, prep, directory, mesh, budget=None):
-  """Runs the prefix over every example of `splits` (train, test) in batches of `batch`.
+def _batches(arrays, used, batch, prep):
+  """(prep(images), real examples) of `arrays`'s examples `used`, in batches of `batch`, the last
+  one padded with zeros."""
+  for start in range(0, len(used), batch):
+    images = arrays.images[used[start:start + batch]]
+    k = len(images)
+    if k < batch:
+      images = np.concatenate([images, np.zeros((batch - k,) + images.shape[1:], images.dtype)])
+    yield prep(images), k
 
-  In RAM when the cache fits `budget` (default `memory_budget()`), else np.memmap files in
+
+def build(compiled, state, train, used, *, batch, prep, directory, mesh, budget=None):
+  """Runs the prefix over the examples `used` (sorted indices) of `train` in batches of `batch`.
+
+  In RAM when the cache fits `budget` (default `memory_budget()`), else an np.memmap file in
   `directory` (removed by `Cache.delete`).
   """
   t0 = time.perf_counter()
-  per_example = math.prod(compiled.feature_shape) * 4
-  nbytes = sum(len(a) for a in splits) * per_example
-  budget = memory_budget() if budget is None else budget
-  on_disk = nbytes > budget
+  used = np.asarray(used)
+  shape = (len(used),) + compiled.feature_shape
+  nbytes = math.prod(shape) * 4
+  on_disk = nbytes > (memory_budget() if budget is None else budget)
   if on_disk:
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     report.require_free_disk(directory, nbytes, 'The prefix cache',
                              'pass --config.prefix_cache=False to train without it.')
-  out, calls = [], 0
-  for a in splits:
-    shape = (len(a),) + compiled.feature_shape
-    if on_disk:
-      feats = np.lib.format.open_memmap(os.path.join(directory, f'{a.split}.npy'), 'w+',
-                                        np.float32, shape)
-    else:
-      feats = np.empty(shape, np.float32)
-    start = 0
-    for images, _, mask in datasets.prefetch(datasets.eval_batches(a, batch, prep=prep)):
-      y = compiled.prefix(state.params, state.batch_stats, mesh.put_batch(images))
-      k = int(mask.sum())
-      feats[start:start + k] = np.asarray(y)[:k]
-      start += k
-      calls += 1
-    if on_disk:
-      feats.flush()
-    out.append(datasets.Arrays(feats, a.labels, a.num_classes, a.name, a.split))
+    feats = np.lib.format.open_memmap(os.path.join(directory, f'{train.split}.npy'), 'w+',
+                                      np.float32, shape)
+  else:
+    feats = np.empty(shape, np.float32)
+  start = calls = 0
+  for images, k in datasets.prefetch(_batches(train, used, batch, prep)):
+    y = compiled.prefix(state.params, state.batch_stats, mesh.put_batch(images))
+    feats[start:start + k] = np.asarray(y)[:k]
+    start += k
+    calls += 1
+  if on_disk:
+    feats.flush()
+  out = datasets.Arrays(Rows(feats, used), train.labels, train.num_classes, train.name,
+                        train.split)
   seconds = time.perf_counter() - t0
-  location = 'disk' if on_disk else 'memory'
-  logging.info('Prefix cache: %d examples x %s float32 = %.1f MiB in %s (%.2f s)',
-               sum(len(a) for a in splits), compiled.feature_shape, nbytes / 2**20,
+  logging.info('Prefix cache: %d of %d train examples x %s float32 = %.1f MiB in %s (%.2f s)',
+               len(used), len(train), compiled.feature_shape, nbytes / 2**20,
                directory if on_disk else 'memory', seconds)
-  return Cache(out[0], out[1], nbytes, location, directory if on_disk else None, calls, seconds)
+  return Cache(out, nbytes, 'disk' if on_disk else 'memory', directory if on_disk else None,
+               calls, seconds, len(used))

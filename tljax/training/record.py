@@ -25,6 +25,7 @@ class Outcome:
   cache: Any = None  # the prefix_cache.Cache it trained on, or None
   measured: Any = None  # the energy meter's meters.Measured over the fit loop, or None
   short: Any = None  # the short-training measurement (case.run_case), or None
+  cache_decision: Any = None  # the cache_plan.Decision that said whether it caches
 
 
 def run_record(config, plan, case, out, mesh=None):
@@ -117,14 +118,15 @@ def _flops(config, plan, case):
 
 def _run_costs(config, plan, out):
   """Memory, compute over the whole run (prefix cache included), compile and wall time."""
-  cached, cache = plan.cached, out.cache
+  cache = out.cache
+  cached = plan.cached if cache is not None else None  # the run trained on the cache
   flops_step = plan.train_cost['flops']
   eval_calls = -(-out.test_examples // plan.eval_batch)
+  compute = plan.eval_cost['flops'] * eval_calls  # the test split on the whole model
   if cached is None:
-    compute = flops_step * out.steps + plan.eval_cost['flops'] * eval_calls
+    compute += flops_step * out.steps
   else:
-    compute = (cached.prefix_cost['flops'] * cache.batches
-               + cached.train_cost['flops'] * out.steps + cached.eval_cost['flops'] * eval_calls)
+    compute += cached.prefix_cost['flops'] * cache.batches + cached.train_cost['flops'] * out.steps
   wall_s = out.train_wall_s + (cache.seconds if cached else 0.0)
   if cached:
     logging.info('Prefix cache up to %s: %.2f s to compile, %.2f s to fill, %.2f s of training',
@@ -141,7 +143,7 @@ def _run_costs(config, plan, out):
       device_to_xla_memory=plan.device_xla and plan.device_xla['device_to_xla_memory'],
       # With the cache, compile_s includes compiling the prefix and suffix steps and wall_s
       # filling the cache.
-      compile_s=plan.compile_s + (cached.compile_s if cached else 0.0),
+      compile_s=plan.compile_s + (plan.cached.compile_s if plan.cached else 0.0),
       wall_s=wall_s,
       examples_per_s=out.steps * config.batch_size / wall_s if wall_s > 0 else None,
       prefix_cache=cached is not None,
@@ -150,4 +152,6 @@ def _run_costs(config, plan, out):
       prefix_flops_total=cached.prefix_cost['flops'] * cache.batches if cached else 0.0,
       compute_flops_total=compute,
       prefix_cache_bytes=cache.nbytes if cached else 0,
-      prefix_cache_location=cache.location if cached else None)
+      prefix_cache_location=cache.location if cached else None,
+      prefix_cache_examples=cache.examples if cached else 0,
+      prefix_cache_decision=out.cache_decision and out.cache_decision.record())

@@ -1,0 +1,125 @@
+"""The prefix cache's cost model: which runs cache, at which cut, and only the examples they visit."""
+
+import numpy as np
+import pytest
+
+from configs import folders
+from tljax.accounting import costs
+from tljax.data import datasets
+from tljax.sweep import runner
+from tljax.training import cache_plan
+from tljax.training import case as case_lib
+from tljax.training import freezing
+from tljax.training import prefix_cache
+
+
+def _train_batch_indices(n, batch, seed, epochs, per_epoch, start_step=0):
+  """Every example index datasets.train_batches yields over the run (the fit loop's calls)."""
+  arrays = datasets.Arrays(np.arange(n), np.zeros(n, np.int32), 2, 'x', 'train')
+  out = []
+  for epoch in range(start_step // per_epoch, epochs):
+    batches = datasets.train_batches(arrays, batch, seed=seed, epoch=epoch, prep=lambda x: x,
+                                     start_step=max(start_step - epoch * per_epoch, 0))
+    for i, (images, _) in enumerate(batches):
+      if i + max(start_step - epoch * per_epoch, 0) >= per_epoch:
+        break
+      out.append(images)
+  return np.concatenate(out)
+
+
+@pytest.mark.parametrize('start_step', [0, 7, 13])
+def test_visited_is_what_train_batches_visit(start_step):
+  seen = _train_batch_indices(103, 8, 5, 3, 6, start_step)
+  used, passes = cache_plan.visited(103, 8, 5, 3, 6, start_step)
+  assert passes == len(seen) == (18 - start_step) * 8
+  np.testing.assert_array_equal(used, np.unique(seen))
+
+
+def _issue_run(**fields):
+  """The issue's real-folder run: 60,000 gray 32x32 uint8 train images, batch 64, 150 steps in
+  each of 2 epochs: 300 steps, 19,200 example passes."""
+  c = folders.get_config()
+  c.update(dict(batch_size=64, steps_per_epoch=150, epochs=2, **fields))
+  train = datasets.Arrays(np.zeros((60_000, 32, 32, 1), np.uint8), np.zeros(60_000, np.int32),
+                          10, 'real', 'train')
+  return c, train
+
+
+def _plan(config, name, train):
+  """The plan's decision for case `name`, from shapes and FLOPs only (nothing compiled or run):
+  the forward FLOPs are the textbook count, 2 x MACs."""
+  case = case_lib.make_case(config, name, num_classes=10)
+  deepest = prefix_cache.cut_index(case.model, case.trainable_names,
+                                   freezing.trainable_params_by_layer(case.labels))
+  forward = 2 * sum(l['macs'] for l in costs.layer_macs(case.model, case.variables, (32, 32, 1)))
+  return cache_plan.plan(config, case.model, case.variables, deepest, forward, train)
+
+
+def test_the_issues_norm_case_does_not_cache_and_its_last_layer_case_does():
+  """norm:23 could only cache the first conv's output, 32x32x32 float32 = 128 KiB per example
+  (128x the uint8 input) to save one 3x3 conv (0.6 MFLOP) per pass; its 19,200 passes visit
+  17,6xx distinct examples, so it would save ~1,500 convs, 0.02 s, for seconds of writing and
+  reading: no cache. last:1 caches the 128 features below dense_1 (512 B, less than the input)
+  and saves the whole forward pass (~77 MFLOP) of every pass over an example seen before
+  (~1,500 of them, ~3 s at 40 GFLOP/s): cache, filling only the examples visited."""
+  config, train = _issue_run()
+  norm = _plan(config, 'norm:23', train).record()
+  assert norm['decision'] == 'none'
+  assert norm['cut_layer'] == 'batch_normalization' and norm['feature_bytes_per_example'] == (
+      32 * 32 * 32 * 4)
+  assert norm['gain_s'] < 0 and 'would cost' in norm['reason']
+  last = _plan(config, 'last:1', train)
+  rec = last.record()
+  assert last.cache and rec['decision'] == 'cache'
+  assert rec['cut_layer'] == 'dense_1' and rec['feature_bytes_per_example'] == 128 * 4
+  used, passes = cache_plan.visited(60_000, 64, 0, 2, 150)
+  assert rec['example_passes'] == passes == 19_200
+  assert rec['examples_visited'] == len(used) and 17_000 < len(used) < 18_500
+  assert rec['bytes'] == len(used) * 512 and rec['location'] == 'memory'
+  assert rec['gain_s'] >= cache_plan.MIN_GAIN_S
+  assert rec['saved_flops'] == pytest.approx((passes - len(used)) * rec['prefix_flops_per_example'])
+
+
+def test_a_run_that_visits_each_example_once_never_caches():
+  """300 steps in one epoch: 19,200 distinct examples, each passed once, so the fill would run
+  the same prefix passes training would have run; even last:1 trains uncached."""
+  config, train = _issue_run()
+  config.update(dict(steps_per_epoch=300, epochs=1))
+  d = _plan(config, 'last:1', train)
+  assert not d.cache and 'visited once' in d.reason
+  assert d.record()['examples_visited'] == d.record()['example_passes'] == 19_200
+  assert not _plan(config, 'bias:23', train).cache  # trains conv2d's bias: nothing frozen below
+
+
+def test_a_run_fills_only_the_examples_it_visits(tiny_config, tmp_path, monkeypatch):
+  filled = []
+  real_build = prefix_cache.build
+
+  def build(compiled, state, train, used, **kwargs):
+    filled.append((len(train), np.array(used)))
+    return real_build(compiled, state, train, used, **kwargs)
+
+  monkeypatch.setattr(prefix_cache, 'build', build)
+  c = tiny_config
+  c.pretrained = 'none'
+  c.cases = (1,)
+  c.epochs, c.steps_per_epoch = 2, 3
+  c.prefix_cache_always = True
+  summary = runner.train_and_evaluate(c, str(tmp_path / 'always'))
+  n = summary['train_examples']
+  seen = np.unique(_train_batch_indices(n, 16, 0, 2, 3))
+  assert len(filled) == 1 and len(seen) <= 96 < n
+  for (split, used), rec in zip(filled, summary['runs']):
+    assert split == n
+    np.testing.assert_array_equal(used, seen)
+    assert rec['prefix_cache'] and rec['prefix_cache_examples'] == len(seen)
+    assert rec['prefix_cache_decision']['examples_visited'] == len(seen)
+    assert rec['prefix_cache_decision']['reason'] == 'config.prefix_cache_always'
+  assert summary['runs'][0]['prefix_cache_bytes'] == len(seen) * 128 * 4
+  c.prefix_cache_always = False  # the cost model: 96 passes save nothing worth a second
+  plain = runner.train_and_evaluate(c, str(tmp_path / 'model'))
+  assert len(filled) == 1
+  for rec, cached in zip(plain['runs'], summary['runs']):
+    assert not rec['prefix_cache'] and rec['prefix_cache_decision']['decision'] == 'none'
+    assert rec['prefix_cache_bytes'] == 0 and rec['prefix_cache_decision']['gain_s'] < 1
+    assert rec['test_loss'] == pytest.approx(cached['test_loss'], rel=1e-4)
