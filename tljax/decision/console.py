@@ -109,10 +109,10 @@ def table(summary, figures=()):
   lines += _status_lines(cases, include)
   if summary.get('recommendation'):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
-  if figures:
-    lines.append(f'Figures: {", ".join(figures)}')
   if summary.get('compile'):
     lines.append(compile_line(summary['compile']))
+  if figures:
+    lines.append(f'Figures: {", ".join(figures)}')
   return '\n'.join(lines)
 
 
