@@ -109,7 +109,7 @@ def table(summary, figures=()):
   lines += _status_lines(cases, include)
   if summary.get('recommendation'):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
-  if summary.get('compile'):
+  if (summary.get('compile') or {}).get('programs'):  # a rerun with every run kept compiles none
     lines.append(compile_line(summary['compile']))
   if figures:
     lines.append(f'Figures: {", ".join(figures)}')

@@ -18,7 +18,6 @@ import threading
 import time
 import types
 
-from tljax.runtime import interrupt
 from tljax.runtime import parallel
 from tljax.training import case as case_lib
 from tljax.training import compiled
@@ -102,8 +101,7 @@ class Pool:
       while not parallel.multi_process():  # a wait that polls: every process's would differ
         if concurrent.futures.wait([future], timeout=POLL_S).done:
           break
-        if interrupt.requested() is not None:
-          parallel.check_interrupt(detail)
+        parallel.check_interrupt(detail)  # one process: interrupt.check
       return future.result()
     finally:
       self.main_s += time.perf_counter() - t
