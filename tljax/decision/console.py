@@ -156,10 +156,10 @@ def table(summary, figures=()):
     lines.append(_search_line(summary))
   if summary.get('recommendation'):
     lines += ['', recommend.format_recommendation(summary['recommendation'])]
+  if (summary.get('compile') or {}).get('programs'):  # a rerun with every run kept compiles none
+    lines.append(compile_line(summary['compile']))
   if figures:
     lines.append(f'Figures: {", ".join(figures)}')
-  if summary.get('compile'):
-    lines.append(compile_line(summary['compile']))
   return '\n'.join(lines)
 
 
