@@ -131,8 +131,12 @@ def halving(tmp_path_factory):
   # The cut without intervals: the better half of the cases at each rung.
   c = _config(tmp, search='halving', halving_eta=2, halving_confidence=0.0)
   validate = case_lib._validate  # pylint: disable=protected-access
-  mp.setattr(case_lib, '_validate', lambda config, plan, *a: validate(
-      config, plan, *a) + OFFSET[plan.case.name])
+
+  def offset(config, plan, *a):
+    acc, loss = validate(config, plan, *a)
+    return acc + OFFSET[plan.case.name], loss
+
+  mp.setattr(case_lib, '_validate', offset)
   saves = []
   save = search._State.save_rung  # pylint: disable=protected-access
 
