@@ -197,6 +197,7 @@ def test_the_continued_run_is_the_uninterrupted_run_bit_for_bit_and_outside_budg
   assert lines['w'] == lines['e'] and len(lines['e']) == 5  # steps 2, 4, 6, 8, 9
   s = out['search']
   assert s['mode'] == 'exhaustive' and s['trained_fully'] == [finalist]
+  assert s['exhaustive_estimate_s'] == pytest.approx(out['wall_s'])  # it is the exhaustive sweep
   assert list(s['outside_budget']) == ['last:23'] and out['failed_runs'] == []
   top = {x['case']: x for x in out['cases']}['last:23']
   assert top['status'] == 'outside budget' and top['energy_per_example_j'] > 2e-4
