@@ -31,9 +31,10 @@ def _config(cache, **fields):
 
 
 def _strip(summary):
-  """Everything but timings, the machine and the cache's path (each run pretrains in its own)."""
+  """Everything but timings, the machine and the cache's path (each run pretrains in its own),
+  and the inline sweep's `search` (jobs train every case: a launcher's summary has none)."""
   out = {k: v for k, v in summary.items()
-         if k not in TIMING | {'eval_compile_s', 'compile', 'environment', 'config'}}
+         if k not in TIMING | {'eval_compile_s', 'compile', 'environment', 'config', 'search'}}
   out['runs'] = [{k: v for k, v in r.items() if k not in TIMING} for r in summary['runs']]
   out['cases'] = [{k: v for k, v in c.items() if not k.startswith(tuple(TIMING))}
                   for c in summary['cases']]

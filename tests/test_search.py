@@ -131,8 +131,12 @@ def halving(tmp_path_factory):
   # The cut without intervals: the better half of the cases at each rung.
   c = _config(tmp, search='halving', halving_eta=2, halving_confidence=0.0)
   validate = case_lib._validate  # pylint: disable=protected-access
-  mp.setattr(case_lib, '_validate', lambda config, plan, *a: validate(
-      config, plan, *a) + OFFSET[plan.case.name])
+
+  def offset(config, plan, *a):
+    acc, loss = validate(config, plan, *a)
+    return acc + OFFSET[plan.case.name], loss
+
+  mp.setattr(case_lib, '_validate', offset)
   saves = []
   save = search._State.save_rung  # pylint: disable=protected-access
 
@@ -193,6 +197,7 @@ def test_the_continued_run_is_the_uninterrupted_run_bit_for_bit_and_outside_budg
   assert lines['w'] == lines['e'] and len(lines['e']) == 5  # steps 2, 4, 6, 8, 9
   s = out['search']
   assert s['mode'] == 'exhaustive' and s['trained_fully'] == [finalist]
+  assert s['exhaustive_estimate_s'] == pytest.approx(out['wall_s'])  # it is the exhaustive sweep
   assert list(s['outside_budget']) == ['last:23'] and out['failed_runs'] == []
   top = {x['case']: x for x in out['cases']}['last:23']
   assert top['status'] == 'outside budget' and top['energy_per_example_j'] > 2e-4

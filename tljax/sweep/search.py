@@ -344,10 +344,12 @@ class Search:
     for (name, _), r in self.sw.done.items():
       if r is not None and r.get('wall_s') is not None:
         full.setdefault(name, []).append(r['wall_s'])
-    new = [r['wall_s'] for k, r in self.sw.done.items()
-           if r is not None and k not in self.done_before and r.get('wall_s') is not None]
+    new = {k: r['wall_s'] for k, r in self.sw.done.items()
+           if r is not None and k not in self.done_before and r.get('wall_s') is not None}
+    # A finalist's first-seed wall_s includes its rungs' training, spent in the rung calls.
+    in_rungs = sum(r['train_s'] for n, r in self.last_rung.items() if (n, self.sw.seeds[0]) in new)
     in_runs = self.run_seeds_s - self.pre_in_run_seeds_s  # training the runs, all included
-    overhead = (in_runs - sum(new)) / len(new) if new else 0.0
+    overhead = (in_runs - sum(new.values()) + in_rungs) / len(new) if new else 0.0
     total = self.total or self._total()
     for s in self.within:
       if s.name in full:
