@@ -11,4 +11,7 @@ def get_config():
   c.cases = ('last:1', 'last:4', 'last:9', 'last:11', 'last:17', 'last:23', 'bias:23',
              'bias_batchstats:23', 'norm:23', 'block:block1', 'block:block3')
   c.seeds = (0, 1, 2)
+  # A tenth of each class held out: the proxies' short training and the searches' rungs decide
+  # on it (python launch.py --config=configs/families.py --config.search=halving).
+  c.validation_fraction = 0.1
   return c
