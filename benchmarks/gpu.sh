@@ -23,3 +23,6 @@ echo "step benchmark: exit $?"; cat "$out/step_b0.txt"; tail -5 "$out/step_b0.er
 timeout "${SWEEP_TIMEOUT:-310}" $py -m benchmarks.sweep --scale="$scale" --frameworks=tljax,torch \
   --timeout=140 --out="$out/sweep.json" > "$out/sweep.txt" 2> "$out/sweep.err"
 echo "sweep benchmark: exit $?"; cat "$out/sweep.txt"; tail -5 "$out/sweep.err"
+timeout "${ENERGY_TIMEOUT:-420}" $py -m benchmarks.energy --meter=nvml --out="$out/energy" \
+  > "$out/energy.txt" 2> "$out/energy.err"
+echo "energy benchmark: exit $?"; cat "$out/energy.txt"; tail -5 "$out/energy.err"
