@@ -41,7 +41,7 @@ class Rates:
   write_bytes_per_s: float  # filling the cache: fresh pages, in RAM or a memory map
 
 
-# CPU: measured on the 2-core Xeon this project is developed on (load ~4, 2026-12-05): the
+# CPU: measured on the 2-core AMD EPYC this project is developed on (load ~4, 2026-12-05): the
 # small CNN's prefixes at batch 64 ran at 38-42 GFLOP/s (conv-bound cuts; the first conv alone,
 # memory-bound, at 3.3), numpy gathered 64 sorted random rows at 0.7-10 GB/s (512 B to 128 KiB
 # rows) and wrote fresh pages at 0.07-0.38 GB/s. GPU and TPU: stated assumptions, not
