@@ -122,15 +122,14 @@ class Decision:
 def visited(n, batch, seed, epochs, per_epoch, start_step=0):
   """(sorted distinct example indices, example passes) of the train batches of steps
   [start_step, epochs x per_epoch): datasets.train_batches's order, which depends only on
-  (seed, epoch)."""
-  parts = []
+  (seed, epoch). Memory: one bool per example, whatever the epochs."""
+  seen, passes = np.zeros(n, bool), 0
   for epoch in range(start_step // per_epoch, epochs):
     lo = max(start_step - epoch * per_epoch, 0)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    parts.append(order[lo * batch:per_epoch * batch])
-  if not parts:
-    return np.zeros(0, np.int64), 0
-  return np.unique(np.concatenate(parts)), sum(len(p) for p in parts)
+    passes += (per_epoch - lo) * batch
+    if not seen.all():
+      seen[np.random.default_rng([seed, epoch]).permutation(n)[lo * batch:per_epoch * batch]] = True
+  return np.flatnonzero(seen), passes
 
 
 def usage(config, train, seed):
@@ -253,22 +252,14 @@ def plan(config, model, variables, deepest, forward_flops_per_example, train):
                 always=config.prefix_cache_always)
 
 
-def for_run(config, plan_decision, compiled, train, seed, cache_dir, start_step=0):
+def for_run(config, plan_decision, compiled, train, seed, cache_dir):
   """(Decision, sorted example indices to fill, or None) of one run: at the plan's compiled cut
-  with this run's exact usage. A resumed run decides on its whole run, as the uninterrupted one
-  did, and fills the fill's batches that hold an example its steps from `start_step` visit (the
-  same batches: the same numbers)."""
+  with this run's exact usage. A resumed run decides and fills as the uninterrupted one did
+  (the same fill batches: the same numbers; its remaining steps' examples are spread over
+  nearly every one of them)."""
   if compiled is None:
     return plan_decision, None
   u, used = usage(config, train, seed)
   d = decide([compiled_cut(compiled, config.batch_size)], u, budget=prefix_cache.memory_budget(),
              free_disk=free_disk(cache_dir), always=config.prefix_cache_always)
-  if not d.cache:
-    return d, None
-  if start_step:
-    b = config.batch_size
-    needed = visited(len(train), b, seed, config.epochs, fit.steps_per_epoch(config, train),
-                     start_step)[0]
-    chunks = [used[i:i + b] for i in range(0, len(used), b)]
-    used = np.concatenate([c for c in chunks if np.isin(c, needed).any()] or [used[:0]])
-  return d, used
+  return d, (used if d.cache else None)

@@ -254,9 +254,8 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh):
   train examples the run visits only); the test split on the whole model."""
   prep = inputs.prep_fn(config, config.target_dataset)
   train_c, (train_arrays, test_arrays), train_prep = plan.train_c, splits, prep
-  start = (ckpt.latest_step() if ckpt is not None else None) or 0
   decision, used = cache_plan.for_run(config, plan.cache_decision or cache_plan.Decision(
-      False, 'not planned'), plan.cached, train_arrays, tags['seed'], cache_dir, start)
+      False, 'not planned'), plan.cached, train_arrays, tags['seed'], cache_dir)
   logging.info('Prefix cache, case %s, seed %d: %s', tags['case'], tags['seed'], decision.line())
   cache = None
   try:
