@@ -1,4 +1,4 @@
-"""The prefix cache's cost model: which runs cache, at which cut, and only the examples they visit."""
+"""The prefix cache's cost model: which runs cache, at which cut, filling only what they visit."""
 
 import numpy as np
 import pytest
@@ -123,3 +123,19 @@ def test_a_run_fills_only_the_examples_it_visits(tiny_config, tmp_path, monkeypa
     assert not rec['prefix_cache'] and rec['prefix_cache_decision']['decision'] == 'none'
     assert rec['prefix_cache_bytes'] == 0 and rec['prefix_cache_decision']['gain_s'] < 1
     assert rec['test_loss'] == pytest.approx(cached['test_loss'], rel=1e-4)
+
+
+
+def test_a_resumed_run_decides_and_fills_as_the_whole_run(tiny_config, tmp_path):
+  """However far a run got, its decision and its fill are those of the whole run (the same fill
+  batches give the same features: XLA:CPU may round an example differently by its place in a
+  batch)."""
+  c = tiny_config
+  c.epochs, c.steps_per_epoch, c.prefix_cache_always = 2, 3, True
+  train = datasets.Arrays(np.zeros((500, 32, 32, 1), np.uint8), np.zeros(500, np.int32), 5, 'x',
+                          'train')
+  compiled = prefix_cache.Compiled(22, 'dense_1', (128,), None, None, None, {'flops': 16e6},
+                                   {}, {}, 0.0)
+  d, used = cache_plan.for_run(c, None, compiled, train, 0, str(tmp_path))
+  assert d.cache and d.record()['examples_visited'] == len(used)
+  np.testing.assert_array_equal(used, np.unique(_train_batch_indices(500, 16, 0, 2, 3)))

@@ -41,7 +41,7 @@ class Rates:
   write_bytes_per_s: float  # filling the cache: fresh pages, in RAM or a memory map
 
 
-# CPU: measured on the 2-core Xeon this project is developed on (load ~4, 2026-12-05): the
+# CPU: measured on the 2-core AMD EPYC this project is developed on (load ~4, 2026-12-05): the
 # small CNN's prefixes at batch 64 ran at 38-42 GFLOP/s (conv-bound cuts; the first conv alone,
 # memory-bound, at 3.3), numpy gathered 64 sorted random rows at 0.7-10 GB/s (512 B to 128 KiB
 # rows) and wrote fresh pages at 0.07-0.38 GB/s. GPU and TPU: stated assumptions, not
@@ -119,20 +119,17 @@ class Decision:
             f'{self.location}: {self.reason}')
 
 
-def visited(n, batch, seed, epochs, per_epoch, start_step=0, stop_step=None):
+def visited(n, batch, seed, epochs, per_epoch, start_step=0):
   """(sorted distinct example indices, example passes) of the train batches of steps
-  [start_step, stop_step) (stop_step None: epochs x per_epoch): datasets.train_batches's order,
-  which depends only on (seed, epoch)."""
-  stop = epochs * per_epoch if stop_step is None else min(stop_step, epochs * per_epoch)
-  parts = []
-  for epoch in range(start_step // per_epoch, -(-stop // per_epoch)):
+  [start_step, epochs x per_epoch): datasets.train_batches's order, which depends only on
+  (seed, epoch). Memory: one bool per example, whatever the epochs."""
+  seen, passes = np.zeros(n, bool), 0
+  for epoch in range(start_step // per_epoch, epochs):
     lo = max(start_step - epoch * per_epoch, 0)
-    hi = min(per_epoch, stop - epoch * per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    parts.append(order[lo * batch:hi * batch])
-  if not parts:
-    return np.zeros(0, np.int64), 0
-  return np.unique(np.concatenate(parts)), sum(len(p) for p in parts)
+    passes += (per_epoch - lo) * batch
+    if not seen.all():
+      seen[np.random.default_rng([seed, epoch]).permutation(n)[lo * batch:per_epoch * batch]] = True
+  return np.flatnonzero(seen), passes
 
 
 def usage(config, train, seed):
@@ -255,23 +252,14 @@ def plan(config, model, variables, deepest, forward_flops_per_example, train):
                 always=config.prefix_cache_always)
 
 
-def for_run(config, plan_decision, compiled, train, seed, cache_dir, start_step=0,
-            stop_step=None):
+def for_run(config, plan_decision, compiled, train, seed, cache_dir):
   """(Decision, sorted example indices to fill, or None) of one run: at the plan's compiled cut
-  with this run's exact usage. A resumed run decides on its whole run, as the uninterrupted one
-  did, and fills the fill's batches that hold an example its steps from `start_step` (to
-  `stop_step`, a search's rung; None: the end) visit (the same batches: the same numbers)."""
+  with this run's exact usage. A resumed run decides and fills as the uninterrupted one did
+  (the same fill batches: the same numbers; its remaining steps' examples are spread over
+  nearly every one of them)."""
   if compiled is None:
     return plan_decision, None
   u, used = usage(config, train, seed)
   d = decide([compiled_cut(compiled, config.batch_size)], u, budget=prefix_cache.memory_budget(),
              free_disk=free_disk(cache_dir), always=config.prefix_cache_always)
-  if not d.cache:
-    return d, None
-  if start_step or stop_step is not None:
-    b = config.batch_size
-    needed = visited(len(train), b, seed, config.epochs, fit.steps_per_epoch(config, train),
-                     start_step, stop_step)[0]
-    chunks = [used[i:i + b] for i in range(0, len(used), b)]
-    used = np.concatenate([c for c in chunks if np.isin(c, needed).any()] or [used[:0]])
-  return d, used
+  return d, (used if d.cache else None)

@@ -317,8 +317,8 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, de
 def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, validation=None,
            stop_at_step=None):
   """Fits and evaluates one run, on cached prefix activations where cache_plan says so (the
-  train examples its steps up to `stop_at_step` visit only; the test split on the whole model);
-  a Rung when it pauses at `stop_at_step` (None: it trains every step)."""
+  train examples the whole run visits only; the test split on the whole model); a Rung when it
+  pauses at `stop_at_step` (None: it trains every step)."""
   prep = inputs.prep_fn(config, config.target_dataset)
   train_c, (train_arrays, test_arrays), train_prep = plan.train_c, splits, prep
   total = config.epochs * fit.steps_per_epoch(config, train_arrays)
@@ -326,10 +326,10 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
       fit.fraction_step(total, config.short_training_fraction),
       lambda s: dict(zip(('short_val_accuracy', 'short_val_loss'),
                          _validate(config, plan, s, validation, mesh))))
-  start = (ckpt.latest_step() if ckpt is not None else None) or 0
+  # A search's rung decides and fills as the whole run does (the same fill batches: the same
+  # numbers when it goes on); docs/search.md says what that costs a rung.
   decision, used = cache_plan.for_run(config, plan.cache_decision or cache_plan.Decision(
-      False, 'not planned'), plan.cached, train_arrays, tags['seed'], cache_dir, start,
-                                      stop_at_step)
+      False, 'not planned'), plan.cached, train_arrays, tags['seed'], cache_dir)
   logging.info('Prefix cache, case %s, seed %d: %s', tags['case'], tags['seed'], decision.line())
   cache = None
   try:
