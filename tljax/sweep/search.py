@@ -1,8 +1,7 @@
 """The searches: which cases train fully (all, successive halving's finalists, a proxy's top k).
 
-docs/search.md describes the modes, the halving schedule and cut, and the exhaustive estimate.
-The sweep (tljax/sweep/runner.py) lends a search its training through Hooks; a search never
-trains a case whose compiled costs break the budget, in any mode.
+docs/search.md: the modes, halving's schedule and cut, the exhaustive estimate. The sweep
+(runner.py) lends a search its training through Hooks; no mode trains a case over the budget.
 """
 
 import dataclasses
@@ -112,12 +111,11 @@ def _loss(loss):
 
 
 def outside_budget(config, plans):
-  """{case: {why, costs}} of the planned cases whose compiled costs break the energy or memory
-  budget (max_energy_per_example_j of budget_energy's energy, max_train_memory_mb of
-  budget_memory's memory)."""
+  """{case: {why, costs}} of the planned cases whose compiled costs break the budget (energy as
+  budget_energy says, memory as budget_memory says)."""
   energy, mib = config.max_energy_per_example_j, config.max_train_memory_mb
-  if not (energy or mib):
-    return {}  # no budget: nothing waits for the compile pool here
+  if not (energy or mib):  # no budget: nothing waits for the compile pool
+    return {}
   field = pareto.memory_field(config.budget_memory)
   e_field = pareto.energy_field(config.get('budget_energy', 'mac'))
   out = {}
