@@ -70,11 +70,7 @@ def run_cli(argv):
     print(cli.help_text(USAGE, ABOUT, fv, EXAMPLES))
     return 0
   try:
-    rest = fv(list(argv))
-    if len(rest) > 1:
-      raise ValueError(f'unexpected arguments: {" ".join(rest[1:])}')
-    if not fv.workdir:
-      raise ValueError('--workdir is required: the workdir of a tljax run (holding summary.json)')
+    cli.parse_workdir_args(fv, argv, 'the workdir of a tljax run (holding summary.json)')
     summary = _load_summary(fv.workdir)
     budget = recommend.budget_of(summary.get('config') or {} if isinstance(summary, dict) else {})
     budget.update({k: fv[k].value for k in (*recommend.LIMITS, 'memory', 'energy',

@@ -96,11 +96,7 @@ def run_cli(argv):
     print(cli.help_text(USAGE, ABOUT, fv, EXAMPLES))
     return 0
   try:
-    rest = fv(list(argv))
-    if len(rest) > 1:
-      raise ValueError(f'unexpected arguments: {" ".join(rest[1:])}')
-    if not fv.workdir:
-      raise ValueError('--workdir is required: the workdir of a tljax run')
+    cli.parse_workdir_args(fv, argv, 'the workdir of a tljax run')
     print('\n'.join(lines(fv.workdir)))
   except (flags.Error, ValueError) as e:
     sys.stderr.write(f'tljax: error: {e}\n')

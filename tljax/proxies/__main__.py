@@ -33,11 +33,7 @@ def run_cli(argv):
     print(cli.help_text(USAGE, ABOUT, fv, EXAMPLES))
     return 0
   try:
-    rest = fv(list(argv))
-    if len(rest) > 1:
-      raise ValueError(f'unexpected arguments: {" ".join(rest[1:])}')
-    if not fv.workdir:
-      raise ValueError('--workdir is required: a finished workdir holding proxies.json')
+    cli.parse_workdir_args(fv, argv, 'a finished workdir holding proxies.json')
     docs = [pool.load(w) for w in fv.workdir]
     text = pool.markdown(docs, fv.workdir)
   except (flags.Error, ValueError) as e:

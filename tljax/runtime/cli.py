@@ -43,3 +43,13 @@ def help_text(usage, about, flag_values, examples):
   lines += ['', 'Example' + ('s:' if len(examples) > 1 else ':')]
   lines += [f'  {e}' for e in examples]
   return '\n'.join(lines)
+
+
+def parse_workdir_args(fv, argv, workdir_what):
+  """Parses `argv` into the FlagValues `fv` of a command taking --workdir; ValueError for extra
+  arguments or a missing --workdir (`workdir_what` says what it must be)."""
+  rest = fv(list(argv))
+  if len(rest) > 1:
+    raise ValueError(f'unexpected arguments: {" ".join(rest[1:])}')
+  if not fv.workdir:
+    raise ValueError(f'--workdir is required: {workdir_what}')
