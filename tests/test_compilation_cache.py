@@ -6,6 +6,7 @@ import jax
 from jax import monitoring
 
 from tljax.runtime import backend
+from tljax.training import compiled
 from tljax.sweep import runner
 from tests.conftest import shrunk_default
 
@@ -40,6 +41,9 @@ def test_a_second_sweep_loads_every_step_from_the_cache(tmp_path):
   config = shrunk_default(tmp_path / 'cache')
   config.cases = (1, 23)
   config.compilation_cache, config.compilation_cache_dir = True, ''  # under cache_dir
+  # The shared eval step is kept per process (compiled.compile_eval): an earlier test in this
+  # worker must not have compiled it already, or run 1 never writes it to the cache.
+  compiled._EVAL_CACHE.clear()  # pylint: disable=protected-access
   try:
     first, miss = _sweep_counting_cache_events(config, tmp_path / 'first')
     cache = tmp_path / 'cache' / 'xla_compiled'
