@@ -121,6 +121,7 @@ class Sweep:
     parallel.on_writer('discarding stale records', self._load_done)  # moves them away
     self.done = self._load_done()
     self.later = []  # (key, plan, record function): runs waiting for their counted FLOPs
+    self.drawn_at = None  # when _publish last drew the figures (outputs.figures_due)
     parallel.same_on_all('finished runs', sorted(k for k, r in self.done.items() if r))
 
   def _load_done(self):
@@ -285,7 +286,9 @@ def _publish(sw, summary, t0):
   """The summary of the runs finished so far, written."""
   outputs.finish(summary, _runs(sw))
   summary['wall_s'] = time.perf_counter() - t0
-  parallel.on_writer('writing the summary', outputs.write, sw.workdir, summary)
+  draw = outputs.figures_due(sw.drawn_at)
+  sw.drawn_at = time.perf_counter() if draw else sw.drawn_at
+  parallel.on_writer('writing the summary', outputs.write, sw.workdir, summary, draw)
 
 
 def _score(sw, seed, pretrained, plans, specs):
