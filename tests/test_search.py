@@ -14,6 +14,7 @@ from conftest import shrunk_default
 from tljax.config import checks
 from tljax.decision import figures
 from tljax.sweep import fingerprints
+from tljax.sweep import halving as halving_lib
 from tljax.sweep import runner
 from tljax.sweep import search
 from tljax.training import case as case_lib
@@ -60,21 +61,23 @@ def test_modes_are_checked_before_any_work(tmp_path, monkeypatch):
 
 
 def test_the_schedule_and_the_cut():
-  assert search.rung_steps(150, 0.1, 3) == [15, 47]  # 0.1, 0.1 ** 0.5 of 150; then the full run
-  assert search.rung_steps(9, 0.1, 2) == [1, 2, 4]
-  assert search.rung_steps(3, 0.1, 3) == [1]  # 0.32 of 3 rounds to 1 as well
-  low, high = search.wilson(0.9, 100)
+  assert halving_lib.rung_steps(150, 0.1, 3) == [15, 47]  # 0.1, 0.1 ** 0.5 of 150; then the full run
+  assert halving_lib.rung_steps(9, 0.1, 2) == [1, 2, 4]
+  assert halving_lib.rung_steps(3, 0.1, 3) == [1]  # 0.32 of 3 rounds to 1 as well
+  low, high = halving_lib.wilson(0.9, 100)
   assert (round(low, 4), round(high, 4)) == (0.8256, 0.9448)
   results = {'a': (0.95, 100, 0.2), 'b': (0.92, 100, 0.3), 'c': (0.70, 100, 0.9),
              'd': (None, 0, None)}
-  assert search.cut(results, 3) == (['a', 'b'], 0.95)  # b's interval reaches 0.95
-  assert search.cut(results, 3, z=search.z_of(0.0)) == (['a'], 0.95)
-  assert search.z_of(0.95) == pytest.approx(search.Z95)
+  assert halving_lib.cut(results, 3) == (['a', 'b'], 0.95)  # b's interval reaches 0.95
+  assert halving_lib.cut(results, 3, z=halving_lib.z_of(0.0)) == (['a'], 0.95)
+  assert halving_lib.z_of(0.95) == pytest.approx(halving_lib.Z95)
   tie = {'a': (0.8, 10, 0.5), 'b': (0.8, 10, 0.4), 'c': (1.0, 10, 0.1)}
-  assert search.cut(tie, 2) == (['a', 'b', 'c'], 0.8)  # equal accuracies tie with an interval
-  assert search.cut(tie, 2, z=0) == (['b', 'c'], 0.8)  # without one, the lower loss goes on
-  assert search.wilson(1.0, 10)[1] == 1.0 and search.cut(
+  assert halving_lib.cut(tie, 2) == (['a', 'b', 'c'], 0.8)  # equal accuracies tie with an interval
+  assert halving_lib.cut(tie, 2, z=0) == (['b', 'c'], 0.8)  # without one, the lower loss goes on
+  assert halving_lib.wilson(1.0, 10)[1] == 1.0 and halving_lib.cut(
       {'a': (1.0, 10, 0.2), 'b': (1.0, 10, 0.1)}, 2) == (['a', 'b'], 1.0)
+  # Stopped, but within the line's 95 % interval: reported as a tie.
+  assert halving_lib.tied(results, ['a'], 0.95) == ['b'] and halving_lib.tied(tie, ['b', 'c'], 0.8) == ['a']
 
 
 def _fake_scores(monkeypatch, scores):
@@ -216,3 +219,32 @@ def test_a_proxy_search_trains_only_its_top_k(halving, monkeypatch):
   assert s['proxy'] == dict(name='fake', top_k=1, scores={'last:1': 0.1, 'last:4': 0.9},
                             cost_s=1.0)
   assert {x['case']: x['status'] for x in summary['cases']}['last:1'] == 'not selected'
+
+
+def test_halving_cuts_on_the_first_seeds_full_runs_before_the_other_seeds(tmp_path, monkeypatch):
+  _no_figures(monkeypatch)
+  accuracy = {'last:1': 0.1, 'last:4': 0.9, 'last:9': 0.5}  # what the validation split says
+  validate = case_lib._validate  # pylint: disable=protected-access
+  monkeypatch.setattr(case_lib, '_validate', lambda config, plan, *a: (
+      accuracy[plan.case.name], validate(config, plan, *a)[1]))
+  calls, _ = _record_training(monkeypatch)
+  # One rung at half the steps (3 -> 2 cases), then the last rung: their full first-seed runs.
+  c = _config(tmp_path, search='halving', halving_eta=2, halving_confidence=0.0,
+              short_training_fraction=0.5, seeds=(0, 1))
+  summary = runner.train_and_evaluate(c, str(tmp_path / 'w'))
+  s = summary['search']
+  (step,) = s['halving']['rung_steps']
+  assert calls == [(n, 0, step) for n in CASES] + [('last:4', 0, None), ('last:9', 0, None),
+                                                   ('last:4', 1, None)]
+  assert s['trained_fully'] == ['last:4'] == [s['answer']]
+  assert s['stopped_early'] == {'last:1': 0, 'last:9': 1} and s['halving']['tied'] == [[], []]
+  n = summary['validation_examples']
+  assert s['rungs']['last:9'][-1] == dict(
+      rung=1, step=9, fraction=1.0, val_accuracy=0.5, val_examples=n,
+      val_ci95=list(halving_lib.wilson(0.5, n)), val_loss=s['rungs']['last:9'][-1]['val_loss'])
+  runs = {(r['case'], r['seed']): r for r in summary['runs']}
+  assert sorted(runs) == [('last:4', 0), ('last:4', 1), ('last:9', 0)]
+  assert runs[('last:9', 0)]['val_accuracy'] == 0.5 and runs[('last:9', 0)]['val_loss'] > 0
+  by_case = {x['case']: x for x in summary['cases']}
+  assert by_case['last:9']['status'] == 'stopped early (rung 1)'
+  assert by_case['last:9']['n_seeds'] == 1 and not by_case['last:9']['on_pareto_front']

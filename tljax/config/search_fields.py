@@ -61,8 +61,9 @@ FIELDS = {
     'halving_eta': doc('successive halving keeps the best 1/eta of the cases at each rung '
                        '(and any tied with the cut)', safe(int_at_least(2))),
     'halving_confidence': doc(
-        "the confidence of the Wilson interval by which a case below halving's cut line is "
-        'tied with it and kept', safe(number_in(
+        "confidence of the Wilson interval by which a case below halving's cut line ties and "
+        'goes on (0: no ties)',
+        safe(number_in(
             0, 1, lo_open=False, hi_open=True, what=' (0 = no ties: exactly 1/eta go on)'))),
     'short_training_fraction': doc(
         "fraction of a run's steps after which its validation accuracy is recorded "

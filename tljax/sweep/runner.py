@@ -249,7 +249,8 @@ def _hooks(sw, plans, metrics, summary, t0):
                                                    metrics, stop_at_step=step),
       run_seed=lambda seed, names, pre: _run_seed(sw, seed, plans, metrics, summary, t0, names,
                                                   pre),
-      plan=lambda specs: plans.merge(plan_cases(sw, specs, sw.seeds[0])))
+      plan=lambda specs: plans.merge(plan_cases(sw, specs, sw.seeds[0])),
+      record=lambda name, seed: (save_later(sw, wait=True), sw.done[(name, seed)])[1])
 
 
 def _pretrained(sw, seed, metrics, summary):

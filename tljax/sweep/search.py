@@ -6,26 +6,23 @@ docs/search.md: the modes, halving's schedule and cut, the exhaustive estimate. 
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Callable
 
 from absl import logging
-from scipy import special
 
 from tljax.config import search_fields
 from tljax.decision import pareto
 from tljax.decision import recommend
 from tljax.runtime import parallel
 from tljax.runtime import report
+from tljax.sweep import halving
 from tljax.sweep import layout
 from tljax.training import case as case_lib
 from tljax.training import fit
 from tljax.training import record
 
-# The normal 0.975 quantile: the Wilson 95 % interval of a validation accuracy.
-Z95 = 1.959963984540054
 OUTSIDE_BUDGET, NOT_SELECTED = 'outside budget', 'not selected'
 
 
@@ -40,11 +37,13 @@ class Hooks:
   record when it finished instead); run_seed(seed, names, pretrained): trains the unfinished
   runs of the cases `names` on `seed` (from pretrained(seed)), writing the summary after each;
   plan(specs): compiles cases the sweep did not (their runs had all finished) into the
-  plans."""
+  plans; record(name, seed): the finished run's record (once its counting twin has
+  compiled)."""
   pretrained: Callable
   rung: Callable
   run_seed: Callable
   plan: Callable
+  record: Callable
 
 
 def check(config):
@@ -65,49 +64,6 @@ def _scores():
     raise ValueError(f'a proxy search needs tljax.proxies, which this installation lacks ({e}); '
                      "use config.search='exhaustive' or 'halving'.") from None
   return scores
-
-
-def wilson(accuracy, n, z=Z95):
-  """(low, high) of the Wilson score interval of `accuracy` measured on `n` examples."""
-  if n <= 0:
-    return 0.0, 1.0
-  centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-  half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
-  return (0.0 if accuracy <= 0 else max(0.0, centre - half),
-          1.0 if accuracy >= 1 else min(1.0, centre + half))
-
-
-def rung_steps(total, first_fraction, eta):
-  """The steps of halving's rungs below a run's `total`: K = round(log_eta(1/first_fraction))
-  (at least 1) rungs at fractions first_fraction ** ((K - r) / K), r = 0..K-1, the first at
-  first_fraction (fit.fraction_step), the next ~eta times longer each, up to the full run."""
-  k = max(1, round(math.log(1 / first_fraction) / math.log(eta))) if first_fraction < 1 else 1
-  steps = {fit.fraction_step(total, first_fraction ** ((k - r) / k)) for r in range(k)}
-  return sorted(s for s in steps if s < total)
-
-
-def z_of(confidence):
-  """The normal quantile of a two-sided `confidence` interval (0.95: 1.96; 0: 0)."""
-  return float(special.ndtri(0.5 + confidence / 2))
-
-
-def cut(results, eta, z=Z95):
-  """(kept, line): of {case: (accuracy, n, loss)} (accuracy None: diverged), the ceil(n/eta)
-  best by accuracy (equal accuracies by lower loss), and, with z > 0, every other whose Wilson
-  interval (z: z_of its confidence) reaches the line, the accuracy of the last of those (so
-  every equal accuracy); `kept` in `results`' order."""
-  measured = [c for c, (a, _, _) in results.items() if a is not None]
-  if not measured:
-    return [], None
-  ranked = sorted(measured, key=lambda c: (-results[c][0], _loss(results[c][2])))
-  best = ranked[:max(1, math.ceil(len(ranked) / eta))]
-  line = results[best[-1]][0]
-  kept = [c for c in measured if c in best or (z > 0 and wilson(*results[c][:2], z)[1] >= line)]
-  return kept, line
-
-
-def _loss(loss):
-  return math.inf if loss is None else loss
 
 
 def outside_budget(config, plans):
@@ -211,10 +167,15 @@ class Search:
     logging.info('Search %s: %d of %d cases train fully on every seed: %s.', mode, len(chosen),
                  len(self.sw.specs), ', '.join(chosen))
     for seed in self.sw.seeds:
-      t, pre = time.perf_counter(), self.pre_s
-      self.hooks.run_seed(seed, set(chosen), self._pretrained)
-      self.run_seeds_s += time.perf_counter() - t
-      self.pre_in_run_seeds_s += self.pre_s - pre
+      if mode != 'halving' or any(self.sw.done[(n, seed)] is None for n in chosen):
+        self._run_seed(seed, chosen)  # (halving's last rung ran the first seed's)
+
+  def _run_seed(self, seed, names):
+    """The runs of `names` on `seed`, trained to the end (the seconds kept for the estimate)."""
+    t, pre = time.perf_counter(), self.pre_s
+    self.hooks.run_seed(seed, set(names), self._pretrained)
+    self.run_seeds_s += time.perf_counter() - t
+    self.pre_in_run_seeds_s += self.pre_s - pre
 
   def _pretrained(self, seed):
     t = time.perf_counter()
@@ -228,30 +189,53 @@ class Search:
     return self.sw.run_config.epochs * fit.steps_per_epoch(self.sw.run_config, train)
 
   def _halving(self):
-    """Successive halving on the first seed (docs/search.md "Halving"); the finalists."""
+    """Successive halving on the first seed (docs/search.md "Halving"): the rungs, then the full
+    runs of the cases left, cut on their final validation accuracy; the finalists."""
     seed, eta = self.sw.seeds[0], self.config.halving_eta
     self.total = self._total()
-    steps = rung_steps(self.total, self.config.short_training_fraction, eta)
+    steps = halving.rung_steps(self.total, self.config.short_training_fraction, eta)
     self.info['halving'] = dict(eta=eta, confidence=self.config.halving_confidence,
-                                rung_steps=steps, total_steps=self.total, lines=[])
+                                rung_steps=steps, total_steps=self.total, lines=[], tied=[])
     alive, pretrained = [s.name for s in self.within], []
-    for r, step in enumerate(steps):
+    for r, step in enumerate(steps + [self.total]):
       if len(alive) <= 1:
         break
+      if step == self.total:  # the last rung: the full runs on the first seed
+        self._run_seed(seed, alive)
       results, passed = {}, []
       for name in alive:
-        res = self._rung(name, seed, r, step, pretrained)
+        res = (self._rung(name, seed, r, step, pretrained) if step < self.total
+               else self._full(name, seed, r))
         if res is None:
           passed.append(name)  # its first-seed run has finished: it goes on unranked
         else:
           results[name] = (res['val_accuracy'], res['val_examples'], res.get('val_loss'))
-      kept, line = cut(results, eta, z_of(self.config.halving_confidence))
-      self.info['halving']['lines'].append(line)
-      self.info['stopped_early'].update({n: r for n in alive if n not in kept + passed})
-      alive = [n for n in alive if n in kept or n in passed]
-      logging.info('Halving rung %d (step %d of %d): %d cases go on (cut line: validation '
-                   'accuracy %s): %s.', r, step, self.total, len(alive), line, ', '.join(alive))
+      alive = self._cut(r, step, alive, results, passed)
     return alive
+
+  def _cut(self, r, step, alive, results, passed):
+    """Rung `r`'s cut (halving.cut) of `alive`; the cases that go on (`passed` among them)."""
+    kept, line = halving.cut(results, self.config.halving_eta,
+                             halving.z_of(self.config.halving_confidence))
+    self.info['halving']['lines'].append(line)
+    self.info['halving']['tied'].append(halving.tied(results, kept, line))
+    self.info['stopped_early'].update({n: r for n in alive if n not in kept + passed})
+    alive = [n for n in alive if n in kept or n in passed]
+    logging.info('Halving rung %d (step %d of %d): %d cases go on (cut line: validation '
+                 'accuracy %s): %s.', r, step, self.total, len(alive), line, ', '.join(alive))
+    return alive
+
+  def _full(self, name, seed, r):
+    """Case `name` at the last rung: its full run's final validation accuracy (None: a run
+    without one, which goes on unranked)."""
+    rec = self.hooks.record(name, seed)
+    if rec.get('status') != 'ok':
+      return self._note(name, r, dict(val_accuracy=None, val_examples=0))
+    if rec.get('val_accuracy') is None:
+      return None
+    _, val, _ = self.sw.splits(seed)
+    return self._note(name, r, dict(step=self.total, val_accuracy=rec['val_accuracy'],
+                                    val_examples=len(val), val_loss=rec.get('val_loss')))
 
   def _rung(self, name, seed, r, step, pretrained):
     """Case `name` at rung `r` (`step`): its stored result, the first rung from a finished
@@ -278,12 +262,18 @@ class Search:
       res = dict(step=out.step, val_accuracy=out.val_accuracy, val_examples=out.val_examples,
                  val_loss=out.val_loss, train_s=out.train_s, fill_s=out.fill_s, call_s=call_s)
       self.state.save_rung(name, seed, step, res)
-    low, high = wilson(res['val_accuracy'], res['val_examples'])
-    self.info['rungs'].setdefault(name, []).append(dict(
-        rung=r, step=step, fraction=step / self.total, val_accuracy=res['val_accuracy'],
-        val_examples=res['val_examples'], val_ci95=[low, high], val_loss=res.get('val_loss')))
     if 'train_s' in res:
       self.last_rung[name] = res
+    return self._note(name, r, res)
+
+  def _note(self, name, r, res):
+    """`res` (a rung's result of case `name`) into the summary's search.rungs; `res`."""
+    if res['val_accuracy'] is not None:
+      low, high = halving.wilson(res['val_accuracy'], res['val_examples'])
+      self.info['rungs'].setdefault(name, []).append(dict(
+          rung=r, step=res['step'], fraction=res['step'] / self.total,
+          val_accuracy=res['val_accuracy'], val_examples=res['val_examples'],
+          val_ci95=[low, high], val_loss=res.get('val_loss')))
     return res
 
   def _proxy(self, name):
@@ -381,9 +371,13 @@ def mark_cases(summary):
     elif name in info['stopped_early']:
       r = info['stopped_early'][name]
       last = (info['rungs'].get(name) or [{}])[-1]
+      ties = info['halving'].get('tied') or []
+      tied = r < len(ties) and name in ties[r]
       c.update(status=stopped_status(r), status_detail=(
           f"halving stopped it at rung {r} (step {last.get('step')}): validation accuracy "
-          f"{last.get('val_accuracy')} below the cut line {info['halving']['lines'][r]}"))
+          f"{last.get('val_accuracy')} (loss {last.get('val_loss')}) against the cut line "
+          f"{info['halving']['lines'][r]}" + (
+              '; within its 95 % interval: not a significant difference' if tied else '')))
     elif name in info['not_selected']:
       c.update(status=NOT_SELECTED, status_detail=(
           f"proxy {info['proxy']['name']} ranks it below the top {info['proxy']['top_k']}"))

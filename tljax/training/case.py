@@ -351,13 +351,16 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
       return Rung(steps, total, *val, len(validation or ()), wall,
                   cache.seconds if cache else 0.0, loop.probed)
     acc = loss = None
+    val = (None, None)
     if diverged_at is None:
       acc, loss = fit.evaluate(plan.eval_c, state, test_arrays, config, prep, mesh)
+      if validation is not None:  # halving's last rung (docs/search.md)
+        val = _validate(config, plan, state, validation, mesh)
   finally:
     if cache is not None:
       cache.delete()
   return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache, measured,
-                        loop.probed, decision)
+                        loop.probed, decision, val)
 
 
 def _validate(config, plan, state, validation, mesh):

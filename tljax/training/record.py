@@ -26,6 +26,7 @@ class Outcome:
   measured: Any = None  # the energy meter's meters.Measured over the fit loop, or None
   short: Any = None  # the short-training measurement (case.run_case), or None
   cache_decision: Any = None  # the cache_plan.Decision that said whether it caches
+  validation: Any = (None, None)  # (accuracy, loss) on the validation split at the end
 
 
 def run_record(config, plan, case, out, mesh=None):
@@ -45,6 +46,7 @@ def run_record(config, plan, case, out, mesh=None):
   short = out.short or {}
   rec.update(short_val_accuracy=short.get('short_val_accuracy'),
              short_val_loss=short.get('short_val_loss'), short_train_s=short.get('short_train_s'))
+  rec.update(zip(('val_accuracy', 'val_loss'), out.validation))  # at the end; null likewise
   rec.update(_flops(config, plan, case))
   rec.update(traffic.record_fields(config, plan.train_cost, case, plan.device_memory,
                                    rec['energy_per_example_j']))
