@@ -48,8 +48,8 @@ FIELDS = {
                                   safe(Field(str, None,
                                               "a directory ('' = <cache_dir>/xla_compiled)"))),
     'compile_workers': doc("threads compiling a sweep's programs while its first cases train "
-                            '(0 = one per core, 1 = one case after another before training)',
-                            safe(int_at_least(0, ' (0 = one per core)'))),
+                            '(0 = one per 2 cores, 1 = one case after another before training)',
+                            safe(int_at_least(0, ' (0 = one per 2 cores)'))),
     'dry_run': doc('one step per case on mock data with random weights: the costs without the '
                     'training', Field(bool, lambda v, c: True, 'must be True or False')),
     'launcher': doc("where runs go: this process, or a submitit job per run (docs/clusters.md)",

@@ -1,7 +1,7 @@
 """The compile pool: a sweep's programs compiled on threads while its first cases train.
 
 XLA's compilation releases the GIL (jax#11788), so `compile_workers` threads compile that many
-programs at once. Each thread also traces and lowers its program: that holds the GIL, so the
+programs at once (one XLA:CPU compile already keeps about two cores busy: CORES_PER_COMPILE). Each thread also traces and lowers its program: that holds the GIL, so the
 threads take turns at it (7-8 % of a program's seconds on the small CNN), and the main thread
 stays free to train instead of lowering every program before the first case. Every case's
 train step compiles first (case.check_memory needs them all before any training), then each
@@ -27,15 +27,23 @@ from tljax.training import compiled
 POLL_S = 0.2  # how often a wait for a program looks for SIGINT/SIGTERM
 
 
+# One XLA:CPU compile keeps about this many cores busy by itself (jaxlib 0.10 on 2 cores: 1.8
+# CPU seconds per second; two programs at once each took twice as long): the default pool runs
+# one thread per that many cores (benchmarks/README.md "The compile pool").
+CORES_PER_COMPILE = 2
+
+
 def workers(config):
-  """The pool's threads: config.compile_workers, 0 = one per core this process may run on."""
+  """The pool's threads: config.compile_workers, 0 = one per CORES_PER_COMPILE cores this
+  process may run on (at least one: on 2 cores, the serial order)."""
   n = int(config.get('compile_workers', 1))
   if n:
     return n
   try:
-    return len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
   except AttributeError:  # not on Linux
-    return os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+  return max(1, cores // CORES_PER_COMPILE)
 
 
 def _rank(part):
