@@ -229,6 +229,8 @@ class Search:
     """Case `name` at the last rung: its full run's final validation accuracy (None: a run
     without one, which goes on unranked)."""
     rec = self.hooks.record(name, seed)
+    if rec is None:  # not finished (a run another process holds): it goes on unranked
+      return None
     if rec.get('status') != 'ok':
       return self._note(name, r, dict(val_accuracy=None, val_examples=0))
     if rec.get('val_accuracy') is None:
