@@ -16,6 +16,7 @@ from tljax.decision import pareto
 from tljax.decision import recommend
 from tljax.decision import stats
 from tljax import recommend as recommend_cli
+from tljax.sweep import outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T2 = 4.302652729911275  # Student t 0.975 quantile, 2 degrees of freedom (tables)
@@ -284,6 +285,19 @@ def test_figures_written(tmp_path, seeds):
     data = (tmp_path / name).read_bytes()
     assert data.startswith(b'\x89PNG') and len(data) > 10_000
   assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
+
+
+def test_figures_are_drawn_at_most_once_a_minute_between_runs_and_always_at_the_end(tmp_path):
+  assert outputs.figures_due(None) and outputs.FIGURES_EVERY_S == 60.0
+  assert not outputs.figures_due(100.0, now=159.9) and outputs.figures_due(100.0, now=160.0)
+  s = recommend.decide(dict(runs=scenario_runs(), config=dict(
+      BUDGET, budget_memory='xla', source_classes=[0], target_classes=[1])))
+  s.update(name='t', model='small_cnn', source_dataset='digits', target_dataset='digits',
+           dry_run=False, seeds=[0, 1, 2])
+  outputs.write(str(tmp_path), s, draw=False)  # between runs, not due: the numbers only
+  assert sorted(os.listdir(tmp_path)) == ['results.csv', 'runs.csv', 'summary.json']
+  outputs.write(str(tmp_path), s)  # the sweep's end
+  assert {'figure.png', 'pareto.png'} <= set(os.listdir(tmp_path))
 
 
 def test_console_table_marks():
