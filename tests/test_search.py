@@ -12,6 +12,7 @@ import pytest
 
 from conftest import shrunk_default
 from tljax.config import checks
+from tljax.decision import console
 from tljax.decision import figures
 from tljax.sweep import fingerprints
 from tljax.sweep import halving as halving_lib
@@ -248,3 +249,12 @@ def test_halving_cuts_on_the_first_seeds_full_runs_before_the_other_seeds(tmp_pa
   by_case = {x['case']: x for x in summary['cases']}
   assert by_case['last:9']['status'] == 'stopped early (rung 1)'
   assert by_case['last:9']['n_seeds'] == 1 and not by_case['last:9']['on_pareto_front']
+
+
+def test_the_search_line_says_how_many_stops_were_not_significant():
+  info = dict(mode='halving', answer='a', trained_fully=['a'], stopped_early={'b': 0, 'c': 1},
+              not_selected=[], outside_budget={}, wall_s=10.0, exhaustive_estimate_s=40.0,
+              halving=dict(tied=[['b'], []]))
+  assert console._search_line(dict(cases=[{}] * 3, search=info)) == (  # pylint: disable=protected-access
+      "Search halving: answer a; 1 of 3 cases trained fully; 2 stopped early (1 by a difference "
+      "within the cut line's 95 % interval); 10 s, an exhaustive sweep estimated at 40 s (0.25x).")

@@ -116,7 +116,9 @@ def _search_line(summary):
   parts = [f"answer {info['answer'] or 'none'}",
            f"{len(info['trained_fully'])} of {n} cases trained fully"]
   if info['stopped_early']:
-    parts.append(f"{len(info['stopped_early'])} stopped early")
+    tied = sum(len(t) for t in (info.get('halving') or {}).get('tied') or [])
+    parts.append(f"{len(info['stopped_early'])} stopped early" + (
+        f' ({tied} by a difference within the cut line\'s 95 % interval)' if tied else ''))
   if info['not_selected']:
     parts.append(f"{len(info['not_selected'])} not selected")
   if info['outside_budget']:
