@@ -168,6 +168,8 @@ def table(summary, figures=()):
 def compile_line(c):
   """One line on the sweep's compilation: the summary's `compile` field."""
   threads = f"{c['workers']} thread{'s' if c['workers'] != 1 else ''}"
+  late = c.get('late_s') or 0.0
   return (f"Compiled {len(c['programs'])} programs on {threads}: {c['total_s']:.1f} s of "
           f"compiling in {c['wall_s']:.1f} s of wall time, {c['overlap_s']:.1f} s of it while "
-          'the sweep trained.')
+          'the sweep trained' + (f'; {late:.1f} s of the compiling later, when records needed '
+                                 'it' if late else '') + '.')

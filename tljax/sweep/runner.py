@@ -205,8 +205,8 @@ def _train_and_evaluate(config, workdir):
     s = search.Search(sw, plans, summary, _hooks(sw, plans, metrics, summary, t0))
     s.run()
     save_later(sw, wait=True)  # the records whose counting twins compiled last
-    summary.update(compile=plans.report(), eval_compile_s=max(
-        (p.counted().eval_compile_s for p in plans.values()), default=None))
+    summary.update(compile=plans.report(), eval_compile_s=max(  # (a stopped case's LATE parts
+        (p.eval_compile_s for p in plans.values() if p.counting is None), default=None))  # never ran)
     outputs.finish(summary, _runs(sw))
     summary['wall_s'] = time.perf_counter() - t0
     s.conclude()

@@ -154,8 +154,9 @@ class Plan:
   cache_decision: Any = None  # cache_plan.Decision: the plan's (which cut `cached` is at)
 
   def counted(self):
-    """The plan with the FLOPs of its counting twin (docs/accounting.md "FLOPs per backend"),
-    waiting for the twin where the compile pool compiles it still."""
+    """The plan with the FLOPs of its counting twin (docs/accounting.md "FLOPs per backend")
+    and its device-memory cross-check, waiting for them where the compile pool compiles them
+    still (or compiling them now: compile_pool's serial order leaves them to the first ask)."""
     if self.counting is not None:
       twin, self.counting = self.counting(), None
       _count(self, twin)
@@ -166,8 +167,11 @@ class Plan:
 
 
 # A case's compilations (case_parts) in the order plan_case runs them. The compile pool runs
-# every case's 'train' first (check_memory needs them all), the counting twin's ('twin ...') last.
-PARTS = ('train', 'eval', 'prefix', 'device', 'twin train', 'twin eval', 'twin prefix')
+# every case's 'train' first (check_memory needs them all); what only its records need, the
+# device-memory cross-check and the counting twin's steps (LATE), last (Plan.counted).
+PARTS = ('train', 'eval', 'prefix', 'device model', 'device', 'twin train', 'twin eval',
+         'twin prefix')
+LATE = ('device', 'twin train', 'twin eval', 'twin prefix')
 
 
 def plan_case(config, case, num_classes, eval_batch, mesh=None, train=None):
@@ -192,7 +196,9 @@ def case_parts(config, case, num_classes, eval_batch, mesh=None, train=None):
   choice = cache_plan.plan(config, c.model, c.variables, cut, _forward_flops(config, c), train)
   c.cache_decision, cut = choice, choice.cut.index if choice.cache else None
   parts = _steps(c, config, eval_batch, c.model, mesh, cut)
-  parts['device'] = lambda: _device_memory(c, config)
+  memory = device_memory.case_device_memory(c, config)
+  parts['device model'] = lambda: memory
+  parts['device'] = lambda: _device_xla(c, config, memory)
   counting = costs.counting_model(c.model)
   if counting is not None:  # the FLOPs as counted (docs/accounting.md "FLOPs per backend")
     twin = _steps(c, config, eval_batch, counting, parallel.Mesh.on(costs.counting_device()), cut)
@@ -219,38 +225,41 @@ def _steps(c, config, eval_batch, model, mesh, cut):
 
 
 def finish_plan(c, done, eval_batch, counting=None):
-  """The Plan of case `c` from its parts' results, `done` {part: result}; the counting twin's
-  from `done` or, while the compile pool compiles them still, from `counting` (Plan.counted)."""
-  train, ev, (device_mem, device_xla) = done['train'], done['eval'], done['device']
+  """The Plan of case `c` from its parts' results, `done` {part: result}; the LATE parts' from
+  `done` or, while the compile pool has them still, from `counting` (Plan.counted)."""
+  train, ev = done['train'], done['eval']
   c = dataclasses.replace(c, variables=None, state=None)  # no plan holds weights while waiting
   plan = Plan(c, train.fn, ev.fn, train.seconds, train.cost, ev.cost, eval_batch, ev.seconds,
-              done.get('prefix'), device_mem, device_xla, counting, c.cache_decision)
-  if 'twin train' in done:
+              done.get('prefix'), done['device model'], None, counting, c.cache_decision)
+  if 'device' in done:
     _count(plan, done)
   return plan
 
 
-def _count(plan, twin):
-  """Gives `plan` the FLOPs of its counting twin's steps, `twin` {part: result}; memory and
-  timings stay those of the steps that run, the twin's compile seconds added."""
-  plan.compile_s += twin['twin train'].seconds
-  plan.eval_compile_s += twin['twin eval'].seconds
-  plan.train_cost = costs.with_counted_flops(plan.train_cost, twin['twin train'].cost)
-  plan.eval_cost = costs.with_counted_flops(plan.eval_cost, twin['twin eval'].cost)
+def _count(plan, late):
+  """Gives `plan` its LATE parts' results, `late` {part: result}: the device-memory cross-check,
+  and the FLOPs of its counting twin's steps (memory and timings stay those of the steps that
+  run, the twin's compile seconds added)."""
+  plan.device_xla = late['device']
+  if 'twin train' not in late:
+    return
+  plan.compile_s += late['twin train'].seconds
+  plan.eval_compile_s += late['twin eval'].seconds
+  plan.train_cost = costs.with_counted_flops(plan.train_cost, late['twin train'].cost)
+  plan.eval_cost = costs.with_counted_flops(plan.eval_cost, late['twin eval'].cost)
   if plan.cached is not None:
-    prefix_cache.count_on(plan.cached, twin['twin prefix'])
+    prefix_cache.count_on(plan.cached, late['twin prefix'])
 
 
-def _device_memory(c, config):
-  """The device memory model of case `c` and its XLA cross-check (one more compile of the
-  train step, at config.device_batch_size; skipped in a dry run, which checks the path only, and
-  with config.device_xla_check=False)."""
-  model = device_memory.case_device_memory(c, config)
+def _device_xla(c, config, model):
+  """The XLA cross-check of case `c`'s device memory `model` (one more compile of the train step,
+  at config.device_batch_size; None in a dry run, which checks the path only, and with
+  config.device_xla_check=False)."""
   if config.dry_run or not config.device_xla_check:
-    return model, None
+    return None
   step = compiled.compile_train(c.model, c.tx, c.trainable, c.state, config,
                                 config.device_batch_size)
-  return model, device_memory.xla_cross_check(step.cost, config.device_batch_size, model)
+  return device_memory.xla_cross_check(step.cost, config.device_batch_size, model)
 
 
 def check_memory(config, plans):

@@ -47,20 +47,23 @@ def workers(config):
 
 
 def _rank(part):
-  """0 for the train steps, 2 for the counting twins, 1 for the rest."""
-  return 0 if part == 'train' else 2 if part.startswith('twin') else 1
+  """0 for the train steps, 2 for what only records need (case.LATE), 1 for the rest."""
+  return 0 if part == 'train' else 2 if part in case_lib.LATE else 1
 
 
 class Pool:
   """Runs compile parts on `n` threads, the one of lowest (rank, case, order) first; with n=1 in
-  the calling thread at once. Keeps what every compile_step took and the main thread's time
-  in the pool's business (making cases, waiting)."""
+  the calling thread, at once, or for a rank-2 part (case.LATE) when it is first waited for (a
+  case a search stops never compiles them). Keeps what every compile_step took and the main
+  thread's time in the pool's business (making cases, waiting)."""
 
   def __init__(self, n):
     self.n, self.t0, self.end = n, time.perf_counter(), None
     self.main_s = 0.0  # the main thread's seconds making cases and waiting for programs
     self.programs = []  # (order, j, case, part, step, seconds) of every compile_step
     self._heap, self._lock, self._order = [], threading.Lock(), itertools.count()
+    self._lazy = {}  # n=1: future -> its rank-2 item, run when waited for
+    self.late_s = 0.0  # the seconds of those (after the pool's wall: a record needed them)
     self._executor = None if n == 1 else concurrent.futures.ThreadPoolExecutor(
         n, thread_name_prefix='tljax-compile')
 
@@ -68,7 +71,9 @@ class Pool:
     """A future of `fn`() (the part `part` of case number `index`, named `case`)."""
     item = (_rank(part), index, next(self._order), case, part, fn,
             concurrent.futures.Future())
-    if self._executor is None:
+    if self._executor is None and item[0] == 2:
+      self._lazy[item[-1]] = item
+    elif self._executor is None:
       self._run(item)
     else:
       with self._lock:
@@ -86,7 +91,7 @@ class Pool:
       item = heapq.heappop(self._heap)
     self._run(item)
 
-  def _run(self, item):
+  def _run(self, item, late=False):
     _, _, order, case, part, fn, future = item
     if not future.set_running_or_notify_cancel():
       return
@@ -98,15 +103,24 @@ class Pool:
       error = e
     with self._lock:  # before the result: whoever waits for it sees the times
       self.programs += [(order, j, case, part, step, s) for j, (step, s) in enumerate(log)]
-      self.end = time.perf_counter()
+      if late:
+        self.late_s += sum(s for _, s in log)
+      else:
+        self.end = time.perf_counter()
     if error is None:
       future.set_result(result)
     else:
       future.set_exception(error)
 
+  def ready(self, future):
+    """Whether `future`'s result comes without waiting for a thread (done, or run when asked)."""
+    return future.done() or future in self._lazy
+
   def wait(self, future, detail):
     """`future`'s result; stops cleanly at SIGINT/SIGTERM (`detail` says where)."""
     t = time.perf_counter()
+    if future in self._lazy:
+      self._run(self._lazy.pop(future), late=True)
     try:
       while not parallel.multi_process():  # a wait that polls: every process's would differ
         if concurrent.futures.wait([future], timeout=POLL_S).done:
@@ -132,19 +146,20 @@ class Pool:
       wall = (self.end or self.t0) - self.t0
     return dict(
         workers=self.n, wall_s=wall, overlap_s=max(wall - self.main_s, 0.0),
-        total_s=sum(p[-1] for p in programs),
+        total_s=sum(p[-1] for p in programs), late_s=self.late_s,
         programs=[dict(case=c, part=part, step=step, compile_s=s)
                   for _, _, c, part, step, s in programs])
 
 
 class Counting:
-  """A case's counting twin in the pool: `ready()`, and `()` its parts' results (waiting)."""
+  """A case's LATE parts in the pool (its counting twin, its device-memory cross-check):
+  `ready()`, and `()` their results (waiting)."""
 
   def __init__(self, pool, name, futures):
     self.pool, self.name, self.futures = pool, name, futures
 
   def ready(self):
-    return all(f.done() for f in self.futures.values())
+    return all(self.pool.ready(f) for f in self.futures.values())
 
   def __call__(self):
     return {part: self.pool.wait(f, f'while compiling the counting twin of case {self.name}')
@@ -171,9 +186,9 @@ class Plans(collections.abc.Mapping):
       c, futures = self._drafts[name]
       detail = f'while compiling case {name}'
       done = {p: self.pool.wait(f, detail) for p, f in futures.items() if _rank(p) < 2}
-      twin = {p: f for p, f in futures.items() if _rank(p) == 2}
+      late = {p: f for p, f in futures.items() if _rank(p) == 2}
       self._plans[name] = case_lib.finish_plan(
-          c, done, self._eval_batch, Counting(self.pool, name, twin) if twin else None)
+          c, done, self._eval_batch, Counting(self.pool, name, late) if late else None)
     return self._plans[name]
 
   def __iter__(self):
