@@ -133,7 +133,10 @@ def halving(tmp_path_factory):
   _no_figures(mp)
   tmp = tmp_path_factory.mktemp('halving')
   # The cut without intervals: the better half of the cases at each rung.
-  c = _config(tmp, search='halving', halving_eta=2, halving_confidence=0.0)
+  # One compile thread, with the device-memory cross-check: what only records need (case.LATE)
+  # compiles when a record needs it, so the stopped cases never compile it.
+  c = _config(tmp, search='halving', halving_eta=2, halving_confidence=0.0, compile_workers=1,
+              device_xla_check=True)
   validate = case_lib._validate  # pylint: disable=protected-access
 
   def offset(config, plan, *a):
@@ -178,6 +181,9 @@ def test_halving_trains_rungs_then_the_finalist_and_resumes_mid_search(halving):
   assert all(r['val_examples'] > 0 and r['val_ci95'][0] <= r['val_accuracy'] <= r['val_ci95'][1]
              for rs in s['rungs'].values() for r in rs)
   assert s['exhaustive_estimate_s'] > 0 and s['wall_s'] > 0
+  late = [p['case'] for p in summary['compile']['programs'] if p['part'] == 'device']
+  assert late == [finalist] and summary['compile']['late_s'] > 0
+  assert summary['runs'][0]['xla_memory_at_device_batch_bytes'] > 0
 
 
 def test_the_continued_run_is_the_uninterrupted_run_bit_for_bit_and_outside_budget_never_trains(
@@ -230,10 +236,8 @@ def test_halving_cuts_on_the_first_seeds_full_runs_before_the_other_seeds(tmp_pa
       accuracy[plan.case.name], validate(config, plan, *a)[1]))
   calls, _ = _record_training(monkeypatch)
   # One rung at half the steps (3 -> 2 cases), then the last rung: their full first-seed runs.
-  # One compile thread, with the device-memory cross-check: what only records need (case.LATE)
-  # compiles when a record needs it, so last:1, stopped at rung 0, never compiles it.
   c = _config(tmp_path, search='halving', halving_eta=2, halving_confidence=0.0,
-              short_training_fraction=0.5, seeds=(0, 1), compile_workers=1, device_xla_check=True)
+              short_training_fraction=0.5, seeds=(0, 1))
   summary = runner.train_and_evaluate(c, str(tmp_path / 'w'))
   s = summary['search']
   (step,) = s['halving']['rung_steps']
@@ -251,9 +255,6 @@ def test_halving_cuts_on_the_first_seeds_full_runs_before_the_other_seeds(tmp_pa
   by_case = {x['case']: x for x in summary['cases']}
   assert by_case['last:9']['status'] == 'stopped early (rung 1)'
   assert by_case['last:9']['n_seeds'] == 1 and not by_case['last:9']['on_pareto_front']
-  late = sorted(p['case'] for p in summary['compile']['programs'] if p['part'] == 'device')
-  assert late == ['last:4', 'last:9'] and summary['compile']['late_s'] > 0
-  assert all(r['xla_memory_at_device_batch_bytes'] > 0 for r in summary['runs'])
 
 
 def test_the_search_line_says_how_many_stops_were_not_significant():
