@@ -1,8 +1,6 @@
 """`python -m tljax.recommend --workdir=DIR [budget flags]`: an existing sweep's cases and the
 recommendation under another budget, without training."""
 
-import json
-import os
 import sys
 
 from absl import flags
@@ -39,17 +37,10 @@ def _flags():
 
 
 def _load_summary(workdir):
-  path = layout.file_path(workdir, layout.SUMMARY)
-  if not os.path.isdir(workdir):
-    raise ValueError(f'--workdir={workdir}: no such directory')
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise ValueError(f'no summary.json in {workdir}: run python launch.py --workdir={workdir} '
-                     'first') from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f'{path} is not a readable JSON summary: {e}') from None
+  return layout.read_output(
+      workdir, layout.SUMMARY,
+      f'no summary.json in {workdir}: run python launch.py --workdir={workdir} first',
+      'JSON summary')
 
 
 USAGE = 'python -m tljax.recommend --workdir=DIR [budget flags]'

@@ -4,12 +4,17 @@
 MEMORY_FIELDS = {'xla': 'train_memory_bytes', 'device': 'device_train_memory_bytes'}
 
 
+def _field(fields, kind, name, means):
+  """fields[name]; ValueError naming `kind`=`name` and what is accepted (`means` says what)."""
+  if name not in fields:
+    raise ValueError(f"{kind}={name!r}: must be one of {', '.join(map(repr, fields))} ({means})")
+  return fields[name]
+
+
 def memory_field(memory):
   """The record field of `memory` ('xla' or 'device')."""
-  if memory not in MEMORY_FIELDS:
-    raise ValueError(f"memory={memory!r}: must be one of {', '.join(map(repr, MEMORY_FIELDS))} "
-                     '(XLA\'s analysis of the compiled step, or the device memory model)')
-  return MEMORY_FIELDS[memory]
+  return _field(MEMORY_FIELDS, 'memory', memory,
+                "XLA's analysis of the compiled step, or the device memory model")
 
 
 # energy= names the field the front, the figures and a budget read energy from, in J per
@@ -21,10 +26,8 @@ ENERGY_NAMES = {'mac': 'MAC energy', 'memory': 'energy with memory'}
 
 def energy_field(energy):
   """The record field of `energy` ('mac' or 'memory')."""
-  if energy not in ENERGY_FIELDS:
-    raise ValueError(f"energy={energy!r}: must be one of {', '.join(map(repr, ENERGY_FIELDS))} "
-                     '(FLOPs / 2 x e_mac_j, or that plus bytes accessed x e_byte_j)')
-  return ENERGY_FIELDS[energy]
+  return _field(ENERGY_FIELDS, 'energy', energy,
+                'FLOPs / 2 x e_mac_j, or that plus bytes accessed x e_byte_j')
 
 
 def energy_of(case, energy='mac'):

@@ -1,8 +1,6 @@
 """Several sweeps' proxies.json pooled into one markdown table: per-sweep rows, pooled means."""
 
-import json
 import math
-import os
 
 from tljax.proxies import scores
 from tljax.sweep import layout
@@ -11,16 +9,9 @@ from tljax.sweep import layout
 def load(workdir):
   """The proxies.json of `workdir`; ValueError in one line when it has none."""
   path = layout.file_path(workdir, layout.PROXIES)
-  if not os.path.isdir(workdir):
-    raise ValueError(f'--workdir={workdir}: no such directory')
-  try:
-    with open(path, encoding='utf-8') as f:
-      doc = json.load(f)
-  except FileNotFoundError:
-    raise ValueError(f'--workdir={workdir} has no {layout.PROXIES}: run its sweep with '
-                     '--config.proxies=True (the default), not as a dry run') from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f'{path} is not a readable {layout.PROXIES}: {e}') from None
+  doc = layout.read_output(
+      workdir, layout.PROXIES, f'--workdir={workdir} has no {layout.PROXIES}: run its sweep with '
+      '--config.proxies=True (the default), not as a dry run', layout.PROXIES)
   if not isinstance(doc, dict) or not isinstance(doc.get('leaderboard'), list):
     raise ValueError(f'{path} has no leaderboard: not a tljax {layout.PROXIES}')
   return doc

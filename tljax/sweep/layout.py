@@ -83,6 +83,22 @@ def submitit_dir(workdir, stamp):
   return os.path.join(os.path.abspath(workdir), SUBMITIT, stamp, '%j')
 
 
+def read_output(workdir, name, missing, what):
+  """The JSON output `name` of a finished `workdir` (a command line's --workdir); ValueError in
+  one line: no such directory, `missing` when the file is not there, `what` names it when it
+  cannot be read."""
+  path = file_path(workdir, name)
+  if not os.path.isdir(workdir):
+    raise ValueError(f'--workdir={workdir}: no such directory')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise ValueError(missing) from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{path} is not a readable {what}: {e}') from None
+
+
 def not_writable(workdir, e):
   return PermissionError(f'The workdir {workdir} is not writable ({e.strerror}); pass '
                          '--workdir=DIR with a writable folder.')
