@@ -95,9 +95,9 @@ def test_a_run_fills_only_the_examples_it_visits(tiny_config, tmp_path, monkeypa
   filled = []
   real_build = prefix_cache.build
 
-  def build(compiled, state, train, used, **kwargs):
-    filled.append((len(train), np.array(used)))
-    return real_build(compiled, state, train, used, **kwargs)
+  def build(compiled, train, visits, **kwargs):
+    filled.append((len(train), np.sort(visits.order)))
+    return real_build(compiled, train, visits, **kwargs)
 
   monkeypatch.setattr(prefix_cache, 'build', build)
   c = tiny_config
@@ -126,16 +126,32 @@ def test_a_run_fills_only_the_examples_it_visits(tiny_config, tmp_path, monkeypa
 
 
 
-def test_a_resumed_run_decides_and_fills_as_the_whole_run(tiny_config, tmp_path):
-  """However far a run got, its decision and its fill are those of the whole run (the same fill
-  batches give the same features: XLA:CPU may round an example differently by its place in a
-  batch)."""
+@pytest.mark.parametrize('start,stop', [(0, 18), (0, 5), (7, 13), (13, 18), (6, 6)])
+def test_visits_fill_chunks_hold_what_the_steps_read(start, stop):
+  """Rows in first-visit order, chunks of `batch` rows: the chunks a part of the run fills hold
+  every example its steps read, and the chunks are the same whichever part fills them."""
+  v = cache_plan.Visits.of(103, 8, 5, 3, 6)
+  np.testing.assert_array_equal(np.sort(v.order), cache_plan.visited(103, 8, 5, 3, 6)[0])
+  np.testing.assert_array_equal(v.order[:8], np.sort(_train_batch_indices(103, 8, 5, 1, 1)))
+  assert v.new_by[-1] == len(v.order) and v.chunks_total == -(-len(v.order) // 8)
+  read = _train_batch_indices(103, 8, 5, 3, 6, start)[:(stop - start) * 8]
+  chunks = v.chunks(start, stop)
+  assert set(v.row_of[read] // 8) == set(chunks)
+  if start == 0:  # a run's first part fills the first chunks only
+    np.testing.assert_array_equal(chunks, np.arange(-(-len(np.unique(read)) // 8)))
+
+
+def test_a_resumed_run_decides_as_the_whole_run(tiny_config, tmp_path):
+  """However far a run got, its decision is the whole run's and its rows are the whole run's
+  (the same fill chunks give the same features: XLA:CPU may round an example differently by
+  its place in a batch)."""
   c = tiny_config
   c.epochs, c.steps_per_epoch, c.prefix_cache_always = 2, 3, True
   train = datasets.Arrays(np.zeros((500, 32, 32, 1), np.uint8), np.zeros(500, np.int32), 5, 'x',
                           'train')
   compiled = prefix_cache.Compiled(22, 'dense_1', (128,), None, None, None, {'flops': 16e6},
                                    {}, {}, 0.0)
-  d, used = cache_plan.for_run(c, None, compiled, train, 0, str(tmp_path))
-  assert d.cache and d.record()['examples_visited'] == len(used)
-  np.testing.assert_array_equal(used, np.unique(_train_batch_indices(500, 16, 0, 2, 3)))
+  d, visits = cache_plan.for_run(c, None, compiled, train, 0, str(tmp_path))
+  assert d.cache and d.record()['examples_visited'] == len(visits.order)
+  np.testing.assert_array_equal(np.sort(visits.order),
+                                np.unique(_train_batch_indices(500, 16, 0, 2, 3)))

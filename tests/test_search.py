@@ -18,13 +18,18 @@ from tljax.sweep import fingerprints
 from tljax.sweep import halving as halving_lib
 from tljax.sweep import runner
 from tljax.sweep import search
+from tljax.training import cache_plan
 from tljax.training import case as case_lib
 from tljax.training import fit
+from tljax.training import prefix_cache
 
 CASES = ('last:1', 'last:4', 'last:9')
 # Added to each case's validation accuracy: 9 steps of the shrunk default leave every case at
 # chance, and the search's decisions are what these tests follow.
 OFFSET = {'last:1': 0.0, 'last:4': 0.2, 'last:9': 0.1}
+
+
+CACHED = dict(prefix_cache=True, prefix_cache_always=True)
 
 
 def _config(tmp, **fields):
@@ -135,9 +140,11 @@ def halving(tmp_path_factory):
   # The cut without intervals: the better half of the cases at each rung.
   # One compile thread, with the device-memory cross-check: what only records need (case.LATE)
   # compiles when a record needs it, so the stopped cases never compile it.
+  # Every case trains on the prefix cache: a rung fills only the chunks its steps read.
   c = _config(tmp, search='halving', halving_eta=2, halving_confidence=0.0, compile_workers=1,
-              device_xla_check=True)
+              device_xla_check=True, **CACHED)
   validate = case_lib._validate  # pylint: disable=protected-access
+  fills = _record_fills(mp)
 
   def offset(config, plan, *a):
     acc, loss = validate(config, plan, *a)
@@ -157,14 +164,30 @@ def halving(tmp_path_factory):
     m.setattr(search._State, 'save_rung', stop_after_the_first_rung)  # pylint: disable=protected-access
     with pytest.raises(KeyboardInterrupt):
       runner.train_and_evaluate(c, str(tmp / 'w'))
+  first = list(fills)
+  fills.clear()
   calls, finals = _record_training(mp)
   summary = runner.train_and_evaluate(c, str(tmp / 'w'))
-  yield tmp, c, summary, calls, finals, saves
+  yield tmp, c, summary, calls, finals, saves, (first, list(fills))
   mp.undo()
 
 
+def _record_fills(monkeypatch):
+  """Every prefix_cache.Cache.fill as (cache, (cut, seed), chunks asked for, chunks it
+  filled)."""
+  fills, fill = [], prefix_cache.Cache.fill
+
+  def recording_fill(self, compiled, state, source, chunks, **k):
+    todo = [int(i) for i in chunks if not self.train.images.filled[i]]
+    fills.append((id(self), self.key[:2], [int(i) for i in chunks], todo))
+    return fill(self, compiled, state, source, chunks, **k)
+
+  monkeypatch.setattr(prefix_cache.Cache, 'fill', recording_fill)
+  return fills
+
+
 def test_halving_trains_rungs_then_the_finalist_and_resumes_mid_search(halving):
-  _, _, summary, calls, _, saves = halving
+  _, c, summary, calls, _, saves, _ = halving
   assert saves == [(n, 1) for n in CASES]  # the first run: rung 0 of every case
   s = summary['search']
   assert s['mode'] == 'halving' and s['halving']['rung_steps'] == [1, 2, 4]
@@ -188,10 +211,10 @@ def test_halving_trains_rungs_then_the_finalist_and_resumes_mid_search(halving):
 
 def test_the_continued_run_is_the_uninterrupted_run_bit_for_bit_and_outside_budget_never_trains(
     halving, monkeypatch):
-  tmp, c, summary, _, finals, _ = halving
+  tmp, c, summary, _, finals, _, _ = halving
   (finalist,) = summary['search']['trained_fully']
   calls, plain = _record_training(monkeypatch)
-  e = _config(tmp, cases=(finalist, 'last:23'), max_energy_per_example_j=2e-4)
+  e = _config(tmp, cases=(finalist, 'last:23'), max_energy_per_example_j=2e-4, **CACHED)
   out = runner.train_and_evaluate(e, str(tmp / 'e'))
   run = case_lib.run_key(finalist, 0)
   assert calls == [(finalist, 0, None)]  # last:23 is outside the budget: never trained
@@ -212,6 +235,24 @@ def test_the_continued_run_is_the_uninterrupted_run_bit_for_bit_and_outside_budg
   top = {x['case']: x for x in out['cases']}['last:23']
   assert top['status'] == 'outside budget' and top['energy_per_example_j'] > 2e-4
   assert not os.path.exists(tmp / 'e' / 'checkpoints' / case_lib.run_key('last:23', 0))
+
+
+def test_a_rung_fills_only_its_steps_chunks_and_the_next_part_the_rest(halving):
+  """Rung 0 (step 1, a batch of 16 = one chunk) fills chunk 0 of each case; after the resume
+  each case going on fills what steps 1-2 read, and the finalist's full run fills the rest into
+  the cache its rung kept: every chunk of the run filled once in this process."""
+  _, c, summary, _, _, _, (first, rerun) = halving
+  (finalist,) = summary['search']['trained_fully']
+  assert [f[3] for f in first] == [[0]] * len(CASES) and c.batch_size == 16
+  visits = {seed: cache_plan.Visits.of(summary['train_examples'], 16, seed, c.epochs, 3)
+            for seed in c.seeds}
+  for r in summary['runs']:
+    assert r['prefix_cache'] and r['prefix_cache_examples'] == len(visits[r['seed']].order)
+  seed0 = [f for f in rerun if f[1][1] == 0]  # (the fixture's only seed)
+  assert [f[2] for f in seed0[:2]] == [list(visits[0].chunks(1, 2))] * 2
+  (mine,) = [f for f in seed0[:2] if f[1] == seed0[2][1]]  # the finalist's rung 1 fill
+  assert seed0[2][0] == mine[0] and len(seed0) == 3  # its full run: the same cache
+  assert sorted(mine[3] + seed0[2][3]) == list(visits[0].chunks(1, 9))
 
 
 def test_a_proxy_search_trains_only_its_top_k(halving, monkeypatch):

@@ -32,6 +32,7 @@ from tljax.training import compile_pool
 from tljax.training import compiled
 from tljax.training import fit
 from tljax.training import freezing
+from tljax.training import prefix_cache
 from tljax.training import pretrain
 
 
@@ -122,6 +123,7 @@ class Sweep:
     self.done = self._load_done()
     self.later = []  # (key, plan, record function): runs waiting for their counted FLOPs
     self.drawn_at = None  # when _publish last drew the figures (outputs.figures_due)
+    self.kept = prefix_cache.Kept()  # prefix caches of runs paused at a search's rung
     parallel.same_on_all('finished runs', sorted(k for k, r in self.done.items() if r))
 
   def _load_done(self):
@@ -213,6 +215,7 @@ def _train_and_evaluate(config, workdir):
     parallel.on_writer('writing the summary', outputs.write, workdir, summary)
     proxy_store.finish(sw, summary)  # proxies.json: the proxies against the finished sweep
   finally:
+    sw.kept.release()
     if plans is not None:
       plans.close()  # no compiling thread outlives the sweep
     metrics.close()
@@ -250,7 +253,8 @@ def _hooks(sw, plans, metrics, summary, t0):
       run_seed=lambda seed, names, pre: _run_seed(sw, seed, plans, metrics, summary, t0, names,
                                                   pre),
       plan=lambda specs: plans.merge(plan_cases(sw, specs, sw.seeds[0])),
-      record=lambda name, seed: (save_later(sw, wait=True), sw.done[(name, seed)])[1])
+      record=lambda name, seed: (save_later(sw, wait=True), sw.done[(name, seed)])[1],
+      release=lambda name, seed: sw.kept.release(case_lib.run_key(name, seed)))
 
 
 def _pretrained(sw, seed, metrics, summary):
@@ -328,7 +332,7 @@ def train_run(sw, plan, spec, seed, pretrained, metrics, defer=False, stop_at_st
     c = case_lib.with_weights(plan.case, rc, pretrained)  # the case as planned, this seed's weights
     train, val, test = sw.splits(seed)
     rec = case_lib.run_case(rc, plan, c, train, test, metrics, sw.workdir, sw.mesh, defer,
-                            validation=val, stop_at_step=stop_at_step)
+                            validation=val, stop_at_step=stop_at_step, kept=sw.kept)
     if isinstance(rec, case_lib.Rung):
       return rec
     if callable(rec):

@@ -38,12 +38,14 @@ class Hooks:
   runs of the cases `names` on `seed` (from pretrained(seed)), writing the summary after each;
   plan(specs): compiles cases the sweep did not (their runs had all finished) into the
   plans; record(name, seed): the finished run's record (once its counting twin has
-  compiled)."""
+  compiled); release(name, seed): drops what the run kept for its next part (its prefix
+  cache)."""
   pretrained: Callable
   rung: Callable
   run_seed: Callable
   plan: Callable
   record: Callable
+  release: Callable = lambda name, seed: None
 
 
 def check(config):
@@ -219,7 +221,9 @@ class Search:
                              halving.z_of(self.config.halving_confidence))
     self.info['halving']['lines'].append(line)
     self.info['halving']['tied'].append(halving.tied(results, kept, line))
-    self.info['stopped_early'].update({n: r for n in alive if n not in kept + passed})
+    for n in (n for n in alive if n not in kept + passed):
+      self.info['stopped_early'][n] = r
+      self.hooks.release(n, self.sw.seeds[0])  # its prefix cache
     alive = [n for n in alive if n in kept or n in passed]
     logging.info('Halving rung %d (step %d of %d): %d cases go on (cut line: validation '
                  'accuracy %s): %s.', r, step, self.total, len(alive), line, ', '.join(alive))

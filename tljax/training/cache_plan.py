@@ -132,6 +132,59 @@ def visited(n, batch, seed, epochs, per_epoch, start_step=0):
   return np.flatnonzero(seen), passes
 
 
+@dataclasses.dataclass(frozen=True)
+class Visits:
+  """The train examples a run's steps visit, as the rows of its prefix cache: in the order the
+  steps first visit them (a batch's sorted, as datasets.train_batches reads it), filled in chunks
+  of `batch` rows. Whatever part of the run fills a chunk, the chunk holds the same examples in
+  the same places, so its features are the same (XLA:CPU may round an example differently by
+  its place in a batch): a search's rung fills only the chunks its steps read, and the run's
+  next part the others (docs/search.md "A rung's prefix cache")."""
+  order: np.ndarray  # example indices by first visit
+  new_by: np.ndarray  # new_by[s]: the distinct examples steps [0, s) visit
+  row_of: np.ndarray  # row_of[example]: its row in `order`, -1 if no step visits it
+  batch: int
+  seed: int
+  per_epoch: int
+
+  @classmethod
+  def of(cls, n, batch, seed, epochs, per_epoch):
+    """The Visits of steps [0, epochs x per_epoch) over a split of `n` examples."""
+    seen, order, new_by = np.zeros(n, bool), [], [np.zeros(1, np.int64)]
+    for epoch in range(epochs):
+      steps = _epoch_batches(n, batch, seed, epoch, per_epoch)
+      fresh = ~seen[steps]  # an example appears once per epoch
+      seen[steps] = True
+      order.append(steps[fresh])
+      new_by.append(new_by[-1][-1] + np.cumsum(fresh.sum(axis=1)))
+    order = np.concatenate(order) if order else np.zeros(0, np.int64)
+    row_of = np.full(n, -1, np.int64)
+    row_of[order] = np.arange(len(order))
+    return cls(order, np.concatenate(new_by), row_of, batch, seed, per_epoch)
+
+  @property
+  def chunks_total(self):
+    return -(-len(self.order) // self.batch)
+
+  def chunks(self, start, stop):
+    """The fill chunks the batches of steps [start, stop) read, sorted."""
+    if start == 0:
+      return np.arange(-(-int(self.new_by[stop]) // self.batch))
+    need = np.zeros(self.chunks_total, bool)
+    for epoch in range(start // self.per_epoch, -(-stop // self.per_epoch)):
+      lo, hi = max(start - epoch * self.per_epoch, 0), min(stop - epoch * self.per_epoch,
+                                                          self.per_epoch)
+      steps = _epoch_batches(len(self.row_of), self.batch, self.seed, epoch, self.per_epoch)
+      need[self.row_of[steps[lo:hi]] // self.batch] = True
+    return np.flatnonzero(need)
+
+
+def _epoch_batches(n, batch, seed, epoch, per_epoch):
+  """The example indices of one epoch's `per_epoch` batches, a row per step, each sorted."""
+  order = np.random.default_rng([seed, epoch]).permutation(n)[:per_epoch * batch]
+  return np.sort(order.reshape(per_epoch, batch), axis=1)
+
+
 def usage(config, train, seed):
   """(Usage, sorted example indices its batches visit) of the run of `config` at `seed` on
   `train` (datasets.Arrays)."""
@@ -253,13 +306,15 @@ def plan(config, model, variables, deepest, forward_flops_per_example, train):
 
 
 def for_run(config, plan_decision, compiled, train, seed, cache_dir):
-  """(Decision, sorted example indices to fill, or None) of one run: at the plan's compiled cut
-  with this run's exact usage. A resumed run decides and fills as the uninterrupted one did
-  (the same fill batches: the same numbers; its remaining steps' examples are spread over
-  nearly every one of them)."""
+  """(Decision, its Visits or None) of one run: at the plan's compiled cut with the whole run's
+  exact usage. Every part of a run (a rung, a resumed run) decides as the whole run does and
+  fills the chunks of Visits its own steps read: the same features as the uninterrupted run."""
   if compiled is None:
     return plan_decision, None
-  u, used = usage(config, train, seed)
+  u, _ = usage(config, train, seed)
   d = decide([compiled_cut(compiled, config.batch_size)], u, budget=prefix_cache.memory_budget(),
              free_disk=free_disk(cache_dir), always=config.prefix_cache_always)
-  return d, (used if d.cache else None)
+  if not d.cache:
+    return d, None
+  return d, Visits.of(len(train), config.batch_size, seed, config.epochs,
+                      fit.steps_per_epoch(config, train))

@@ -1,6 +1,7 @@
 """One freeze case: its model, variables and freeze labels, its compiled steps, its training."""
 
 import dataclasses
+import time
 from typing import Any
 
 from absl import logging
@@ -298,7 +299,7 @@ class Rung:
 
 
 def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, defer=False,
-             validation=None, stop_at_step=None):
+             validation=None, stop_at_step=None, kept=None):
   """Trains `case` (this seed's weights) with the compiled steps of `plan` over `mesh`; its
   record. `validation` (the seed's validation split, or None) is evaluated at
   config.short_training_fraction of the run's steps (the record's short_val_accuracy). With
@@ -313,7 +314,8 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, de
   try:
     out = _train(config, plan, state, (target, target_test), metrics,
                  dict(case=case.name, seed=compiled.seed_of(config), run=key),
-                 layout.prefix_cache_dir(workdir, key), ckpt, mesh, validation, stop_at_step)
+                 layout.prefix_cache_dir(workdir, key), ckpt, mesh, validation, stop_at_step,
+                 kept)
   finally:
     if ckpt is not None:
       ckpt.close()
@@ -324,7 +326,7 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, de
 
 
 def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, validation=None,
-           stop_at_step=None):
+           stop_at_step=None, kept=None):
   """Fits and evaluates one run, on cached prefix activations where cache_plan says so (the
   train examples the whole run visits only; the test split on the whole model); a Rung when it
   pauses at `stop_at_step` (None: it trains every step)."""
@@ -335,16 +337,20 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
       fit.fraction_step(total, config.short_training_fraction),
       lambda s: dict(zip(('short_val_accuracy', 'short_val_loss'),
                          _validate(config, plan, s, validation, mesh))))
-  # A search's rung decides and fills as the whole run does (the same fill batches: the same
-  # numbers when it goes on); docs/search.md says what that costs a rung.
-  decision, used = cache_plan.for_run(config, plan.cache_decision or cache_plan.Decision(
+  # Every part of a run (a search's rung) decides as the whole run does and fills the chunks
+  # its own steps read: the same numbers when it goes on (docs/search.md).
+  decision, visits = cache_plan.for_run(config, plan.cache_decision or cache_plan.Decision(
       False, 'not planned'), plan.cached, train_arrays, tags['seed'], cache_dir)
   logging.info('Prefix cache, case %s, seed %d: %s', tags['case'], tags['seed'], decision.line())
-  cache = None
+  cache, fill_s = None, time.perf_counter()
   try:
     if decision.cache:  # frozen prefix once per visited example; train the suffix
-      cache = prefix_cache.build(plan.cached, state, train_arrays, used, batch=config.batch_size,
-                                 prep=prep, directory=cache_dir, mesh=mesh)
+      cache = _cache(plan.cached, train_arrays, visits, kept, tags['run'], cache_dir)
+      start = (ckpt.latest_step() if ckpt else None) or 0  # a resumed part: its own steps
+      cache.fill(plan.cached, state, train_arrays, visits.chunks(start, stop_at_step or total),
+                 prep=prep, mesh=mesh)
+    fill_s = time.perf_counter() - fill_s
+    if cache is not None:
       train_c, train_arrays, train_prep = (plan.cached.train, cache.train,
                                            prefix_cache.identity_prep)
     desc = f'{tags["case"]} (seed {tags["seed"]})'
@@ -357,8 +363,10 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
       val = ((None, None) if probe is None else (
           loop.probed['short_val_accuracy'], loop.probed['short_val_loss'])
              if steps == probe.step else _validate(config, plan, state, validation, mesh))
-      return Rung(steps, total, *val, len(validation or ()), wall,
-                  cache.seconds if cache else 0.0, loop.probed)
+      if cache is not None and kept is not None:  # for the run's next part
+        kept.keep(tags['run'], cache)
+        cache = None
+      return Rung(steps, total, *val, len(validation or ()), wall, fill_s, loop.probed)
     acc = loss = None
     val = (None, None)
     if diverged_at is None:
@@ -370,6 +378,14 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
       cache.delete()
   return record.Outcome(acc, loss, steps, wall, diverged_at, len(splits[1]), cache, measured,
                         loop.probed, decision, val)
+
+
+def _cache(compiled, train, visits, kept, run, directory):
+  """Run `run`'s prefix Cache: the one its previous part kept (prefix_cache.Kept), else a new
+  empty one."""
+  key = (compiled.cut, visits.seed, visits.batch, len(visits.order))
+  cache = kept.take(run, key) if kept is not None else None
+  return cache or prefix_cache.build(compiled, train, visits, directory=directory)
 
 
 def _validate(config, plan, state, validation, mesh):

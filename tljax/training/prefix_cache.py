@@ -155,34 +155,58 @@ def identity_prep(features):
 
 
 class Rows:
-  """Cached rows of a split, one per example in sorted `used`, indexed by the split's example
-  indices: what datasets.train_batches reads as `arrays.images[idx]`."""
+  """The cached rows of a split's examples (cache_plan.Visits's order), indexed by the split's
+  example indices: what datasets.train_batches reads as `arrays.images[idx]`."""
 
-  def __init__(self, features, used):
-    self.features, self.used = features, np.asarray(used)
+  def __init__(self, features, visits, filled):
+    self.features, self.visits, self.filled = features, visits, filled
 
   def __len__(self):
-    return len(self.used)
+    return len(self.features)
 
   def __getitem__(self, idx):
-    pos = np.searchsorted(self.used, idx)
-    if np.any(pos >= len(self.used)) or np.any(self.used[np.minimum(pos, len(self.used) - 1)]
-                                               != idx):
+    rows = self.visits.row_of[idx]
+    if np.any(rows < 0) or not self.filled[rows // self.visits.batch].all():
       raise IndexError('a batch asks for train examples the prefix cache did not fill')
-    return self.features[pos]
+    return self.features[rows]
 
 
 @dataclasses.dataclass
 class Cache:
   """Prefix activations of the train examples a run visits, as `datasets.Arrays` over the
-  whole split (images: Rows)."""
+  whole split (images: Rows), filled chunk by chunk (`fill`)."""
   train: datasets.Arrays
-  nbytes: int
+  nbytes: int  # every row the run visits: what the cache may come to hold
   location: str  # 'memory' or 'disk'
   directory: Optional[str]
-  batches: int  # prefix forward calls run
-  seconds: float
-  examples: int  # rows filled
+  key: tuple  # (cut, seed, batch, rows): the run it serves
+  rows: int  # the distinct train examples the whole run visits
+  chunks: int  # its fill calls, whichever parts of the run make them
+  batches: int = 0  # prefix forward calls run in this process
+  seconds: float = 0.0  # their wall time
+  examples: int = 0  # rows filled in this process
+
+  @property
+  def filled_bytes(self):
+    return self.nbytes * self.examples // max(self.rows, 1)
+
+  def fill(self, compiled, state, source, chunks, *, prep, mesh):
+    """Runs the prefix over the rows of `chunks` (cache_plan.Visits.chunks) not filled yet, a
+    chunk per call, the last one padded with zeros."""
+    t0 = time.perf_counter()
+    rows = self.train.images
+    todo = [int(k) for k in chunks if not rows.filled[k]]
+    b = rows.visits.batch
+    for k, (images, n) in zip(todo, datasets.prefetch(_batches(source, rows.visits, todo, prep))):
+      y = compiled.prefix(state.params, state.batch_stats, mesh.put_batch(images))
+      rows.features[k * b:k * b + n] = np.asarray(y)[:n]
+      rows.filled[k] = True
+      self.examples += n
+    self.batches += len(todo)
+    self.seconds += time.perf_counter() - t0
+    logging.info('Prefix cache: %d of %d chunks of %d rows filled (%d of %d rows, %.2f s)',
+                 len(todo), len(chunks), b, self.examples, len(rows),
+                 time.perf_counter() - t0)
 
   def delete(self):
     """Drops the arrays and the on-disk files."""
@@ -191,26 +215,23 @@ class Cache:
       shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _batches(arrays, used, batch, prep):
-  """(prep(images), real examples) of `arrays`'s examples `used`, in batches of `batch`, the last
-  one padded with zeros."""
-  for start in range(0, len(used), batch):
-    images = arrays.images[used[start:start + batch]]
-    k = len(images)
-    if k < batch:
-      images = np.concatenate([images, np.zeros((batch - k,) + images.shape[1:], images.dtype)])
-    yield prep(images), k
+def _batches(arrays, visits, chunks, prep):
+  """(prep(images), real examples) of each chunk of `chunks`: `visits.batch` rows of
+  visits.order, the last chunk padded with zeros."""
+  b = visits.batch
+  for k in chunks:
+    images = arrays.images[visits.order[k * b:(k + 1) * b]]
+    n = len(images)
+    if n < b:
+      images = np.concatenate([images, np.zeros((b - n,) + images.shape[1:], images.dtype)])
+    yield prep(images), n
 
 
-def build(compiled, state, train, used, *, batch, prep, directory, mesh, budget=None):
-  """Runs the prefix over the examples `used` (sorted indices) of `train` in batches of `batch`.
-
-  In RAM when the cache fits `budget` (default `memory_budget()`), else an np.memmap file in
-  `directory` (removed by `Cache.delete`).
-  """
-  t0 = time.perf_counter()
-  used = np.asarray(used)
-  shape = (len(used),) + compiled.feature_shape
+def build(compiled, train, visits, *, directory, budget=None):
+  """An empty Cache of the rows of `visits` (cache_plan.Visits) over `train`: in RAM when it
+  fits `budget` (default `memory_budget()`), else an np.memmap file in `directory` (removed by
+  `Cache.delete`). Cache.fill fills it."""
+  shape = (len(visits.order),) + compiled.feature_shape
   nbytes = math.prod(shape) * 4
   on_disk = nbytes > (memory_budget() if budget is None else budget)
   if on_disk:
@@ -222,19 +243,42 @@ def build(compiled, state, train, used, *, batch, prep, directory, mesh, budget=
                                       np.float32, shape)
   else:
     feats = np.empty(shape, np.float32)
-  start = calls = 0
-  for images, k in datasets.prefetch(_batches(train, used, batch, prep)):
-    y = compiled.prefix(state.params, state.batch_stats, mesh.put_batch(images))
-    feats[start:start + k] = np.asarray(y)[:k]
-    start += k
-    calls += 1
-  if on_disk:
-    feats.flush()
-  out = datasets.Arrays(Rows(feats, used), train.labels, train.num_classes, train.name,
-                        train.split)
-  seconds = time.perf_counter() - t0
-  logging.info('Prefix cache: %d of %d train examples x %s float32 = %.1f MiB in %s (%.2f s)',
-               len(used), len(train), compiled.feature_shape, nbytes / 2**20,
-               directory if on_disk else 'memory', seconds)
-  return Cache(out, nbytes, 'disk' if on_disk else 'memory', directory if on_disk else None,
-               calls, seconds, len(used))
+  rows = Rows(feats, visits, np.zeros(visits.chunks_total, bool))
+  logging.info('Prefix cache: %d of %d train examples x %s float32 = %.1f MiB in %s',
+               len(visits.order), len(train), compiled.feature_shape, nbytes / 2**20,
+               directory if on_disk else 'memory')
+  return Cache(datasets.Arrays(rows, train.labels, train.num_classes, train.name, train.split),
+               nbytes, 'disk' if on_disk else 'memory', directory if on_disk else None,
+               (compiled.cut, visits.seed, visits.batch, len(visits.order)), len(visits.order),
+               visits.chunks_total)
+
+
+class Kept:
+  """The caches of runs paused at a search's rung, kept in this process for the run's next part
+  (in RAM up to memory_budget() together; on disk as they are)."""
+
+  def __init__(self):
+    self.caches = {}
+
+  def take(self, run, key):
+    """Run `run`'s kept Cache if it serves `key` (Cache.key), else None."""
+    cache = self.caches.pop(run, None)
+    if cache is not None and cache.key != key:
+      cache.delete()
+      return None
+    return cache
+
+  def keep(self, run, cache):
+    """Keeps `cache` for run `run`'s next part (or deletes it: over the memory budget)."""
+    held = sum(c.filled_bytes for c in self.caches.values() if c.location == 'memory')
+    if cache.location == 'memory' and held + cache.filled_bytes > memory_budget():
+      cache.delete()
+    else:
+      self.caches[run] = cache
+
+  def release(self, run=None):
+    """Deletes run `run`'s kept cache (None: all)."""
+    for r in ([run] if run is not None else list(self.caches)):
+      cache = self.caches.pop(r, None)
+      if cache is not None:
+        cache.delete()

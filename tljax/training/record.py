@@ -128,7 +128,7 @@ def _run_costs(config, plan, out):
   if cached is None:
     compute += flops_step * out.steps
   else:
-    compute += cached.prefix_cost['flops'] * cache.batches + cached.train_cost['flops'] * out.steps
+    compute += cached.prefix_cost['flops'] * cache.chunks + cached.train_cost['flops'] * out.steps
   wall_s = out.train_wall_s + (cache.seconds if cached else 0.0)
   if cached:
     logging.info('Prefix cache up to %s: %.2f s to compile, %.2f s to fill, %.2f s of training',
@@ -151,9 +151,9 @@ def _run_costs(config, plan, out):
       prefix_cache=cached is not None,
       prefix_cache_cut_layer=cached.cut_layer if cached else None,
       cached_train_flops_per_step=cached.train_cost['flops'] if cached else None,
-      prefix_flops_total=cached.prefix_cost['flops'] * cache.batches if cached else 0.0,
+      prefix_flops_total=cached.prefix_cost['flops'] * cache.chunks if cached else 0.0,
       compute_flops_total=compute,
       prefix_cache_bytes=cache.nbytes if cached else 0,
       prefix_cache_location=cache.location if cached else None,
-      prefix_cache_examples=cache.examples if cached else 0,
+      prefix_cache_examples=cache.rows if cached else 0,
       prefix_cache_decision=out.cache_decision and out.cache_decision.record())
