@@ -265,8 +265,8 @@ class Search:
       if not isinstance(out, case_lib.Rung):  # it finished (another process) or diverged
         self.done_before.add((name, seed))  # not this process's full run
         return None if out.get('status') == 'ok' else dict(val_accuracy=None, val_examples=0)
-      res = dict(step=out.step, val_accuracy=out.val_accuracy, val_examples=out.val_examples,
-                 val_loss=out.val_loss, train_s=out.train_s, fill_s=out.fill_s, call_s=call_s)
+      res = dict(call_s=call_s, **{k: getattr(out, k) for k in (
+          'step', 'val_accuracy', 'val_examples', 'val_loss', 'train_s', 'fill_s', 'fill_run_s')})
       self.state.save_rung(name, seed, step, res)
     if 'train_s' in res:
       self.last_rung[name] = res
@@ -350,7 +350,7 @@ class Search:
         run_s[s.name] = sum(full[s.name]) / len(full[s.name])
       elif s.name in self.last_rung:
         r = self.last_rung[s.name]
-        run_s[s.name] = r['train_s'] / r['step'] * total + r['fill_s']
+        run_s[s.name] = r['train_s'] / r['step'] * total + r.get('fill_run_s', r['fill_s'])
     unmeasured = [s.name for s in self.within if s.name not in run_s]
     if unmeasured and run_s:  # seconds per FLOP of the measured cases, at their steps' FLOPs
       rate = sum(v / self._flops_per_step(n) for n, v in run_s.items()) / len(run_s)

@@ -295,6 +295,7 @@ class Rung:
   val_examples: int
   train_s: float  # the run's training wall from step 0 to `step`, over all its parts
   fill_s: float  # this part's prefix-cache fill
+  fill_run_s: float  # the whole run's fill, at this process's seconds per row filled
   short: Any  # the short-training measurement (fit.Probe), once its step has passed
 
 
@@ -363,10 +364,12 @@ def _train(config, plan, state, splits, metrics, tags, cache_dir, ckpt, mesh, va
       val = ((None, None) if probe is None else (
           loop.probed['short_val_accuracy'], loop.probed['short_val_loss'])
              if steps == probe.step else _validate(config, plan, state, validation, mesh))
+      fill_run_s = cache.seconds * cache.rows / cache.examples if cache and cache.examples else 0.0
       if cache is not None and kept is not None:  # for the run's next part
         kept.keep(tags['run'], cache)
         cache = None
-      return Rung(steps, total, *val, len(validation or ()), wall, fill_s, loop.probed)
+      return Rung(steps, total, *val, len(validation or ()), wall, fill_s, fill_run_s,
+                  loop.probed)
     acc = loss = None
     val = (None, None)
     if diverged_at is None:
