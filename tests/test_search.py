@@ -271,28 +271,32 @@ def test_a_proxy_search_trains_only_its_top_k(halving, monkeypatch):
 
 def test_halving_cuts_on_the_first_seeds_full_runs_before_the_other_seeds(tmp_path, monkeypatch):
   _no_figures(monkeypatch)
-  accuracy = {'last:1': 0.1, 'last:4': 0.9, 'last:9': 0.5}  # what the validation split says
+  accuracy = {'last:1': 0.1, 'last:4': 0.9, 'last:9': 0.88}  # what the validation split says
   validate = case_lib._validate  # pylint: disable=protected-access
   monkeypatch.setattr(case_lib, '_validate', lambda config, plan, *a: (
       accuracy[plan.case.name], validate(config, plan, *a)[1]))
   calls, _ = _record_training(monkeypatch)
-  # One rung at half the steps (3 -> 2 cases), then the last rung: their full first-seed runs.
-  c = _config(tmp_path, search='halving', halving_eta=2, halving_confidence=0.0,
-              short_training_fraction=0.5, seeds=(0, 1))
+  # One rung at half the steps (3 -> 2 cases), then the last rung: their full first-seed runs,
+  # cut without ties (the default confidence, 0.95, ties last:9 with the line there).
+  c = _config(tmp_path, search='halving', halving_eta=2, short_training_fraction=0.5,
+              seeds=(0, 1))
+  assert c.halving_confidence == 0.95
   summary = runner.train_and_evaluate(c, str(tmp_path / 'w'))
   s = summary['search']
   (step,) = s['halving']['rung_steps']
   assert calls == [(n, 0, step) for n in CASES] + [('last:4', 0, None), ('last:9', 0, None),
                                                    ('last:4', 1, None)]
   assert s['trained_fully'] == ['last:4'] == [s['answer']]
-  assert s['stopped_early'] == {'last:1': 0, 'last:9': 1} and s['halving']['tied'] == [[], []]
+  assert s['stopped_early'] == {'last:1': 0, 'last:9': 1}
+  assert s['halving']['tied'] == [[], ['last:9']]  # named, though stopped
   n = summary['validation_examples']
   assert s['rungs']['last:9'][-1] == dict(
-      rung=1, step=9, fraction=1.0, val_accuracy=0.5, val_examples=n,
-      val_ci95=list(halving_lib.wilson(0.5, n)), val_loss=s['rungs']['last:9'][-1]['val_loss'])
+      rung=1, step=9, fraction=1.0, val_accuracy=0.88, val_examples=n,
+      val_ci95=list(halving_lib.wilson(0.88, n)), val_loss=s['rungs']['last:9'][-1]['val_loss'])
+  assert halving_lib.wilson(0.88, n)[1] >= 0.9
   runs = {(r['case'], r['seed']): r for r in summary['runs']}
   assert sorted(runs) == [('last:4', 0), ('last:4', 1), ('last:9', 0)]
-  assert runs[('last:9', 0)]['val_accuracy'] == 0.5 and runs[('last:9', 0)]['val_loss'] > 0
+  assert runs[('last:9', 0)]['val_accuracy'] == 0.88 and runs[('last:9', 0)]['val_loss'] > 0
   by_case = {x['case']: x for x in summary['cases']}
   assert by_case['last:9']['status'] == 'stopped early (rung 1)'
   assert by_case['last:9']['n_seeds'] == 1 and not by_case['last:9']['on_pareto_front']

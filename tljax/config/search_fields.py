@@ -62,7 +62,7 @@ FIELDS = {
                        '(and any tied with the cut)', safe(int_at_least(2))),
     'halving_confidence': doc(
         "confidence of the Wilson interval by which a case below halving's cut line ties and "
-        'goes on (0: no ties)',
+        'goes on, below the last rung (0: no ties)',
         safe(number_in(
             0, 1, lo_open=False, hi_open=True, what=' (0 = no ties: exactly 1/eta go on)'))),
     'short_training_fraction': doc(

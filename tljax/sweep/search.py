@@ -216,9 +216,9 @@ class Search:
     return alive
 
   def _cut(self, r, step, alive, results, passed):
-    """Rung `r`'s cut (halving.cut) of `alive`; the cases that go on (`passed` among them)."""
-    kept, line = halving.cut(results, self.config.halving_eta,
-                             halving.z_of(self.config.halving_confidence))
+    """Rung `r`'s cut of `alive` (halving.cut; ties below the last rung): the cases going on."""
+    z = halving.z_of(self.config.halving_confidence) if step < self.total else 0.0
+    kept, line = halving.cut(results, self.config.halving_eta, z)
     self.info['halving']['lines'].append(line)
     self.info['halving']['tied'].append(halving.tied(results, kept, line))
     for n in (n for n in alive if n not in kept + passed):

@@ -197,7 +197,7 @@ class Cache:
     rows = self.train.images
     todo = [int(k) for k in chunks if not rows.filled[k]]
     b = rows.visits.batch
-    for k, (images, n) in zip(todo, datasets.prefetch(_batches(source, rows.visits, todo, prep))):
+    for k, images, n in datasets.prefetch(_batches(source, rows.visits, todo, prep)):
       y = compiled.prefix(state.params, state.batch_stats, mesh.put_batch(images))
       rows.features[k * b:k * b + n] = np.asarray(y)[:n]
       rows.filled[k] = True
@@ -216,7 +216,7 @@ class Cache:
 
 
 def _batches(arrays, visits, chunks, prep):
-  """(prep(images), real examples) of each chunk of `chunks`: `visits.batch` rows of
+  """(chunk, prep(images), real examples) of each chunk of `chunks`: `visits.batch` rows of
   visits.order, the last chunk padded with zeros."""
   b = visits.batch
   for k in chunks:
@@ -224,7 +224,7 @@ def _batches(arrays, visits, chunks, prep):
     n = len(images)
     if n < b:
       images = np.concatenate([images, np.zeros((b - n,) + images.shape[1:], images.dtype)])
-    yield prep(images), n
+    yield k, prep(images), n
 
 
 def build(compiled, train, visits, *, directory, budget=None):
