@@ -155,3 +155,24 @@ def test_a_resumed_run_decides_as_the_whole_run(tiny_config, tmp_path):
   assert d.cache and d.record()['examples_visited'] == len(visits.order)
   np.testing.assert_array_equal(np.sort(visits.order),
                                 np.unique(_train_batch_indices(500, 16, 0, 2, 3)))
+
+
+def test_kept_caches_stay_within_the_memory_budget_and_serve_only_their_run(tmp_path,
+                                                                            monkeypatch):
+  train = datasets.Arrays(np.zeros((103, 4, 4, 1), np.uint8), np.zeros(103, np.int32), 2, 'x',
+                          'train')
+  compiled = prefix_cache.Compiled(3, 'dense', (32,), None, None, None, {'flops': 1.0}, {}, {},
+                                   0.0)
+  visits = cache_plan.Visits.of(103, 8, 5, 3, 6)
+  caches = [prefix_cache.build(compiled, train, visits, directory=str(tmp_path / str(i)),
+                               budget=2**20) for i in range(3)]
+  for c in caches:
+    c.examples = c.rows // 2  # half filled: 128 B a row
+  assert caches[0].location == 'memory' and caches[0].filled_bytes == c.rows // 2 * 128
+  monkeypatch.setattr(prefix_cache, 'memory_budget', lambda: int(caches[0].filled_bytes * 2.5))
+  kept = prefix_cache.Kept()
+  for i, c in enumerate(caches):
+    kept.keep(f'run{i}', c)
+  assert list(kept.caches) == ['run0', 'run1'] and caches[2].train is None  # over: deleted
+  assert kept.take('run0', ('another cut',)) is None and caches[0].train is None
+  assert kept.take('run1', caches[1].key) is caches[1] and not kept.caches
