@@ -186,12 +186,11 @@ def _epoch_batches(n, batch, seed, epoch, per_epoch):
 
 
 def usage(config, train, seed):
-  """(Usage, sorted example indices its batches visit) of the run of `config` at `seed` on
-  `train` (datasets.Arrays)."""
-  used, passes = visited(len(train), config.batch_size, seed, config.epochs,
-                         fit.steps_per_epoch(config, train))
-  return Usage(len(used), passes, len(train),
-               math.prod(train.images.shape[1:]) * train.images.dtype.itemsize), used
+  """(Usage, Visits) of the run of `config` at `seed` on `train` (datasets.Arrays)."""
+  per_epoch = fit.steps_per_epoch(config, train)
+  v = Visits.of(len(train), config.batch_size, seed, config.epochs, per_epoch)
+  return Usage(len(v.order), config.epochs * per_epoch * config.batch_size, len(train),
+               math.prod(train.images.shape[1:]) * train.images.dtype.itemsize), v
 
 
 def estimate(cut, u, r):
@@ -311,10 +310,7 @@ def for_run(config, plan_decision, compiled, train, seed, cache_dir):
   fills the chunks of Visits its own steps read: the same features as the uninterrupted run."""
   if compiled is None:
     return plan_decision, None
-  u, _ = usage(config, train, seed)
+  u, visits = usage(config, train, seed)
   d = decide([compiled_cut(compiled, config.batch_size)], u, budget=prefix_cache.memory_budget(),
              free_disk=free_disk(cache_dir), always=config.prefix_cache_always)
-  if not d.cache:
-    return d, None
-  return d, Visits.of(len(train), config.batch_size, seed, config.epochs,
-                      fit.steps_per_epoch(config, train))
+  return d, (visits if d.cache else None)
