@@ -28,6 +28,8 @@ def get_config():
   # Source pretraining, then the cases.
   c.pretrain_epochs = 10
   c.pretrain_learning_rate = 1e-3
+  # Every seed fine-tunes the one model pretrained with this seed (-1: each seed its own).
+  c.pretrain_seed = 0
   c.bn_momentum = 0.99
   c.new_head = 'auto'
   c.cases = (1, 4, 9, 11, 17, 23)

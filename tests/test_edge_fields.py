@@ -208,7 +208,7 @@ def test_workdirs_made_before_the_model_fields_resume():
   assert fingerprints.config_diff(old, new.to_dict()) == {}
   new.alpha = 0.35
   assert fingerprints.run_fingerprint(old, {}) != fingerprints.run_fingerprint(new, {})
-  assert fingerprints.config_diff(old, new.to_dict()) == {'alpha': (None, 0.35)}
+  assert fingerprints.config_diff(old, new.to_dict()) == {'alpha': (1.0, 0.35)}
 
 
 def _imagenet_config(tmp_path):

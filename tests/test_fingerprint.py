@@ -174,3 +174,14 @@ def test_each_case_is_planned_once_and_each_seed_trains_it_with_its_own_weights(
   assert built == ['last:1', 'last:2']  # planned (compiled) once, not rebuilt per run
   by_run = {(r['case'], r['seed']): r for r in summary['runs']}
   assert by_run[('last:1', 0)]['test_loss'] != by_run[('last:1', 1)]['test_loss']
+
+
+def test_pretrain_seed_counts_only_for_source_pretraining_and_old_workdirs_had_minus_one():
+  new = base.get_config().to_dict()
+  old = {k: v for k, v in new.items() if k != 'pretrain_seed'}  # a config.json from before it
+  assert fingerprints.config_diff(old, new) == {'pretrain_seed': (-1, 0)}
+  assert fingerprints.config_diff(old, dict(new, pretrain_seed=-1)) == {}
+  imagenet = dict(new, pretrained='imagenet', model='efficientnet_b0')
+  assert fingerprints.config_diff(dict(imagenet, pretrain_seed=3), imagenet) == {}
+  assert '--config.pretrain_seed=-1 resumes them' in layout._hint(  # pylint: disable=protected-access
+      fingerprints.config_diff(old, new))

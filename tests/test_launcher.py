@@ -131,8 +131,7 @@ def _sbatch_options(script):
   return dict(re.findall(r'^#SBATCH --([\w-]+)(?:=(.*))?$', script, re.M))
 
 
-def test_slurm_submits_pretraining_then_dependent_case_arrays_and_a_gather(tmp_path, monkeypatch,
-                                                                           capsys):
+def _fake_slurm(tmp_path, monkeypatch):
   fake = tmp_path / 'bin'
   fake.mkdir()
   for name, text in FAKE.items():
@@ -140,9 +139,15 @@ def test_slurm_submits_pretraining_then_dependent_case_arrays_and_a_gather(tmp_p
     (fake / name).chmod((fake / name).stat().st_mode | stat.S_IEXEC)
   monkeypatch.setenv('PATH', f'{fake}{os.pathsep}{os.environ["PATH"]}')
   monkeypatch.setenv('FAKE_SLURM', str(fake))
+  return fake
+
+
+def test_slurm_submits_pretraining_then_dependent_case_arrays_and_a_gather(tmp_path, monkeypatch,
+                                                                           capsys):
+  fake = _fake_slurm(tmp_path, monkeypatch)
   c = _config(tmp_path / 'cache', launcher='slurm', launcher_wait=False, seeds=(0, 1),
               slurm_partition='gpu', slurm_gpus_per_job=1, slurm_time_minutes=90,
-              slurm_extra='--account=abc --qos=high')
+              slurm_extra='--account=abc --qos=high', pretrain_seed=-1)  # each seed its own
   assert run.train_and_evaluate(c, str(tmp_path / 'w')) is None
   jobs = {int(p.stem[4:]): _sbatch_options(p.read_text()) for p in fake.glob('job_*.sh')}
   assert sorted(jobs) == [100, 101, 102, 103, 104]  # 2 pretraining, 2 case arrays, the gather
@@ -172,6 +177,19 @@ def test_slurm_submits_pretraining_then_dependent_case_arrays_and_a_gather(tmp_p
   assert sorted(int(p.stem[4:]) for p in fake.glob('job_*.sh')) == [100, 101, 102, 103, 104, 105]
   assert _sbatch_options((fake / 'job_105.sh').read_text())['dependency'] == (
       'afterany:100:101:102:103')
+
+
+def test_seeds_that_share_their_pretraining_wait_for_its_one_job(tmp_path, monkeypatch):
+  fake = _fake_slurm(tmp_path, monkeypatch)
+  c = _config(tmp_path / 'cache', launcher='slurm', launcher_wait=False, seeds=(0, 1))
+  assert c.pretrain_seed == 0
+  assert run.train_and_evaluate(c, str(tmp_path / 'w')) is None
+  jobs = {int(p.stem[4:]): _sbatch_options(p.read_text()) for p in fake.glob('job_*.sh')}
+  assert sorted(jobs) == [100, 101, 102]  # the one pretraining, one array of 4 after it, gather
+  assert jobs[101]['array'] == '0-3%4' and jobs[101]['dependency'] == 'afterok:100'
+  book = json.loads((tmp_path / 'w' / 'jobs.json').read_text())
+  assert [(j['kind'], j['seed']) for j in book['jobs']] == [
+      ('pretrain', 0), ('case', 0), ('case', 0), ('case', 1), ('case', 1), ('gather', None)]
 
 
 @pytest.mark.parametrize('field, value, message', [

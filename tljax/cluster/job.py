@@ -106,7 +106,7 @@ def _case_job(job):
   name, seed = job.task.case, job.task.seed
   rc = runner.seed_config(sw.run_config, seed)
   if needs_pretraining(rc, sw.identity):
-    raise ValueError(f'The pretraining of seed {seed} is not in the cache '
+    raise ValueError(f'The pretraining that seed {seed} starts from is not in the cache '
                      f'({pretrain.path(rc, sw.identity["source"])}): its job did not finish. '
                      f'python -m tljax.status --workdir={job.workdir} shows it; rerun the launch.')
   with locks.run_lock(job.workdir, job.task.run):  # waits for a live job of the run

@@ -29,7 +29,8 @@ def read_info(workdir, run, fingerprint):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """What one job does: 'pretrain' (a seed), 'case' (a case at a seed) or 'gather'."""
+  """What one job does: 'pretrain' (its seed: the pretraining's, pretrain.source_seed), 'case'
+  (a case at a seed) or 'gather'."""
   kind: str
   seed: Any = None
   case: Any = None  # the case's canonical name (freezing.CaseSpec.name)

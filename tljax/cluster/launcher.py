@@ -18,6 +18,7 @@ from tljax.runtime import interrupt
 from tljax.sweep import layout
 from tljax.sweep import locks
 from tljax.sweep import runner
+from tljax.training import pretrain
 
 POLL_S = 1.0
 STOP_WAIT_S = 300  # after Ctrl-C, how long local jobs get to checkpoint and end
@@ -75,14 +76,16 @@ def _host_on_cpu():
 
 
 def _tasks(sw, busy):
-  """The jobs to submit: per seed with unfinished runs, its pretraining when not cached, then
-  its unfinished (case, seed) runs; runs in `busy` (jobs of an earlier launch still running)
-  are left to those jobs."""
+  """The jobs to submit: per seed with unfinished runs, the pretraining it starts from when not
+  cached (one job for the seeds that share it), then its unfinished (case, seed) runs; runs in
+  `busy` (jobs of an earlier launch still running) are left to those jobs."""
   tasks = []
   for seed in sw.seeds:
     todo = [jobs_lib.Task('case', seed, s.name) for s in sw.todo(seed)]
-    if todo and job_lib.needs_pretraining(runner.seed_config(sw.run_config, seed), sw.identity):
-      tasks.append(jobs_lib.Task('pretrain', seed))
+    pre = jobs_lib.Task('pretrain', pretrain.source_seed(sw.run_config, seed))
+    if (todo and pre not in tasks and
+        job_lib.needs_pretraining(runner.seed_config(sw.run_config, seed), sw.identity)):
+      tasks.append(pre)
     tasks += todo
   return [t for t in tasks if t.run not in busy]
 
@@ -150,7 +153,8 @@ class _Launcher:
                      run, e['job_id'])
 
   def _pretrain_slot(self, seed):
-    return self.slots.get(jobs_lib.Task('pretrain', seed).run)
+    """The slot of the pretraining that the runs of `seed` start from."""
+    return self.slots.get(jobs_lib.Task('pretrain', pretrain.source_seed(self.config, seed)).run)
 
   def _ready(self, slot):
     """(ready, dependency job id or None) of a pending slot; marks it failed when its seed's
@@ -161,7 +165,7 @@ class _Launcher:
     if pre is None or pre.status == 'done':
       return True, None
     if pre.status == 'failed':
-      slot.status, slot.reason = 'failed', f'the pretraining of seed {slot.task.seed} failed'
+      slot.status, slot.reason = 'failed', f'its pretraining ({pre.task.run}) failed'
       return False, None
     if pre.status == 'submitted' and self.cluster == 'slurm':
       return True, pre.entry['job_id']

@@ -116,7 +116,7 @@ FIELDS = {
     'image_size': doc('input side in pixels', pre(Field(int, _image_size, _image_size_accepted))),
     'channels': doc('input channels: 1 (grayscale) or 3 (RGB), as the model takes', pre(Field(
         int, lambda v, c: v == models.default_input_shape(c.model)[-1], _channels_accepted))),
-    'pretrained': doc("starting weights: 'source' (trained on source_dataset, cached per seed), "
+    'pretrained': doc("starting weights: 'source' (trained on source_dataset, cached), "
                        "'imagenet' (Keras's weights) or 'none' (random)", Field(
                            str, lambda v, c: v in PRETRAINED and (
                                v != 'imagenet' or c.model in models.IMAGENET_MODELS),
@@ -163,6 +163,11 @@ FIELDS = {
         "must be an int >= 1 (>= 0 when pretrained is not 'source')"))),
     'pretrain_learning_rate': doc("Adam's learning rate in source pretraining",
                                    pre(number_in(0, 10, lo_open=True, hi_open=True))),
+    # Not in the pretraining's cache key itself: the seed it selects is (pretrain.source_seed).
+    'pretrain_seed': doc('seed of the one source pretraining that every seed fine-tunes (as '
+                          'with ImageNet weights); -1: each seed pretrains its own', Field(int, lambda v, c: -1 <= v <= MAX_SEED,
+                                           f'must be -1 (each seed its own) or an int in '
+                                           f'[0, {MAX_SEED}]')),
     'bn_momentum': doc('BatchNorm moving-average momentum; use 0.9 when a run has only a few '
                         'hundred steps', pre(number_in(
                             0, 1, lo_open=False, hi_open=True,

@@ -20,19 +20,28 @@ TOOLS = ('tljax', 'jax', 'jaxlib', 'flax')
 PER_PROCESS = {'process_id': 0, 'coordinator_address': ''}
 # Fields added to configs/base.py after runs were made, at the value every earlier run had: left
 # out of the fingerprint and the comparison at that value, so an earlier workdir resumes.
-ADDED_FIELDS = {'alpha': 1.0, 'minimalistic': False, 'short_training_fraction': 0.1}
+# (pretrain_seed=-1: before it, each seed pretrained its own model.)
+ADDED_FIELDS = {'alpha': 1.0, 'minimalistic': False, 'short_training_fraction': 0.1,
+                'pretrain_seed': -1}
+# Fields that change nothing unless the weights are pretrained on the source data.
+SOURCE_ONLY = ('pretrain_seed',)
+
 
 def normalise(d):
   d = json.loads(json.dumps(d, default=list))
   d = {k: v for k, v in d.items() if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
+  if d.get('pretrained', 'source') != 'source':
+    d = {k: v for k, v in d.items() if k not in SOURCE_ONLY}
   return {**d, **{k: v for k, v in PER_PROCESS.items() if k in d}}
 
 
 def config_diff(old, new):
-  """{field: (old, new)} for the fields that differ, SAFE_FIELDS excluded."""
-  old, new = normalise(old), normalise(new)
-  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-          if k not in SAFE_FIELDS and old.get(k) != new.get(k)}
+  """{field: (old, new)} for the fields that differ, SAFE_FIELDS excluded (a field older than
+  the workdir's config at the value its runs had: ADDED_FIELDS)."""
+  a, b = normalise(old), normalise(new)
+  shown = lambda d, k: d.get(k, ADDED_FIELDS.get(k))
+  return {k: (shown(old, k), shown(new, k)) for k in sorted(set(a) | set(b))
+          if k not in SAFE_FIELDS and a.get(k) != b.get(k)}
 
 
 def versions():

@@ -139,8 +139,16 @@ def prepare_workdir(workdir, config):
           f'The workdir {workdir} holds a run of a different config:\n{lines}\n'
           'Pass --config.restart=True to delete its results and start over, or --workdir=DIR '
           'for a new folder. Fields that may change on a resume: '
-          f'{", ".join(fingerprints.SAFE_FIELDS)}.')
+          f'{", ".join(fingerprints.SAFE_FIELDS)}.' + _hint(diff))
   report.write_json(cfg_path, config.to_dict())
+
+
+def _hint(diff):
+  """What resumes a workdir made before a field existed, for the fields that need one."""
+  if diff.get('pretrain_seed', (0,))[0] == -1:
+    return ('\nIts runs started each seed from its own pretraining (pretrain_seed=-1, as every run '
+            'made before the field existed): --config.pretrain_seed=-1 resumes them.')
+  return ''
 
 
 def _load_json(json_path, error, what_to_do):

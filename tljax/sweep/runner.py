@@ -239,12 +239,14 @@ def plan_cases(sw, specs, seed):
 
 def _hooks(sw, plans, metrics, summary, t0):
   """What a search (tljax/sweep/search.py) trains with: this sweep's runs and outputs."""
-  loaded = {}
+  loaded = {}  # source seed: (variables, info), loaded once for the seeds that share them
 
-  def pretrained(seed):  # each seed's starting variables, loaded once
-    if seed not in loaded:
-      loaded[seed] = _pretrained(sw, seed, metrics, summary)
-    return loaded[seed]
+  def pretrained(seed):  # the seed's starting variables
+    k = pretrain.source_seed(sw.run_config, seed)
+    if k not in loaded:
+      loaded[k] = _pretrained(sw, seed, metrics)
+    summary['pretraining'][str(seed)] = loaded[k][1]
+    return loaded[k][0]
 
   return search.Hooks(
       pretrained=pretrained,
@@ -257,23 +259,21 @@ def _hooks(sw, plans, metrics, summary, t0):
       release=lambda name, seed: sw.kept.release(case_lib.run_key(name, seed)))
 
 
-def _pretrained(sw, seed, metrics, summary):
-  """The pretraining of `seed` (cached), under its lock; its info into the summary."""
+def _pretrained(sw, seed, metrics):
+  """(variables, info): the pretraining the runs of `seed` start from (cached), under its lock."""
   rc = seed_config(sw.run_config, seed)
   with locks.run_lock(sw.workdir, pretrain.run_key(rc), sw.config.process_id):
-    pretrained, info = pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
-  summary['pretraining'][str(seed)] = info
-  return pretrained
+    return pretrain.variables(rc, metrics, sw.workdir, sw.identity, sw.mesh)
 
 
-def _run_seed(sw, seed, plans, metrics, summary, t0, names=None, pretrained_of=None):
-  """Pretraining of this seed (cached), then its unfinished cases (of `names`: default all)."""
+def _run_seed(sw, seed, plans, metrics, summary, t0, names, pretrained_of):
+  """The pretrained variables of this seed (pretrained_of(seed)), then its unfinished cases of
+  `names`."""
   chosen = [s for s in sw.specs if names is None or s.name in names]
   pretrained = None
   unscored = proxy_store.missing(sw, seed)  # the first seed's cases without proxy scores
   if any(sw.done[(s.name, seed)] is None for s in chosen) or unscored:
-    pretrained = (pretrained_of or functools.partial(_pretrained, sw, metrics=metrics,
-                                                     summary=summary))(seed)
+    pretrained = pretrained_of(seed)
   if unscored:
     _score(sw, seed, pretrained, plans, unscored)
   for spec in chosen:

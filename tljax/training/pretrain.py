@@ -1,4 +1,5 @@
-"""The weights every case starts from: source pretraining (cached per seed), ImageNet or none."""
+"""The weights every case starts from: source pretraining (cached per pretraining seed), ImageNet
+or none."""
 
 import hashlib
 import json
@@ -21,16 +22,35 @@ from tljax.training import compiled
 from tljax.training import fit
 from tljax.training import freezing
 
-# The fields that pretraining depends on (checks.FIELDS marks them), and the run's one seed
-# (runner.seed_config), not the config's `seeds`: its cache key.
+# The fields that pretraining depends on (checks.FIELDS marks them), and the seed it trains with
+# (source_seed), not the config's `seeds`: its cache key.
 PRETRAIN_FIELDS = checks.PRETRAIN_FIELDS + ('seed',)
+
+
+def source_seed(config, seed=None):
+  """The seed of the pretraining that the runs of `seed` (default: the config's run seed) start
+  from: config.pretrain_seed, or the run's own seed when it is -1."""
+  seed = compiled.seed_of(config) if seed is None else int(seed)
+  shared = config.get('pretrain_seed', -1)
+  return seed if shared < 0 else int(shared)
+
+
+def _source_config(config):
+  """`config` with its run seed set to the pretraining's (data order, initial weights)."""
+  seed = source_seed(config)
+  if seed == compiled.seed_of(config):
+    return config
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.seed = seed
+  return c
 
 
 def key(config, source_identity):
   """Cache key of the pretrained model: PRETRAIN_FIELDS, the source data's identity (for a
   folder its fingerprint, not its path: a moved copy is the same data) and the tool versions
   (fingerprints.versions)."""
-  fields = {f: compiled.seed_of(config) if f == 'seed' else config[f] for f in PRETRAIN_FIELDS}
+  fields = {f: source_seed(config) if f == 'seed' else config[f] for f in PRETRAIN_FIELDS}
   fields['source_data'] = {k: v for k, v in source_identity.items() if k != 'root'}
   fields['tools'] = fingerprints.versions()
   blob = json.dumps(fields, sort_keys=True, default=list)
@@ -48,7 +68,8 @@ def is_cached(config, identity):
 
 
 def run_key(config):
-  return f'pretrain_seed{compiled.seed_of(config)}'
+  """The pretraining's run name in a workdir (its checkpoints, lock and metrics)."""
+  return f'pretrain_seed{source_seed(config)}'
 
 
 def variables(config, metrics, workdir, identity, mesh):
@@ -60,7 +81,7 @@ def variables(config, metrics, workdir, identity, mesh):
     return imagenet.imagenet_variables(config.model, config.cache_dir,
                                       **imagenet.config_fields(config)), {
         'source': 'imagenet', 'model': config.model}
-  return _pretrain(config, metrics, workdir, identity['source'], mesh)
+  return _pretrain(_source_config(config), metrics, workdir, identity['source'], mesh)
 
 
 def _pretrain(config, metrics, workdir, source_identity, mesh):
