@@ -185,3 +185,15 @@ def test_pretrain_seed_counts_only_for_source_pretraining_and_old_workdirs_had_m
   assert fingerprints.config_diff(dict(imagenet, pretrain_seed=3), imagenet) == {}
   assert '--config.pretrain_seed=-1 resumes them' in layout._hint(  # pylint: disable=protected-access
       fingerprints.config_diff(old, new))
+
+
+def test_the_code_digest_ignores_comments_and_docstrings_not_code(tmp_path):
+  def digest(name, text):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'm.py').write_text(text)
+    return fingerprints.code_digest(str(tmp_path / name))
+  code = '"""Doc."""\ndef f(x):\n  """Doc."""\n  return x + 1  # one\n'
+  same = '"""Other doc."""\n# a comment\ndef f(x):\n  return x + 1\n'
+  other = '"""Doc."""\ndef f(x):\n  """Doc."""\n  return x + 2  # one\n'
+  assert digest('a', code) == digest('b', same) != digest('c', other)
+  assert fingerprints.versions()['tljax_code'] == fingerprints.code_digest()

@@ -1,7 +1,11 @@
 """Fingerprints: what makes a run's numbers (config fields, case rules, seed, data, tool versions)."""
 
+import ast
+import functools
+import glob
 import hashlib
 import json
+import os
 
 import jax
 
@@ -45,12 +49,33 @@ def config_diff(old, new):
 
 
 def versions():
-  """{tool: version} of TOOLS, as installed in this process."""
+  """{tool: version} of TOOLS, as installed in this process, and `tljax_code`: code_digest()."""
   import flax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   import tljax  # pylint: disable=g-import-not-at-top
-  return {'tljax': tljax.__version__, 'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-          'flax': flax.__version__}
+  return {'tljax': tljax.__version__, 'tljax_code': code_digest(), 'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__, 'flax': flax.__version__}
+
+
+@functools.cache
+def code_digest(root=None):
+  """The first 16 hex digits of the sha256 of tljax's code (the package under `root`, default
+  this one): every module's syntax tree (ast.dump, this Python's) without its docstrings, by
+  path. A comment or docstring edit keeps it; any change to what runs does not, so no record
+  made by other code is reused."""
+  root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  h = hashlib.sha256()
+  for path in sorted(glob.glob(os.path.join(root, '**', '*.py'), recursive=True)):
+    with open(path, 'rb') as f:
+      tree = ast.parse(f.read(), filename=path)
+    for node in ast.walk(tree):
+      body = getattr(node, 'body', None)
+      if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+          and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+          and isinstance(body[0].value.value, str)):
+        node.body = body[1:] or [ast.Pass()]
+    h.update(os.path.relpath(path, root).encode() + b'\0' + ast.dump(tree).encode() + b'\0')
+  return h.hexdigest()[:16]
 
 
 def _sha256(obj):
