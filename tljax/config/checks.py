@@ -165,9 +165,9 @@ FIELDS = {
                                    pre(number_in(0, 10, lo_open=True, hi_open=True))),
     # Not in the pretraining's cache key itself: the seed it selects is (pretrain.source_seed).
     'pretrain_seed': doc('seed of the one source pretraining that every seed fine-tunes (as '
-                          'with ImageNet weights); -1: each seed pretrains its own', Field(int, lambda v, c: -1 <= v <= MAX_SEED,
-                                           f'must be -1 (each seed its own) or an int in '
-                                           f'[0, {MAX_SEED}]')),
+                          'with ImageNet weights); -1: each seed pretrains its own', Field(
+                              int, lambda v, c: -1 <= v <= MAX_SEED,
+                              f'must be -1 (each seed its own) or an int in [0, {MAX_SEED}]')),
     'bn_momentum': doc('BatchNorm moving-average momentum; use 0.9 when a run has only a few '
                         'hundred steps', pre(number_in(
                             0, 1, lo_open=False, hi_open=True,
