@@ -183,7 +183,7 @@ def test_pretrain_seed_counts_only_for_source_pretraining_and_old_workdirs_had_m
   assert fingerprints.config_diff(old, dict(new, pretrain_seed=-1)) == {}
   imagenet = dict(new, pretrained='imagenet', model='efficientnet_b0')
   assert fingerprints.config_diff(dict(imagenet, pretrain_seed=3), imagenet) == {}
-  assert '--config.pretrain_seed=-1 resumes them' in layout._hint(  # pylint: disable=protected-access
+  assert '--config.pretrain_seed=-1 goes on in this workdir' in layout._hint(  # pylint: disable=protected-access
       fingerprints.config_diff(old, new))
 
 

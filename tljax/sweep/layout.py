@@ -147,7 +147,8 @@ def _hint(diff):
   """What resumes a workdir made before a field existed, for the fields that need one."""
   if diff.get('pretrain_seed', (0,))[0] == -1:
     return ('\nIts runs started each seed from its own pretraining (pretrain_seed=-1, as every run '
-            'made before the field existed): --config.pretrain_seed=-1 resumes them.')
+            'made before the field existed): --config.pretrain_seed=-1 goes on in this workdir '
+            'with that setting.')
   return ''
 
 
