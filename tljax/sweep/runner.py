@@ -67,12 +67,8 @@ def convert_imagenet(config):
 
 
 def seed_config(config, seed):
-  """The config of one seed's runs: `config` with the field `seed` (data order, initial head,
-  dropout, pretraining) set to `seed`."""
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    c.seed = int(seed)
-  return c
+  """The config of one seed's runs (compiled.with_seed)."""
+  return compiled.with_seed(config, seed)
 
 
 def dry_run_config(config):
@@ -269,7 +265,7 @@ def _pretrained(sw, seed, metrics):
 def _run_seed(sw, seed, plans, metrics, summary, t0, names, pretrained_of):
   """The pretrained variables of this seed (pretrained_of(seed)), then its unfinished cases of
   `names`."""
-  chosen = [s for s in sw.specs if names is None or s.name in names]
+  chosen = [s for s in sw.specs if s.name in names]
   pretrained = None
   unscored = proxy_store.missing(sw, seed)  # the first seed's cases without proxy scores
   if any(sw.done[(s.name, seed)] is None for s in chosen) or unscored:

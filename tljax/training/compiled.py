@@ -40,8 +40,16 @@ def model_key(config):
 
 
 def seed_of(config):
-  """The seed of one run: `seed`, set per seed by runner.seed_config, else the first of `seeds`."""
+  """The seed of one run: `seed`, set per seed by with_seed, else the first of `seeds`."""
   return int(config.seed) if 'seed' in config else int(config.seeds[0])
+
+
+def with_seed(config, seed):
+  """`config` with the field `seed` (data order, initial head, dropout, pretraining) set."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.seed = int(seed)
+  return c
 
 
 def input_spec(config, batch):

@@ -38,12 +38,7 @@ def source_seed(config, seed=None):
 def _source_config(config):
   """`config` with its run seed set to the pretraining's (data order, initial weights)."""
   seed = source_seed(config)
-  if seed == compiled.seed_of(config):
-    return config
-  c = config.copy_and_resolve_references()
-  with c.unlocked():
-    c.seed = seed
-  return c
+  return config if seed == compiled.seed_of(config) else compiled.with_seed(config, seed)
 
 
 def key(config, source_identity):
