@@ -12,13 +12,11 @@ energy per example with each model (docs/accounting.md "Measured energy"). Parts
 * mobilenet: configs/mobilenet.py's MobileNetV2 (alpha 0.35) and case families at 96x96 on
   generated images (random weights: the energy does not depend on them; no download).
 
-A meter that cannot be read ends the run with one line and exit status 1. Where TensorFlow is
-not installed (GPU images), the digits are upsampled with jax.image.resize instead of
-tf.image.resize. Writes each part's summary.json into --out (default: a temporary directory).
+A meter that cannot be read ends the run with one line and exit status 1. The digits need no
+TensorFlow (GPU images may lack it): tljax upsamples them in numpy. Writes each part's summary.json into --out (default: a temporary directory).
 """
 
 import argparse
-import importlib.util
 import os
 import shutil
 import sys
@@ -89,34 +87,11 @@ def _generated(split, seed):
   return datasets.Arrays(images, labels, MOBILENET_CLASSES, 'generated', split)
 
 
-def _digits_without_tensorflow(split):
-  """datasets._load_digits with jax.image.resize (bilinear, half-pixel centres, as
-  tf.image.resize) in place of TensorFlow's."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  images = digits.images.astype(np.float32)[..., None] / 16.0
-  images = np.asarray(jax.image.resize(images, (len(images), 32, 32, 1), 'bilinear'))
-  images = np.clip(images, 0.0, 1.0)
-  labels = digits.target.astype(np.int32)
-  rng = np.random.default_rng(0)
-  test = np.zeros(len(labels), bool)
-  for k in range(10):
-    idx = np.flatnonzero(labels == k)
-    test[rng.permutation(idx)[:int(round(len(idx) * datasets.DIGITS_TEST_FRACTION))]] = True
-  keep = test if split == 'test' else ~test
-  return images[keep], labels[keep]
-
-
 def _patches(part):
-  """What the part replaces: the digits' TensorFlow resize where TensorFlow is missing; for
-  MobileNetV2 the target's loader and identity (generated images)."""
-  from tljax.data import datasets  # pylint: disable=g-import-not-at-top
+  """What the part replaces: for MobileNetV2 the target's loader and identity (generated
+  images). (The digits need no TensorFlow: datasets loads them with resize.bilinear.)"""
   from tljax.data import inputs  # pylint: disable=g-import-not-at-top
   out = []
-  if importlib.util.find_spec('tensorflow') is None:
-    out.append(mock.patch.object(datasets, '_load_digits', _digits_without_tensorflow))
   if part == 'mobilenet':
     splits = {s: _generated(s, i) for i, s in enumerate(('train', 'test'))}
     out += [mock.patch.object(inputs, 'load', lambda config, role, split: splits[split]),

@@ -1,9 +1,16 @@
 """Datasets: the digits split, class selection, preprocessing, mock TFDS, offline errors."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from tljax.data import datasets
+from tljax.data import resize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_digits_split_by_class_like_yosinski():
@@ -23,6 +30,32 @@ def test_digits_split_by_class_like_yosinski():
   assert len(tgt_test) > 200
   train_set = {a.tobytes() for a in all_train.images}
   assert not any(a.tobytes() in train_set for a in all_test.images)
+
+
+@pytest.mark.parametrize('shape, size', [((8, 8), (32, 32)), ((32, 32), (16, 16)),
+                                         ((65, 40), (32, 77)), ((7, 13), (5, 3)), ((1, 1), (4, 4))])
+def test_bilinear_resize_has_tensorflows_bits(shape, size):
+  from tljax.data import prepare  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).uniform(0, 255, (3, *shape, 2)).astype(np.float32)
+  ours = resize.bilinear(x, *size)
+  theirs = prepare.tensorflow().image.resize(x, size, method='bilinear').numpy()
+  assert ours.dtype == np.float32 and ours.tobytes() == theirs.tobytes()
+
+
+def test_the_digits_are_tensorflows_upsampling_and_load_without_it():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from tljax.data import prepare  # pylint: disable=g-import-not-at-top
+  raw = load_digits().images.astype(np.float32)[..., None] / 16.0
+  theirs = np.clip(prepare.tensorflow().image.resize(raw, (32, 32), method='bilinear').numpy(),
+                   0.0, 1.0)
+  train, test = datasets._load_digits('train'), datasets._load_digits('test')  # pylint: disable=protected-access
+  ours = {a.tobytes() for a in np.concatenate([train[0], test[0]])}
+  assert ours == {a.tobytes() for a in theirs}
+  code = ("import sys; from tljax.data import datasets; datasets.load('digits', 'train'); "
+          "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'")
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_class_selection_remaps_in_the_given_order():

@@ -10,6 +10,7 @@ from absl import logging
 import numpy as np
 import psutil
 
+from tljax.data import digits
 from tljax.data import folders
 from tljax.data import prepare
 from tljax.runtime import errors
@@ -167,24 +168,7 @@ def _class_lut(name, classes, total, class_names=None):
 
 
 def _load_digits(split):
-  """scikit-learn's 1797 8x8 digits, upsampled (bilinear) to 32x32, in [0, 1].
-
-  Split per class into train/test with a fixed seed, so the split never
-  depends on the experiment's seed.
-  """
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  digits = load_digits()
-  images = digits.images.astype(np.float32)[..., None] / 16.0
-  images = prepare.tensorflow().image.resize(images, (32, 32), method='bilinear').numpy()
-  images = np.clip(images, 0.0, 1.0)
-  labels = digits.target.astype(np.int32)
-  rng = np.random.default_rng(0)
-  test = np.zeros(len(labels), bool)
-  for c in range(10):
-    idx = np.flatnonzero(labels == c)
-    test[rng.permutation(idx)[:int(round(len(idx) * DIGITS_TEST_FRACTION))]] = True
-  keep = test if split == 'test' else ~test
-  return images[keep], labels[keep]
+  return digits.load(split, DIGITS_TEST_FRACTION)
 
 
 def _hosts_reachable(hosts, timeout=5.0):
