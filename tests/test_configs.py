@@ -32,9 +32,13 @@ def _tiny_folder(root, classes):
 
 
 # test3 (EfficientNetB2 at 260 px) runs test2's code path (EfficientNetB0) at the longest
-# compile of the suite: marked slow (pytest -m slow), the other configs run every time.
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n == 'test3' else n
-                                  for n in CONFIGS])
+# compile of the suite, and test4 is test2 on a folder target (a folder target with ImageNet
+# weights: the mobilenet config): marked slow (pytest -m slow), the others run every time.
+SLOW_CONFIGS = ('test3', 'test4')
+
+
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in SLOW_CONFIGS else n for n in CONFIGS])
 def test_config_dry_run(name, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config()
   config.dry_run = True
