@@ -168,6 +168,7 @@ def _class_lut(name, classes, total, class_names=None):
 
 
 def _load_digits(split):
+  """The digits' `split` (digits.load, at DIGITS_TEST_FRACTION)."""
   return digits.load(split, DIGITS_TEST_FRACTION)
 
 
