@@ -28,14 +28,20 @@ def _config(tmp_path):
   return c
 
 
-def test_cached_converted_weights_are_the_frozen_base(tmp_path):
-  config = _config(tmp_path)
+def _cache_fake_weights(config):
+  """Random B0 weights saved as converted ImageNet weights in config.cache_dir; returned."""
   like, _ = convert.expected_variables('efficientnet_b0')
   rng = np.random.default_rng(0)
   fake = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(np.float32), like)
   fake['batch_stats'] = jax.tree.map(np.abs, fake['batch_stats'])
   convert.save_converted(fake, imagenet.checkpoint_dir('efficientnet_b0', config.cache_dir),
                          {'model': 'efficientnet_b0'})
+  return fake
+
+
+def test_cached_converted_weights_are_the_frozen_base(tmp_path):
+  config = _config(tmp_path)
+  fake = _cache_fake_weights(config)
   case = case_lib.make_case(config, 0, num_classes=3,
                          pretrained=imagenet.imagenet_variables('efficientnet_b0', config.cache_dir))
   for layer in ('stem_conv', 'block1a_dwconv', 'top_conv'):
@@ -43,6 +49,15 @@ def test_cached_converted_weights_are_the_frozen_base(tmp_path):
         fake['params'][layer]['kernel'].tobytes()
   assert case.trainable_names == ('global_average_pooling2d', 'dense', 'batch_normalization',
                                   'dropout', 'dense_1')
+
+
+# A B0 sweep compiles its train and eval steps (60-80 s of the suite on 2 cores): slow. Every
+# time, the test above checks the cached weights become the case's, the offline test below that
+# a sweep asks for them, and test_configs.py's dry run of test2 this config's sweep path.
+@pytest.mark.slow
+def test_a_sweep_fine_tunes_the_cached_converted_weights(tmp_path):
+  config = _config(tmp_path)
+  _cache_fake_weights(config)
   summary = runner.train_and_evaluate(config, str(tmp_path / 'w'))
   c = summary['cases'][0]
   assert summary['pretraining']['0']['source'] == 'imagenet'
