@@ -29,20 +29,6 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(XLA_CACHE, ignore_errors=True)
 
 
-# The test files that take longest on 2 cores (--durations, 2026-12-06), handed out first: xdist's
-# loadfile gives each worker a file at a time in collection order (setup.cfg turns off its
-# reordering by test count), so the suite does not end on one worker running a long file.
-LONGEST_FIRST = ('test_reliability.py', 'test_prefix_cache.py', 'test_edge_sweeps.py',
-                 'test_configs.py', 'test_multihost.py', 'test_backend.py',
-                 'test_depthwise_flops.py', 'test_edge_models.py', 'test_own_data.py',
-                 'test_compilation_cache.py', 'test_pretrained_imagenet.py', 'test_launch.py')
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest in order
-
-
 def shrunk_default(cache_dir):
   """The default experiment, shrunk to seconds: few steps, small batches, a private cache."""
   from configs import default  # pylint: disable=g-import-not-at-top
