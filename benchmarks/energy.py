@@ -13,7 +13,8 @@ energy per example with each model (docs/accounting.md "Measured energy"). Parts
   generated images (random weights: the energy does not depend on them; no download).
 
 A meter that cannot be read ends the run with one line and exit status 1. The digits need no
-TensorFlow (GPU images may lack it): tljax upsamples them in numpy. Writes each part's summary.json into --out (default: a temporary directory).
+TensorFlow (GPU images may lack it): tljax upsamples them in numpy. Writes each part's
+summary.json into --out (default: a temporary directory).
 """
 
 import argparse

@@ -48,7 +48,8 @@ def test_the_digits_are_tensorflows_upsampling_and_load_without_it():
   raw = load_digits().images.astype(np.float32)[..., None] / 16.0
   theirs = np.clip(prepare.tensorflow().image.resize(raw, (32, 32), method='bilinear').numpy(),
                    0.0, 1.0)
-  train, test = datasets._load_digits('train'), datasets._load_digits('test')  # pylint: disable=protected-access
+  load = datasets._load_digits  # pylint: disable=protected-access
+  train, test = load('train'), load('test')
   ours = {a.tobytes() for a in np.concatenate([train[0], test[0]])}
   assert ours == {a.tobytes() for a in theirs}
   code = ("import sys; from tljax.data import datasets; datasets.load('digits', 'train'); "
