@@ -30,10 +30,11 @@ def test_hiding_after_tensorflow_started_is_not_an_error(monkeypatch):
 
 
 def test_a_run_on_arrays_imports_no_tensorflow():
-  """The sweep, its launcher and the steps run without TensorFlow (a GPU image may lack it)."""
+  """The sweep, its launcher and the steps run without TensorFlow (a GPU image may lack it); nor
+  do they import scikit-learn (1.3 s) before a proxy or the digits need it."""
   code = ('import sys, tljax.sweep.runner, tljax.cluster.launcher, tljax.training.case, '
           'tljax.training.pretrain; '
           'print(sorted(m for m in sys.modules if m.split(".")[0] in '
-          '("tensorflow", "tensorflow_datasets", "keras")))')
+          '("tensorflow", "tensorflow_datasets", "keras", "sklearn")))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == '[]', out.stdout[:300]

@@ -7,7 +7,6 @@ their references).
 """
 
 import numpy as np
-from sklearn import covariance
 
 # LogME's fixed point: at most this many updates, stopped when alpha/beta moves by less than
 # LOGME_TOL relative (the official code's 11 and 1e-3); EPS keeps the updates finite.
@@ -104,8 +103,10 @@ def hscore(features, labels, shrinkage=None):
   u, sigma = gram_basis(f)
   if not len(sigma):
     return 0.0
-  a = float(covariance.ledoit_wolf_shrinkage(f, assume_centered=True)
-            if shrinkage is None else shrinkage)
+  if shrinkage is None:  # scikit-learn imported here: 1.3 s that runs without proxies skip
+    from sklearn import covariance  # pylint: disable=g-import-not-at-top
+    shrinkage = covariance.ledoit_wolf_shrinkage(f, assume_centered=True)
+  a = float(shrinkage)
   mu = float(sigma.sum()) / (n * d)
   w = (1 - a) * sigma / ((1 - a) * sigma + a * n * mu)
   total = 0.0
