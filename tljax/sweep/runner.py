@@ -120,6 +120,7 @@ class Sweep:
     self.later = []  # (key, plan, record function): runs waiting for their counted FLOPs
     self.drawn_at = None  # when _publish last drew the figures (outputs.figures_due)
     self.kept = prefix_cache.Kept()  # prefix caches of runs paused at a search's rung
+    self.paused = checkpoints.Paused(prefix_cache.memory_budget)  # and their train states
     parallel.same_on_all('finished runs', sorted(k for k, r in self.done.items() if r))
 
   def _load_done(self):
@@ -212,6 +213,7 @@ def _train_and_evaluate(config, workdir):
     proxy_store.finish(sw, summary)  # proxies.json: the proxies against the finished sweep
   finally:
     sw.kept.release()
+    sw.paused.release()  # their saves finish on disk: a rerun goes on from them
     if plans is not None:
       plans.close()  # no compiling thread outlives the sweep
     metrics.close()
@@ -252,7 +254,13 @@ def _hooks(sw, plans, metrics, summary, t0):
                                                   pre),
       plan=lambda specs: plans.merge(plan_cases(sw, specs, sw.seeds[0])),
       record=lambda name, seed: (save_later(sw, wait=True), sw.done[(name, seed)])[1],
-      release=lambda name, seed: sw.kept.release(case_lib.run_key(name, seed)))
+      release=lambda name, seed: _release(sw, case_lib.run_key(name, seed)))
+
+
+def _release(sw, run):
+  """Drops what paused run `run` kept for its next part: its prefix cache and train state."""
+  sw.kept.release(run)
+  sw.paused.release(run)
 
 
 def _pretrained(sw, seed, metrics):
@@ -328,7 +336,8 @@ def train_run(sw, plan, spec, seed, pretrained, metrics, defer=False, stop_at_st
     c = case_lib.with_weights(plan.case, rc, pretrained)  # the case as planned, this seed's weights
     train, val, test = sw.splits(seed)
     rec = case_lib.run_case(rc, plan, c, train, test, metrics, sw.workdir, sw.mesh, defer,
-                            validation=val, stop_at_step=stop_at_step, kept=sw.kept)
+                            validation=val, stop_at_step=stop_at_step, kept=sw.kept,
+                            paused=sw.paused)
     if isinstance(rec, case_lib.Rung):
       return rec
     if callable(rec):

@@ -300,18 +300,20 @@ class Rung:
 
 
 def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, defer=False,
-             validation=None, stop_at_step=None, kept=None):
+             validation=None, stop_at_step=None, kept=None, paused=None):
   """Trains `case` (this seed's weights) with the compiled steps of `plan` over `mesh`; its
   record. `validation` (the seed's validation split, or None) is evaluated at
   config.short_training_fraction of the run's steps (the record's short_val_accuracy). With
   `stop_at_step` below the run's steps the run pauses there, checkpointed (the next call goes
-  on from it, as a resumed run), and returns a Rung instead. With `defer`, while the plan's
-  counting twin compiles still: a function giving the record."""
+  on from it, as a resumed run; its state kept in `paused`, a checkpoints.Paused), and returns a
+  Rung instead. With `defer`, while the plan's counting twin compiles still: a function giving
+  the record."""
   key = run_key(case.name, compiled.seed_of(config))
   # The optimiser the steps were compiled with (the same for every seed): its state's structure
   # is the compiled step's input.
   state = compiled.new_state(case.variables, plan.case.tx, compiled.seed_of(config), mesh)
-  ckpt = None if config.dry_run else checkpoints.Checkpoints(layout.case_dir(workdir, key))
+  paused = paused or checkpoints.Paused(lambda: 0)  # none kept: a next part reads it back
+  ckpt, out = None if config.dry_run else paused.open(key, layout.case_dir(workdir, key)), None
   try:
     out = _train(config, plan, state, (target, target_test), metrics,
                  dict(case=case.name, seed=compiled.seed_of(config), run=key),
@@ -319,7 +321,7 @@ def run_case(config, plan, case, target, target_test, metrics, workdir, mesh, de
                  kept)
   finally:
     if ckpt is not None:
-      ckpt.close()
+      paused.put(key, ckpt, isinstance(out, Rung))
   if isinstance(out, Rung):
     return out
   finish = lambda: record.run_record(config, plan.counted(), case, out, mesh)

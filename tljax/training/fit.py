@@ -149,7 +149,7 @@ def _after_step(state, p, loop, epoch, total, bar):
       _save(ckpt, state, p, epoch)
   if loop.stop_at is not None and p.steps == loop.stop_at < total:
     if ckpt is not None and p.steps > p.last_ckpt:
-      _save(ckpt, state, p, epoch)
+      _save(ckpt, state, p, epoch, keep=True)  # the next part goes on from memory
     return True
   return False
 
@@ -166,11 +166,11 @@ def _probe(state, p, probe):
   p.probed = out
 
 
-def _save(ckpt, state, p, epoch):
+def _save(ckpt, state, p, epoch, keep=False):
   """Checkpoints `state` at step p.steps with its metrics not yet logged and its probe's
-  result."""
+  result (`keep`: Checkpoints.save's)."""
   ckpt.save(state, {'step': p.steps, 'epoch': epoch, 'pending': _pack_pending(p.pending),
-                    'wall_s': p.wall(), 'probed': p.probed})
+                    'wall_s': p.wall(), 'probed': p.probed}, keep=keep)
   p.last_ckpt = p.steps
 
 
