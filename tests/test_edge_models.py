@@ -1,6 +1,7 @@
 """MobileNetV2, MobileNetV3 and ResNet50 against keras.applications: layers, variable counts,
 features from converted random Keras weights, preprocessing and the analytic MAC count."""
 
+import contextlib
 import os
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -9,6 +10,7 @@ import h5py  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import keras
+from keras.src.initializers import random_initializers
 from keras.src.legacy.saving import legacy_h5_format
 import numpy as np
 import pytest
@@ -52,10 +54,21 @@ def _id(param):
   return '-'.join(f'{k}{v}' for k, v in param.items()) if isinstance(param, dict) else None
 
 
+@contextlib.contextmanager
+def zero_kernels():
+  """Keras's random kernel initializers give zeros: no jax compile per kernel shape (~15 s of
+  CPU a model). The tests overwrite every weight (randomize) or read only shapes."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(random_initializers.VarianceScaling, '__call__',
+               lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'))
+    yield
+
+
 def build_keras(name, fields, size):
   """The Keras base (weights=None, include_top=False) in a fresh session (Keras's auto names)."""
   keras.backend.clear_session()
-  return BUILDERS[name](include_top=False, weights=None, input_shape=(size, size, 3), **fields)
+  with zero_kernels():
+    return BUILDERS[name](include_top=False, weights=None, input_shape=(size, size, 3), **fields)
 
 
 def keras_input(name, x):
@@ -94,6 +107,13 @@ def randomize(model, rng, x):
     l.moving_variance.assign(l.moving_variance.numpy() * rng.uniform(0.8, 1.25, std.shape))
 
 
+def keras_features(km, x):
+  """Keras's inference-mode output as one compiled program (eagerly, op by op, ~10 s more)."""
+  call = jax.jit(lambda tv, ntv, x: km.stateless_call(tv, ntv, x, training=False)[0])
+  return call([v.value for v in km.trainable_variables],
+              [v.value for v in km.non_trainable_variables], x)
+
+
 def _size(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
@@ -122,7 +142,7 @@ def test_features_match_keras_from_converted_weights(name, fields, size, tmp_pat
     legacy_h5_format.save_weights_to_hdf5_group(f, km)
   variables = convert.keras_h5_to_variables(path, name, **fields)
   x = rng.uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-  want = np.asarray(km(keras_input(name, x), training=False))
+  want = np.asarray(keras_features(km, keras_input(name, x)))
   got = np.asarray(jax.jit(models.create(name, **fields).apply)(
       variables, models.preprocess_input(name, x)))
   scale = np.abs(want).max()
@@ -172,7 +192,8 @@ def test_the_step_benchmarks_edge_rows_time_the_same_cases_in_keras():
   from benchmarks import keras_peers  # pylint: disable=g-import-not-at-top
   for spec in edge_step.specs(quick=True, which=('mobilenet_v2_0.35_128', 'resnet50_224')):
     keras.backend.clear_session()
-    model, base_model = keras_peers.b0(keras, 5, 32, spec['model'], **spec['fields'])
+    with zero_kernels():
+      model, base_model = keras_peers.b0(keras, 5, 32, spec['model'], **spec['fields'])
     assert base_model.count_params() == {'mobilenet_v2': 410_208, 'resnet50': 23_587_712}[
         spec['model']]
     assert spec['n_base'] == len(base_model.layers) - 1 == spec['cases'][-1]
