@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from tests.conftest import XLA_CACHE
 from tljax import models
 from tljax.sweep import runner
 from tljax.training import case as case_lib
@@ -117,24 +118,34 @@ def _config(cache_dir, **fields):
   c.cache_dir = str(cache_dir)
   c.cases = (1, 9)
   c.prefix_cache_always = True  # the cache itself, whatever the cost model says of 8 steps
+  c.compilation_cache_dir = XLA_CACHE
+  c.device_xla_check = False  # with the prefix cache: tests/test_summary_fields.py
+  c.proxies = False  # on in the memory run: the proxies through a cached prefix
   for k, v in fields.items():
     c[k] = v
   return c
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def cache_dir(tmp_path_factory):
+  """The module's cache: the first sweep pretrains, the others reuse it."""
+  return tmp_path_factory.mktemp('prefix_cache_c')
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, cache_dir):
   """The same tiny sweep with the cache in memory, on disk, and without it."""
   root = tmp_path_factory.mktemp('prefix_cache')
   out = {}
-  out['memory'] = runner.train_and_evaluate(_config(root / 'c'), str(root / 'memory'))
+  out['memory'] = runner.train_and_evaluate(_config(cache_dir, proxies=True),
+                                            str(root / 'memory'))
   budget = prefix_cache.MEMORY_BUDGET_BYTES
   prefix_cache.MEMORY_BUDGET_BYTES = 0
   try:
-    out['disk'] = runner.train_and_evaluate(_config(root / 'c'), str(root / 'disk'))
+    out['disk'] = runner.train_and_evaluate(_config(cache_dir), str(root / 'disk'))
   finally:
     prefix_cache.MEMORY_BUDGET_BYTES = budget
-  out['off'] = runner.train_and_evaluate(_config(root / 'c', prefix_cache=False),
+  out['off'] = runner.train_and_evaluate(_config(cache_dir, prefix_cache=False),
                                         str(root / 'off'))
   out['root'] = root
   return out
@@ -202,12 +213,12 @@ def test_cached_step_keeps_the_whole_state_and_frozen_params(tmp_path):
     assert moved == (layer in case.trainable_names), layer
 
 
-def test_keras_dropout_cache_stops_below_the_first_dropout_and_matches(tmp_path):
+def test_keras_dropout_cache_stops_below_the_first_dropout_and_matches(tmp_path, cache_dir):
   """frozen_dropout='keras': frozen Dropout layers drop units, so the head-only case caches
   only conv2d..max_pooling2d (the cut at the lowest Dropout) and trains the same numbers."""
   out, summary = {}, None
   for cache in (True, False):
-    config = _config(tmp_path / 'c', cases=(1,), frozen_dropout='keras', prefix_cache=cache)
+    config = _config(cache_dir, cases=(1,), frozen_dropout='keras', prefix_cache=cache)
     summary = runner.train_and_evaluate(config, str(tmp_path / str(cache)))
     out[cache] = summary['cases'][0]
   assert out[True]['prefix_cache_cut_layer'] == 'dropout'
