@@ -16,6 +16,7 @@ from tljax import convert
 from tljax import models
 from tljax.models import imagenet
 from tljax.sweep import fingerprints
+from tests.conftest import XLA_CACHE
 
 KERAS_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/'
 
@@ -217,7 +218,8 @@ def _imagenet_config(tmp_path):
   c.update(dict(target_dataset='digits', target_classes=(0, 1, 2), image_size=96,
                 cases=('last:0',), seeds=(0,), epochs=1, steps_per_epoch=2, batch_size=8,
                 eval_batch_size=64, progress=False, cache_dir=str(tmp_path / 'cache'),
-                prefix_cache=False, device_xla_check=False))
+                prefix_cache=False, device_xla_check=False, proxies=False,
+                compilation_cache_dir=XLA_CACHE))
   return c
 
 
