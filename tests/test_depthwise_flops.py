@@ -4,6 +4,7 @@ import jax
 import pytest
 
 from configs import base, test2
+from tests.conftest import XLA_CACHE
 from tljax.accounting import costs
 from tljax.sweep import runner
 from tljax.training import compiled
@@ -35,8 +36,13 @@ def _dry_run_config(impl):
 @pytest.fixture(scope='module')
 def summaries(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('depthwise')
-  return {impl: runner.train_and_evaluate(_dry_run_config(impl), str(tmp / impl))
-          for impl in ('slices', 'grouped')}
+  out = {}
+  for impl in ('slices', 'grouped'):
+    c = _dry_run_config(impl)
+    c.cache_dir = str(tmp / 'cache')  # not the repository's artifacts/cache
+    c.compilation_cache_dir = XLA_CACHE
+    out[impl] = runner.train_and_evaluate(c, str(tmp / impl))
+  return out
 
 
 def test_dry_run_flops_agree_whichever_depthwise_impl_runs(summaries):
