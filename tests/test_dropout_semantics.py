@@ -12,6 +12,7 @@ import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import jax
 import jax.numpy as jnp
 import keras
+from keras.src.initializers import random_initializers
 import numpy as np
 import pytest
 
@@ -33,10 +34,8 @@ def _variables():
   return v
 
 
-def _keras_small_cnn(variables):
-  """The small CNN in Keras 3 with tljax's weights, every layer but dense_1 trainable=False.
-  Outputs every layer's output (Keras order), so a test can read any layer."""
-  layers = models.create('small_cnn', 10).keras_layers()
+def _keras_layers(layers, variables):
+  """The Keras model of `layers`, every layer's output an output."""
   inp = keras.Input((32, 32, 1))
   x, outs = inp, []
   for l in layers:
@@ -57,7 +56,17 @@ def _keras_small_cnn(variables):
                                  name=l.name)
     x = layer(x)
     outs.append(x)
-  km = keras.Model(inp, outs)
+  return keras.Model(inp, outs)
+
+
+def _keras_small_cnn(variables):
+  """The small CNN in Keras 3 with tljax's weights, every layer but dense_1 trainable=False.
+  Outputs every layer's output (Keras order), so a test can read any layer."""
+  layers = models.create('small_cnn', 10).keras_layers()
+  with pytest.MonkeyPatch.context() as mp:  # zero kernels: no jax compile per kernel shape
+    mp.setattr(random_initializers.VarianceScaling, '__call__',  # (set_weights sets them all)
+               lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'))
+    km = _keras_layers(layers, variables)
   for l in layers:
     p, s = variables['params'].get(l.name), variables['batch_stats'].get(l.name)
     if s is not None:
