@@ -21,7 +21,8 @@ CASE_FIELDS = ('case', 'trainable_layers', 'trainable_params', 'total_params', '
 # The shrunk config's settings (conftest.shrunk_default) and its session compilation cache.
 FAST = ['--config.pretrain_epochs=1', '--config.epochs=1', '--config.steps_per_epoch=3',
         '--config.batch_size=16', '--config.eval_batch_size=128', '--config.progress=False',
-        '--config.proxies=False', f'--config.compilation_cache_dir={XLA_CACHE}']
+        '--config.proxies=False', '--config.device_xla_check=False',
+        f'--config.compilation_cache_dir={XLA_CACHE}']
 
 
 def _launch(*args, cwd=ROOT):
