@@ -73,9 +73,9 @@ class _Timed:
   def __init__(self, ckpt):
     self.ckpt, self.blocked, self.directory = ckpt, [], ckpt.directory
 
-  def save(self, state, meta):
+  def save(self, state, meta, keep=False):
     t = time.perf_counter()
-    self.ckpt.save(state, meta)
+    self.ckpt.save(state, meta, keep=keep)
     self.blocked.append(time.perf_counter() - t)
 
   def __getattr__(self, name):
