@@ -1,5 +1,6 @@
 """Shared test setup: quiet TensorFlow, the repo root importable, shrunken configs."""
 
+import contextlib
 import os
 import shutil
 import sys
@@ -10,6 +11,7 @@ os.environ.setdefault('KERAS_BACKEND', 'jax')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 # One persistent XLA compilation cache for the whole test session (both xdist workers): the
@@ -50,3 +52,15 @@ def shrunk_default(cache_dir):
 @pytest.fixture
 def tiny_config(tmp_path):
   return shrunk_default(tmp_path / 'cache')
+
+
+@contextlib.contextmanager
+def zero_kernels():
+  """Keras's random kernel initializers give zeros while it lasts: no jax compile per kernel
+  shape (~15 s of CPU a large model), for models whose every weight is set afterwards or whose
+  shapes alone are read. Yields the MonkeyPatch, for more patches of the same extent."""
+  from keras.src.initializers import random_initializers  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(random_initializers.VarianceScaling, '__call__',
+               lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'))
+    yield mp

@@ -16,12 +16,12 @@ import h5py
 import jax
 import keras
 from keras.src.applications import efficientnet as keras_efficientnet
-from keras.src.initializers import random_initializers
 from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
 import numpy as np
 import pytest
 
+from tests.conftest import zero_kernels
 from tljax import convert
 from tljax import models
 from tljax.models import imagenet
@@ -38,10 +38,7 @@ KERAS_BUILDERS = {'efficientnet_b0': keras_efficientnet.EfficientNetB0,
 def build_keras_imagenet(model_name, size):
   """keras.applications's weights='imagenet' graph (extra Rescaling), fetching nothing."""
   keras.backend.clear_session()  # Keras's auto names: rescaling, normalization, rescaling_1
-  with pytest.MonkeyPatch.context() as mp:
-    # Weights are overwritten below; zeros skip a jax compile per kernel shape.
-    mp.setattr(random_initializers.VarianceScaling, '__call__',
-               lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'))
+  with zero_kernels() as mp:  # weights are overwritten below
     mp.setattr(file_utils, 'get_file', lambda *a, **k: '/nonexistent/imagenet.h5')
     mp.setattr(keras.Model, 'load_weights', lambda self, *a, **k: None)
     return KERAS_BUILDERS[model_name](include_top=False, weights='imagenet',

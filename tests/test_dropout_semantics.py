@@ -12,10 +12,10 @@ import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import jax
 import jax.numpy as jnp
 import keras
-from keras.src.initializers import random_initializers
 import numpy as np
 import pytest
 
+from tests.conftest import zero_kernels
 from tljax import models
 from tljax.models.small_cnn import BN_EPSILON
 from tljax.training import prefix_cache
@@ -63,9 +63,7 @@ def _keras_small_cnn(variables):
   """The small CNN in Keras 3 with tljax's weights, every layer but dense_1 trainable=False.
   Outputs every layer's output (Keras order), so a test can read any layer."""
   layers = models.create('small_cnn', 10).keras_layers()
-  with pytest.MonkeyPatch.context() as mp:  # zero kernels: no jax compile per kernel shape
-    mp.setattr(random_initializers.VarianceScaling, '__call__',  # (set_weights sets them all)
-               lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'))
+  with zero_kernels():  # set_weights sets every weight below
     km = _keras_layers(layers, variables)
   for l in layers:
     p, s = variables['params'].get(l.name), variables['batch_stats'].get(l.name)

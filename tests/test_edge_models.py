@@ -1,7 +1,6 @@
 """MobileNetV2, MobileNetV3 and ResNet50 against keras.applications: layers, variable counts,
 features from converted random Keras weights, preprocessing and the analytic MAC count."""
 
-import contextlib
 import os
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -10,11 +9,11 @@ import h5py  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import keras
-from keras.src.initializers import random_initializers
 from keras.src.legacy.saving import legacy_h5_format
 import numpy as np
 import pytest
 
+from tests.conftest import zero_kernels
 from tljax.accounting import costs
 from tljax import convert
 from tljax import models
@@ -52,16 +51,6 @@ FEATURES = [('mobilenet_v2', {'alpha': 0.35}, 57), ('mobilenet_v3_small', {}, 32
 
 def _id(param):
   return '-'.join(f'{k}{v}' for k, v in param.items()) if isinstance(param, dict) else None
-
-
-@contextlib.contextmanager
-def zero_kernels():
-  """Keras's random kernel initializers give zeros: no jax compile per kernel shape (~15 s of
-  CPU a model). The tests overwrite every weight (randomize) or read only shapes."""
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(random_initializers.VarianceScaling, '__call__',
-               lambda self, shape, dtype=None: np.zeros(shape, dtype or 'float32'))
-    yield
 
 
 def build_keras(name, fields, size):
